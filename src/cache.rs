@@ -1,0 +1,195 @@
+//! The snapshot cache: for each node type, the current bundle encoded once
+//! into the bytes every stream sends.
+//!
+//! It is written only by [`Cache::follow`], from the store's change feed, and
+//! read by streams through a `watch` per node type: a stream that is busy
+//! misses nothing but intermediate versions (updates coalesce).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    node_type::NodeType,
+    resource_type::ResourceType,
+    schema::{Bundle, StoredBundle},
+    store::Catalog,
+    xds::codec::{encode_bytes_field, EncodedResponse},
+};
+
+// DiscoveryResponse field numbers.
+const VERSION_INFO: u32 = 1;
+const RESOURCES: u32 = 2;
+const TYPE_URL: u32 = 4;
+const NONCE: u32 = 5;
+
+/// One encoded resource.
+#[derive(Debug)]
+pub struct Resource {
+    /// The `resources` field entry of a DiscoveryResponse (tag, length, Any).
+    entry: Bytes,
+    /// Tells a changed resource from an unchanged one across versions.
+    digest: u64,
+}
+
+/// A bundle as served: every resource encoded once, shared by all streams.
+#[derive(Debug)]
+pub struct Snapshot {
+    version: String,
+    version_field: Bytes,
+    types: [BTreeMap<String, Resource>; 4],
+    /// The stored bundle this was built from, to skip rebuilding it.
+    source: Arc<StoredBundle>,
+}
+
+impl Snapshot {
+    pub fn build(source: Arc<StoredBundle>) -> Self {
+        let mut types: [BTreeMap<String, Resource>; 4] = Default::default();
+        let empty = Bundle::default();
+        let bundle = source.bundle.as_ref().unwrap_or(&empty);
+        let mut add = |ty: ResourceType, name: &str, value: Vec<u8>| {
+            let any = Any { type_url: ty.type_url().to_owned(), value };
+            let entry = encode_bytes_field(RESOURCES, &any.encode_to_vec());
+            let mut hasher = DefaultHasher::new();
+            entry.hash(&mut hasher);
+            types[ty.index()].insert(name.to_owned(), Resource { entry, digest: hasher.finish() });
+        };
+        for r in &bundle.clusters {
+            add(ResourceType::Cluster, &r.name, r.encode_to_vec());
+        }
+        for r in &bundle.endpoints {
+            add(ResourceType::Endpoint, &r.cluster_name, r.encode_to_vec());
+        }
+        for r in &bundle.listeners {
+            add(ResourceType::Listener, &r.name, r.encode_to_vec());
+        }
+        for r in &bundle.routes {
+            add(ResourceType::Route, &r.name, r.encode_to_vec());
+        }
+        let version = bundle.version.clone();
+        let version_field = encode_bytes_field(VERSION_INFO, version.as_bytes());
+        Self { version, version_field, types, source }
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Names of every resource of `ty`, in order.
+    pub fn names(&self, ty: ResourceType) -> impl Iterator<Item = &str> {
+        self.types[ty.index()].keys().map(String::as_str)
+    }
+
+    pub fn contains(&self, ty: ResourceType, name: &str) -> bool {
+        self.types[ty.index()].contains_key(name)
+    }
+
+    /// Content digest of one resource, `None` when absent.
+    pub fn digest(&self, ty: ResourceType, name: &str) -> Option<u64> {
+        self.types[ty.index()].get(name).map(|r| r.digest)
+    }
+
+    /// A DiscoveryResponse of `ty` with the named resources (those present).
+    pub fn response<'a>(&self, ty: ResourceType, names: impl IntoIterator<Item = &'a str>, nonce: &str) -> EncodedResponse {
+        let mut response = EncodedResponse::default();
+        response.push_encoded(self.version_field.clone());
+        let resources = &self.types[ty.index()];
+        for name in names {
+            if let Some(resource) = resources.get(name) {
+                response.push_encoded(resource.entry.clone());
+            }
+        }
+        response.push_string(TYPE_URL, ty.type_url());
+        response.push_string(NONCE, nonce);
+        response
+    }
+}
+
+/// The current snapshot of one node type; `None` until it has a bundle.
+pub type SnapshotWatch = watch::Receiver<Option<Arc<Snapshot>>>;
+
+/// Snapshots by node type. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Cache(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    // A std Mutex: held only to find or create a channel, never across an await.
+    by_node_type: Mutex<HashMap<NodeType, watch::Sender<Option<Arc<Snapshot>>>>>,
+}
+
+impl Cache {
+    /// Watches the snapshot of `node_type`.
+    pub fn subscribe(&self, node_type: &NodeType) -> SnapshotWatch {
+        let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(node_type.clone()).or_insert_with(|| watch::channel(None).0).subscribe()
+    }
+
+    /// Forgets a node type nobody watches and no bundle names.
+    pub fn release(&self, node_type: &NodeType) {
+        let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = map.get(node_type) {
+            if sender.receiver_count() == 0 && sender.borrow().is_none() {
+                map.remove(node_type);
+            }
+        }
+    }
+
+    /// The current snapshot of `node_type`, if any.
+    pub fn current(&self, node_type: &NodeType) -> Option<Arc<Snapshot>> {
+        let map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(node_type).and_then(|s| s.borrow().clone())
+    }
+
+    /// Brings every node type in line with `catalog`. Bundles that did not
+    /// change are not re-encoded; node types that lost their bundle stop
+    /// serving new streams, while connected Envoys keep what they have.
+    pub fn apply(&self, catalog: &Catalog) {
+        let stale: Vec<(NodeType, Arc<StoredBundle>)> = {
+            let map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
+            catalog
+                .iter()
+                .filter(|(node_type, stored)| {
+                    let current = map.get(*node_type).and_then(|s| s.borrow().clone());
+                    !current.is_some_and(|snapshot| Arc::ptr_eq(&snapshot.source, stored))
+                })
+                .map(|(node_type, stored)| (node_type.clone(), stored.clone()))
+                .collect()
+        };
+        // Encode outside the lock: a large bundle takes milliseconds.
+        let built: Vec<(NodeType, Arc<Snapshot>)> =
+            stale.into_iter().map(|(node_type, stored)| (node_type, Arc::new(Snapshot::build(stored)))).collect();
+
+        let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
+        for (node_type, snapshot) in built {
+            tracing::info!(%node_type, version = snapshot.version(), "snapshot updated");
+            map.entry(node_type).or_insert_with(|| watch::channel(None).0).send_replace(Some(snapshot));
+        }
+        for (node_type, sender) in map.iter() {
+            if !catalog.contains_key(node_type) && sender.borrow().is_some() {
+                tracing::info!(%node_type, "bundle deleted; connected Envoys keep their config");
+                sender.send_replace(None);
+            }
+        }
+    }
+
+    /// Follows the store's change feed until shutdown.
+    pub async fn follow(self, mut feed: watch::Receiver<Arc<Catalog>>, shutdown: CancellationToken) {
+        loop {
+            let catalog = feed.borrow_and_update().clone();
+            self.apply(&catalog);
+            tokio::select! {
+                changed = feed.changed() => if changed.is_err() { return },
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+}

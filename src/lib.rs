@@ -1,0 +1,88 @@
+//! sxds: a small, standalone Envoy xDS control plane.
+//!
+//! The path of a bundle, from `curl -XPUT` to an Envoy:
+//!
+//! 1. [`api`] takes `PUT /resources/{node_type}`; [`bundle`] parses the JSON
+//!    or YAML against [`schema`] (every Envoy v3 type, `@type` included) and
+//!    validates names and references. Bad input is a 4xx naming the field.
+//! 2. [`store`] writes it durably (redb) and publishes the new catalog on its
+//!    change feed. Only then does the PUT answer 200.
+//! 3. [`cache`] follows the feed and encodes each resource once per version
+//!    into a [`cache::Snapshot`] per node type.
+//! 4. [`xds`] streams (ADS and LDS/CDS/RDS/EDS) watch their node type's
+//!    snapshot; the state machine in [`xds::stream`] decides what is due and
+//!    the codec writes the shared bytes. ACKs and NACKs land in
+//!    [`xds::status`], which `GET /nodes` shows.
+//!
+//! [`run`] wires it together on listeners the caller binds, so tests start
+//! the real daemon on port 0.
+
+pub mod api;
+pub mod bundle;
+pub mod cache;
+pub mod config;
+pub mod node_type;
+pub mod resource_type;
+pub mod schema;
+pub mod store;
+pub mod xds;
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::{api::ApiState, cache::Cache, store::Store, xds::status::Registry};
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("xDS server: {0}")]
+    Xds(#[from] tonic::transport::Error),
+    #[error("REST server: {0}")]
+    Rest(#[from] std::io::Error),
+}
+
+/// Serves xDS on `xds` and the REST API on `rest` until `shutdown` is
+/// cancelled, then drains both within `config.shutdown_grace`.
+pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        .await
+        .map_err(|e| store::StoreError::Backend(e.to_string()))??;
+
+    // Every stored bundle is in the cache before the first stream is accepted.
+    let cache = Cache::default();
+    cache.apply(&store.catalog());
+    tracing::info!(node_types = store.catalog().len(), data_dir = %config.data_dir.display(), "store loaded");
+    let follower = tokio::spawn(cache.clone().follow(store.subscribe(), shutdown.clone()));
+
+    let registry = Registry::default();
+    let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone());
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_routes(xds_server.routes())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(xds), shutdown.clone().cancelled_owned());
+
+    let app = api::router(ApiState { store, registry }, config.body_limit);
+    let http = axum::serve(rest, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+
+    let grace = config.shutdown_grace;
+    let servers = async { tokio::try_join!(async { grpc.await.map_err(RunError::from) }, async { http.await.map_err(RunError::from) }) };
+    tokio::pin!(servers);
+    let result = tokio::select! {
+        result = &mut servers => result.map(|_| ()),
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "shutdown grace period over; closing what is still open");
+            Ok(())
+        }
+    };
+    follower.abort();
+    result
+}

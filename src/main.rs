@@ -1,0 +1,57 @@
+//! The `sxds` daemon: configuration, logging, signals, listeners.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use sxds::Config;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let filter = EnvFilter::try_new(&config.log).context("--log is not a valid log filter")?;
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.production {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+
+    // Every Envoy holds a connection open: raise the open-file limit to the hard limit.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
+    }
+    if config.ads_mode {
+        tracing::info!("SXDS_ADS_MODE is accepted for compatibility; ADS and the per-type services are always served");
+    }
+
+    let xds_addr = SocketAddr::new(config.listen_address, config.xds_port);
+    let rest_addr = SocketAddr::new(config.listen_address, config.cacher_port);
+    let xds = TcpListener::bind(xds_addr).await.with_context(|| format!("cannot listen on {xds_addr} (xDS)"))?;
+    let rest = TcpListener::bind(rest_addr).await.with_context(|| format!("cannot listen on {rest_addr} (REST)"))?;
+    tracing::info!(xds = %xds.local_addr()?, rest = %rest.local_addr()?, "sxds listening");
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    sxds::run(&config, xds, rest, shutdown).await.context("sxds stopped")?;
+    tracing::info!("sxds stopped");
+    Ok(())
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}

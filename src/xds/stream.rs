@@ -1,0 +1,201 @@
+//! The state-of-the-world stream state machine: what one stream has asked
+//! for, what it was sent, and when to send again. Pure logic; the I/O loop
+//! lives in `xds::server`.
+//!
+//! Per type a stream remembers its subscription, the snapshot its last
+//! response came from and whether that response is still unanswered. A
+//! response is sent when:
+//! - the client asked for the type and is not holding an unanswered response
+//!   of it (each response is ACKed or NACKed before the next: bursts of
+//!   updates coalesce into the latest snapshot);
+//! - on ADS, no earlier type in the order clusters, endpoints, listeners,
+//!   routes is unanswered (R23);
+//! - and something the client asked for changed (R8), a name was newly
+//!   subscribed (R11, R12), or the request was not an ACK/NACK of our last
+//!   response: Envoy re-requests when a cluster or listener starts warming
+//!   and needs a fresh answer even if nothing changed (R21, R22).
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+
+use crate::{cache::Snapshot, resource_type::ResourceType, xds::codec::EncodedResponse};
+
+/// Which service a stream came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// ADS: every type on one stream, each request naming its type.
+    Aggregated,
+    /// A per-type service (LDS, CDS, RDS, EDS); the type URL may be empty (R3).
+    Single(ResourceType),
+}
+
+impl StreamKind {
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Self::Aggregated => "ads",
+            Self::Single(ResourceType::Listener) => "lds",
+            Self::Single(ResourceType::Cluster) => "cds",
+            Self::Single(ResourceType::Route) => "rds",
+            Self::Single(ResourceType::Endpoint) => "eds",
+        }
+    }
+}
+
+/// What a request turned out to be, for logging and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// First request of a type, or a subscription change.
+    Request { ty: ResourceType },
+    /// The client applied our last response (R5).
+    Ack { ty: ResourceType, version: String },
+    /// The client rejected our last response (R6).
+    Nack { ty: ResourceType, nonce: String, error: String },
+    /// A nonce other than our latest for the type: ignored (R10).
+    Stale { ty: ResourceType },
+    /// A type sxds does not serve (secrets, runtime, ...), or the wrong type
+    /// on a per-type service.
+    Unknown { type_url: String },
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    /// A request for the type has been seen.
+    requested: bool,
+    /// LDS/CDS wildcard subscription (R14).
+    wildcard: bool,
+    /// Explicitly subscribed names.
+    names: BTreeSet<String>,
+    /// The client named resources at some point, so an empty list now means
+    /// "none" rather than the legacy wildcard (R15).
+    ever_named: bool,
+    /// Names subscribed since the last response: sent even if unchanged (R11).
+    newly_named: BTreeSet<String>,
+    /// The next response carries the whole subscription (R21, R22).
+    refresh: bool,
+    /// Nonce of the last response; empty before the first.
+    nonce: String,
+    /// The last response has not been ACKed or NACKed yet.
+    awaiting_reply: bool,
+    /// The snapshot the last response came from: what the client holds for
+    /// every subscribed name.
+    sent: Option<Arc<Snapshot>>,
+}
+
+/// Per-stream protocol state.
+#[derive(Debug)]
+pub struct StreamState {
+    kind: StreamKind,
+    types: [TypeState; 4],
+    nonces: u64,
+}
+
+impl StreamState {
+    pub fn new(kind: StreamKind) -> Self {
+        Self { kind, types: Default::default(), nonces: 0 }
+    }
+
+    /// Takes in one request: ACK/NACK bookkeeping and subscription changes.
+    pub fn on_request(&mut self, request: &DiscoveryRequest) -> Received {
+        let ty = match (self.kind, request.type_url.as_str()) {
+            (StreamKind::Single(ty), "") => ty,
+            (StreamKind::Single(ty), url) if url == ty.type_url() => ty,
+            (StreamKind::Aggregated, url) => match ResourceType::from_type_url(url) {
+                Some(ty) => ty,
+                None => return Received::Unknown { type_url: url.to_owned() },
+            },
+            (StreamKind::Single(_), url) => return Received::Unknown { type_url: url.to_owned() },
+        };
+        let state = &mut self.types[ty.index()];
+        let nonce = request.response_nonce.as_str();
+        if !nonce.is_empty() && nonce != state.nonce {
+            return Received::Stale { ty };
+        }
+
+        let is_reply = !nonce.is_empty() && state.awaiting_reply;
+        state.awaiting_reply = false;
+        if !is_reply {
+            state.refresh = true;
+        }
+        state.requested = true;
+        update_subscription(ty, state, &request.resource_names);
+
+        match (&request.error_detail, is_reply) {
+            (Some(error), true) => Received::Nack { ty, nonce: nonce.to_owned(), error: error.message.clone() },
+            (None, true) => Received::Ack { ty, version: request.version_info.clone() },
+            _ => Received::Request { ty },
+        }
+    }
+
+    /// The responses due now, in ADS order, given the node type's snapshot.
+    /// `None` (no bundle yet) sends nothing: an empty LDS/CDS would delete
+    /// the Envoy's config (R37).
+    pub fn due(&mut self, snapshot: Option<&Arc<Snapshot>>) -> Vec<(ResourceType, EncodedResponse)> {
+        let Some(snapshot) = snapshot else { return Vec::new() };
+        let mut responses = Vec::new();
+        for ty in ResourceType::ALL {
+            // R23: on ADS a type waits while an earlier one is unanswered.
+            let earlier_unanswered = self.kind == StreamKind::Aggregated
+                && ResourceType::ALL[..ty.index()].iter().any(|t| self.types[t.index()].awaiting_reply);
+            if earlier_unanswered {
+                break;
+            }
+            let state = &self.types[ty.index()];
+            if !state.requested || state.awaiting_reply {
+                continue;
+            }
+            let Some(names) = names_due(ty, state, snapshot) else { continue };
+            self.nonces += 1;
+            let nonce = self.nonces.to_string();
+            let response = snapshot.response(ty, names.iter().map(String::as_str), &nonce);
+            let state = &mut self.types[ty.index()];
+            state.nonce = nonce;
+            state.awaiting_reply = true;
+            state.sent = Some(snapshot.clone());
+            state.newly_named.clear();
+            state.refresh = false;
+            responses.push((ty, response));
+        }
+        responses
+    }
+}
+
+/// Applies a request's `resource_names` to the subscription (R14, R15, R17).
+fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: &[String]) {
+    let mut names: BTreeSet<String> = resource_names.iter().cloned().collect();
+    let star = names.remove("*");
+    let was_wildcard = state.wildcard;
+    state.wildcard = ty.is_full_state() && (star || (names.is_empty() && !state.ever_named));
+    state.ever_named |= !names.is_empty();
+    if state.wildcard && !was_wildcard {
+        state.refresh = true;
+    }
+    state.newly_named.retain(|n| names.contains(n));
+    state.newly_named.extend(names.difference(&state.names).cloned());
+    state.names = names;
+}
+
+/// The names a response of `ty` should carry now, or `None` if none is due.
+fn names_due(ty: ResourceType, state: &TypeState, snapshot: &Snapshot) -> Option<Vec<String>> {
+    let subscribed: Vec<String> = if state.wildcard {
+        snapshot.names(ty).map(str::to_owned).collect()
+    } else {
+        state.names.iter().filter(|n| snapshot.contains(ty, n)).cloned().collect()
+    };
+    if ty.is_full_state() {
+        // LDS/CDS responses are the full set (R18): send it whenever the
+        // version moved, the subscription grew, or the client asked afresh.
+        let moved = state.sent.as_ref().is_none_or(|sent| sent.version() != snapshot.version());
+        return (moved || state.refresh || !state.newly_named.is_empty()).then_some(subscribed);
+    }
+    // RDS/EDS may be partial (R19): only what the client lacks.
+    let changed: Vec<String> = subscribed
+        .into_iter()
+        .filter(|name| {
+            state.refresh
+                || state.newly_named.contains(name)
+                || state.sent.as_ref().is_none_or(|sent| sent.digest(ty, name) != snapshot.digest(ty, name))
+        })
+        .collect();
+    (!changed.is_empty()).then_some(changed)
+}

@@ -1,0 +1,131 @@
+//! Shared test helpers: the real daemon on port 0 with a temporary data
+//! directory, and bounded waits.
+
+#![allow(dead_code)]
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+/// The daemon started in-process through `sxds::run`.
+pub struct TestDaemon {
+    pub xds_addr: SocketAddr,
+    pub rest_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), sxds::RunError>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl TestDaemon {
+    /// Starts on loopback port 0 with a fresh data directory.
+    pub async fn start() -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut daemon = Self::start_in(temp.path().to_path_buf()).await;
+        daemon._temp = Some(temp);
+        daemon
+    }
+
+    /// Starts on loopback port 0 with the given data directory.
+    pub async fn start_in(data_dir: PathBuf) -> Self {
+        let config = sxds::Config::for_tests(data_dir.clone());
+        let xds = TcpListener::bind("127.0.0.1:0").await.expect("bind xds");
+        let rest = TcpListener::bind("127.0.0.1:0").await.expect("bind rest");
+        let (xds_addr, rest_addr) = (xds.local_addr().unwrap(), rest.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move { sxds::run(&config, xds, rest, token).await });
+        let daemon = Self { xds_addr, rest_addr, data_dir, shutdown, task, _temp: None };
+        let health = daemon.url("/healthz");
+        wait_for("REST health", Duration::from_secs(10), || {
+            let health = health.clone();
+            async move { reqwest::get(&health).await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        daemon
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.rest_addr, path)
+    }
+
+    pub fn xds_url(&self) -> String {
+        format!("http://{}", self.xds_addr)
+    }
+
+    /// PUTs a JSON body; returns status and parsed JSON answer.
+    pub async fn put(&self, node_type: &str, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .put(self.url(&format!("/resources/{node_type}")))
+            .body(body)
+            .send()
+            .await
+            .expect("PUT");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Graceful stop; returns what `run` returned. Keeps the data directory
+    /// when it was given by the caller.
+    pub async fn stop(self) -> Result<(), sxds::RunError> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("daemon stops within 20 s")
+            .expect("daemon task")
+    }
+}
+
+/// Polls `check` until it is true; panics naming `what` after `limit`.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A small valid bundle: listener `listener_0` on `port` with RDS route
+/// `local_route` to EDS cluster `backend` at `backend_port`.
+pub fn sidecar_bundle(version: &str, port: u16, backend_port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "version": version,
+        "listeners": [{
+            "name": "listener_0",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "ingress_http",
+                    "rds": {"route_config_name": "local_route", "config_source": {"ads": {}, "resource_api_version": "V3"}},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+                }
+            }]}]
+        }],
+        "clusters": [{
+            "name": "backend",
+            "type": "EDS",
+            "connect_timeout": "1s",
+            "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}}
+        }],
+        "routes": [{
+            "name": "local_route",
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]
+        }],
+        "endpoints": [{
+            "cluster_name": "backend",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": backend_port}}}}]}]
+        }]
+    })
+}
