@@ -193,3 +193,77 @@ impl Cache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::{
+        config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment},
+        service::discovery::v3::DiscoveryResponse,
+    };
+
+    use super::*;
+
+    fn stored(version: &str, clusters: &[&str]) -> Arc<StoredBundle> {
+        let bundle = Bundle {
+            version: version.to_owned(),
+            clusters: clusters.iter().map(|name| Cluster { name: (*name).to_owned(), ..Default::default() }).collect(),
+            endpoints: vec![ClusterLoadAssignment { cluster_name: "a".into(), ..Default::default() }],
+            ..Default::default()
+        };
+        Arc::new(StoredBundle { bundle: Some(bundle), content_hash: String::new() })
+    }
+
+    #[test]
+    fn responses_decode_as_discovery_responses() {
+        let snapshot = Snapshot::build(stored("v7", &["b", "a"]));
+        let response = snapshot.response(ResourceType::Cluster, snapshot.names(ResourceType::Cluster), "42");
+        let decoded = DiscoveryResponse::decode(response.to_bytes()).unwrap();
+        assert_eq!(decoded.version_info, "v7");
+        assert_eq!(decoded.nonce, "42");
+        assert_eq!(decoded.type_url, ResourceType::Cluster.type_url());
+        let names: Vec<String> =
+            decoded.resources.iter().map(|any| Cluster::decode(any.value.as_slice()).unwrap().name).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(decoded.resources.iter().all(|any| any.type_url == ResourceType::Cluster.type_url()));
+    }
+
+    #[test]
+    fn resources_are_encoded_once_and_shared_by_every_response() {
+        let snapshot = Snapshot::build(stored("v1", &["a"]));
+        let first = snapshot.response(ResourceType::Cluster, ["a"], "1");
+        let second = snapshot.response(ResourceType::Cluster, ["a"], "2");
+        // chunk 0 is version_info, chunk 1 the resource: the same allocation.
+        assert_eq!(first.chunks()[1].as_ptr(), second.chunks()[1].as_ptr());
+        assert_eq!(first.chunks()[0].as_ptr(), second.chunks()[0].as_ptr());
+    }
+
+    #[test]
+    fn unchanged_resources_keep_their_digest_across_versions() {
+        let v1 = Snapshot::build(stored("v1", &["a", "b"]));
+        let v2 = Snapshot::build(stored("v2", &["a"]));
+        assert_eq!(v1.digest(ResourceType::Cluster, "a"), v2.digest(ResourceType::Cluster, "a"));
+        assert_eq!(v2.digest(ResourceType::Cluster, "b"), None);
+        assert!(!v2.contains(ResourceType::Cluster, "b"));
+    }
+
+    #[test]
+    fn apply_follows_the_catalog_and_skips_unchanged_bundles() {
+        let cache = Cache::default();
+        let node_type = NodeType::parse("sidecar").unwrap();
+        let mut watch = cache.subscribe(&node_type);
+        assert!(watch.borrow_and_update().is_none());
+
+        let mut catalog = Catalog::new();
+        catalog.insert(node_type.clone(), stored("v1", &["a"]));
+        cache.apply(&catalog);
+        assert!(watch.has_changed().unwrap());
+        assert_eq!(watch.borrow_and_update().as_ref().unwrap().version(), "v1");
+
+        cache.apply(&catalog);
+        assert!(!watch.has_changed().unwrap(), "the same stored bundle must not be rebuilt or re-sent");
+
+        catalog.clear();
+        cache.apply(&catalog);
+        assert!(watch.borrow_and_update().is_none(), "a deleted bundle stops serving new streams");
+    }
+}

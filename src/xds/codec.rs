@@ -37,6 +37,11 @@ impl EncodedResponse {
         }
     }
 
+    /// The chunks, in order.
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.chunks
+    }
+
     /// The whole message, for tests and for logging sizes.
     pub fn to_bytes(&self) -> Bytes {
         let mut out = Vec::with_capacity(self.len());

@@ -183,6 +183,9 @@ fn names_due(ty: ResourceType, state: &TypeState, snapshot: &Snapshot) -> Option
         state.names.iter().filter(|n| snapshot.contains(ty, n)).cloned().collect()
     };
     if ty.is_full_state() {
+        if !state.wildcard && state.names.is_empty() {
+            return None; // unsubscribed from everything (R15)
+        }
         // LDS/CDS responses are the full set (R18): send it whenever the
         // version moved, the subscription grew, or the client asked afresh.
         let moved = state.sent.as_ref().is_none_or(|sent| sent.version() != snapshot.version());

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod xds_client;
+
 use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};
