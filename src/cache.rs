@@ -99,12 +99,31 @@ impl Snapshot {
 
     /// A DiscoveryResponse of `ty` with the named resources (those present).
     pub fn response<'a>(&self, ty: ResourceType, names: impl IntoIterator<Item = &'a str>, nonce: &str) -> EncodedResponse {
+        self.response_keeping(ty, names, None, nonce)
+    }
+
+    /// Like [`Self::response`], plus resources of an older snapshot the
+    /// client must keep a while longer: make before break (R23).
+    pub fn response_keeping<'a>(
+        &self,
+        ty: ResourceType,
+        names: impl IntoIterator<Item = &'a str>,
+        kept: Option<(&Snapshot, &[String])>,
+        nonce: &str,
+    ) -> EncodedResponse {
         let mut response = EncodedResponse::default();
         response.push_encoded(self.version_field.clone());
         let resources = &self.types[ty.index()];
         for name in names {
             if let Some(resource) = resources.get(name) {
                 response.push_encoded(resource.entry.clone());
+            }
+        }
+        if let Some((older, names)) = kept {
+            for name in names {
+                if let Some(resource) = older.types[ty.index()].get(name) {
+                    response.push_encoded(resource.entry.clone());
+                }
             }
         }
         response.push_string(TYPE_URL, ty.type_url());

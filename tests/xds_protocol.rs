@@ -452,3 +452,53 @@ async fn shutdown_ends_open_streams_within_the_grace_period() {
     client.ack(&response, &[]).await;
     daemon.stop().await.expect("a clean stop with a stream open");
 }
+
+#[tokio::test]
+async fn r23_on_ads_a_dropped_cluster_is_removed_only_after_routes_moved_away_from_it() {
+    let daemon = TestDaemon::start().await;
+    put(&daemon, "sidecar", &bundle("v1", &[("a", 1)])).await;
+    let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", CDS, &[])).await;
+    let subscriptions = [(CDS, vec![]), (EDS, vec!["a"]), (LDS, vec![]), (RDS, vec!["route_0"])];
+    for (type_url, names) in &subscriptions {
+        if *type_url != CDS {
+            client.send(request("sidecar-1", type_url, names)).await;
+        }
+        let response = client.recv().await;
+        client.ack(&response, names).await;
+    }
+
+    // v2 replaces cluster a by b and points the route at b.
+    put(&daemon, "sidecar", &bundle("v2", &[("b", 2)])).await;
+    let first = client.recv().await;
+    assert_eq!(first.type_url, CDS);
+    let mut held = names(&first);
+    held.sort();
+    assert_eq!(held, ["a", "b"], "the first CDS response keeps a: the route still points at it");
+    client.ack(&first, &[]).await;
+    // A repeated CDS request mid-transition must not drop a early; then, like
+    // Envoy, ask for the endpoints of every cluster held.
+    client.send(ack(&first, &[])).await;
+    client.send(request("sidecar-1", EDS, &["a", "b"])).await;
+
+    let mut routes_moved = false;
+    for _ in 0..8 {
+        let response = client.recv().await;
+        match response.type_url.as_str() {
+            RDS => routes_moved = true,
+            CDS if names(&response).contains(&"a".to_owned()) => {}
+            CDS => {
+                assert!(routes_moved, "a was removed before the route moved to b");
+                assert_eq!(names(&response), ["b"]);
+                return;
+            }
+            _ => {}
+        }
+        let names: &[&str] = match response.type_url.as_str() {
+            EDS => &["a", "b"],
+            RDS => &["route_0"],
+            _ => &[],
+        };
+        client.ack(&response, names).await;
+    }
+    panic!("no final CDS response removing a");
+}

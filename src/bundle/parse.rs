@@ -20,32 +20,17 @@ pub enum Format {
 /// Parses a bundle and fills in what the store needs: the content hash and,
 /// when the body has none, a version derived from it.
 pub fn parse(body: &[u8], format: Format) -> Result<StoredBundle, BundleError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(BundleError::new("the request body is empty; expected a bundle"));
-    }
     let mut message = match format {
         Format::Json => {
             let mut de = serde_json::Deserializer::from_slice(body);
-            match deserialize_tracked(&mut de) {
-                Ok(message) => {
-                    de.end().map_err(malformed_json)?;
-                    message
-                }
-                Err((_, e)) if e.is_syntax() || e.is_eof() || e.is_io() => return Err(malformed_json(e)),
-                // Streaming, prost-reflect buffers the fields of an Any that
-                // come before its `@type`, and their path is lost. Errors are
-                // rare: parse again from a value, whose sorted keys put `@type`
-                // first, for the exact path.
-                Err(_) => {
-                    let value: serde_json::Value = serde_json::from_slice(body).map_err(malformed_json)?;
-                    deserialize_tracked(value).map_err(|(path, e)| field_error(&path, e.to_string()))?
-                }
-            }
+            let message = deserialize_tracked(&mut de)?;
+            de.end().map_err(|e| BundleError::new(format!("malformed JSON: {e}")))?;
+            message
         }
         Format::Yaml => {
             let value: serde_json::Value =
                 serde_yaml_ng::from_slice(body).map_err(|e| BundleError::new(format!("malformed YAML: {e}")))?;
-            deserialize_tracked(value).map_err(|(path, e)| field_error(&path, e.to_string()))?
+            deserialize_tracked(value)?
         }
     };
 
@@ -62,38 +47,23 @@ pub fn parse(body: &[u8], format: Format) -> Result<StoredBundle, BundleError> {
     Ok(StoredBundle { bundle: Some(bundle), content_hash })
 }
 
-fn malformed_json(e: serde_json::Error) -> BundleError {
-    BundleError::new(format!("malformed JSON: {e}"))
-}
-
-/// Deserializes `sxds.v1.Bundle`; a failure comes with the path it happened at.
-fn deserialize_tracked<'de, D>(de: D) -> Result<DynamicMessage, (String, D::Error)>
+/// Deserializes `sxds.v1.Bundle`, remembering where an error happened.
+fn deserialize_tracked<'de, D>(de: D) -> Result<DynamicMessage, BundleError>
 where
     D: serde::Deserializer<'de>,
+    D::Error: std::fmt::Display,
 {
     let mut track = serde_path_to_error::Track::new();
     let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
-    schema::bundle_descriptor().deserialize(tracked).map_err(|e| (track.path().to_string(), e))
-}
-
-/// A schema error at the most precise path known. prost-reflect refuses an
-/// unknown field or `@type` only after reading its key, so the tracked path
-/// ends at the enclosing message; the key is added here.
-fn field_error(path: &str, message: String) -> BundleError {
-    let path = if path == "." { "" } else { path };
-    let join = |key: &str| if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
-    if let Some((name, _)) = message.strip_prefix("unrecognized field name '").and_then(|rest| rest.split_once('\'')) {
-        let path = join(name);
-        return BundleError::at(path, message);
-    }
-    if message.starts_with("message '") && message.contains("' not found") {
-        return BundleError::at(join("@type"), format!("unknown @type: {message}"));
-    }
-    if path.is_empty() {
-        BundleError::new(message)
-    } else {
-        BundleError::at(path, message)
-    }
+    schema::bundle_descriptor().deserialize(tracked).map_err(|e| {
+        let path = track.path().to_string();
+        let message = e.to_string();
+        if path == "." || path.is_empty() {
+            BundleError::new(message)
+        } else {
+            BundleError::at(path, message)
+        }
+    })
 }
 
 /// SHA-256 over the resources in canonical form: proto3 JSON with sorted
@@ -157,4 +127,3 @@ pub fn to_json(bundle: &Bundle) -> Result<serde_json::Value, BundleError> {
         .serialize_with_options(serde_json::value::Serializer, &options)
         .map_err(|e| BundleError::new(format!("stored bundle cannot be printed: {e}")))
 }
-

@@ -14,6 +14,11 @@
 //!   subscribed (R11, R12), or the request was not an ACK/NACK of our last
 //!   response: Envoy re-requests when a cluster or listener starts warming
 //!   and needs a fresh answer even if nothing changed (R21, R22).
+//!
+//! On ADS, clusters that a new bundle drops are removed last (R23): the
+//! first CDS response of the update still carries them, so routes that point
+//! at them keep working until the new listeners and routes are in; a final
+//! CDS response drops them once every other type is answered.
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -80,6 +85,10 @@ struct TypeState {
     /// The snapshot the last response came from: what the client holds for
     /// every subscribed name.
     sent: Option<Arc<Snapshot>>,
+    /// CDS only: clusters of an older bundle the client keeps for make
+    /// before break, and the snapshot they come from; a final response
+    /// removes them.
+    retiring: Option<(Arc<Snapshot>, Vec<String>)>,
 }
 
 /// Per-stream protocol state.
@@ -135,9 +144,7 @@ impl StreamState {
         let mut responses = Vec::new();
         for ty in ResourceType::ALL {
             // R23: on ADS a type waits while an earlier one is unanswered.
-            let earlier_unanswered = self.kind == StreamKind::Aggregated
-                && ResourceType::ALL[..ty.index()].iter().any(|t| self.types[t.index()].awaiting_reply);
-            if earlier_unanswered {
+            if self.kind == StreamKind::Aggregated && self.any_unanswered(&ResourceType::ALL[..ty.index()]) {
                 break;
             }
             let state = &self.types[ty.index()];
@@ -145,18 +152,68 @@ impl StreamState {
                 continue;
             }
             let Some(names) = names_due(ty, state, snapshot) else { continue };
-            self.nonces += 1;
-            let nonce = self.nonces.to_string();
-            let response = snapshot.response(ty, names.iter().map(String::as_str), &nonce);
+            let retiring = self.clusters_to_retire(ty, snapshot);
+            let nonce = self.next_nonce();
             let state = &mut self.types[ty.index()];
-            state.nonce = nonce;
-            state.awaiting_reply = true;
-            state.sent = Some(snapshot.clone());
-            state.newly_named.clear();
-            state.refresh = false;
+            let kept = retiring.as_ref().map(|(from, names)| (from.as_ref(), names.as_slice()));
+            let response = snapshot.response_keeping(ty, names.iter().map(String::as_str), kept, &nonce);
+            state.retiring = retiring;
+            state.mark_sent(nonce, snapshot);
             responses.push((ty, response));
         }
+        // Everything else is answered: drop the clusters kept for make before break.
+        let cds = &self.types[ResourceType::Cluster.index()];
+        if cds.retiring.is_some() && !self.any_unanswered(&ResourceType::ALL) {
+            let names = subscribed(ResourceType::Cluster, cds, snapshot);
+            let nonce = self.next_nonce();
+            let response = snapshot.response(ResourceType::Cluster, names.iter().map(String::as_str), &nonce);
+            let cds = &mut self.types[ResourceType::Cluster.index()];
+            cds.retiring = None;
+            cds.mark_sent(nonce, snapshot);
+            responses.push((ResourceType::Cluster, response));
+        }
         responses
+    }
+
+    fn any_unanswered(&self, types: &[ResourceType]) -> bool {
+        types.iter().any(|t| self.types[t.index()].awaiting_reply)
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonces += 1;
+        self.nonces.to_string()
+    }
+
+    /// On ADS, the clusters a CDS response about to be sent would remove
+    /// while listeners or routes still have to follow: kept one round longer,
+    /// with the snapshot that has them.
+    fn clusters_to_retire(&self, ty: ResourceType, snapshot: &Snapshot) -> Option<(Arc<Snapshot>, Vec<String>)> {
+        if ty != ResourceType::Cluster || self.kind != StreamKind::Aggregated {
+            return None;
+        }
+        let routing_follows = [ResourceType::Listener, ResourceType::Route].iter().any(|t| self.types[t.index()].requested);
+        let state = &self.types[ty.index()];
+        // Still in a transition: keep what the client was told to keep.
+        let (from, candidates) = match &state.retiring {
+            Some((from, names)) => (from.clone(), names.clone()),
+            None => {
+                let sent = state.sent.clone()?;
+                let names = sent.names(ty).map(str::to_owned).collect();
+                (sent, names)
+            }
+        };
+        let retired: Vec<String> = candidates.into_iter().filter(|name| !snapshot.contains(ty, name)).collect();
+        (routing_follows && !retired.is_empty()).then_some((from, retired))
+    }
+}
+
+impl TypeState {
+    fn mark_sent(&mut self, nonce: String, snapshot: &Arc<Snapshot>) {
+        self.nonce = nonce;
+        self.awaiting_reply = true;
+        self.sent = Some(snapshot.clone());
+        self.newly_named.clear();
+        self.refresh = false;
     }
 }
 
@@ -177,11 +234,7 @@ fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: 
 
 /// The names a response of `ty` should carry now, or `None` if none is due.
 fn names_due(ty: ResourceType, state: &TypeState, snapshot: &Snapshot) -> Option<Vec<String>> {
-    let subscribed: Vec<String> = if state.wildcard {
-        snapshot.names(ty).map(str::to_owned).collect()
-    } else {
-        state.names.iter().filter(|n| snapshot.contains(ty, n)).cloned().collect()
-    };
+    let subscribed = subscribed(ty, state, snapshot);
     if ty.is_full_state() {
         if !state.wildcard && state.names.is_empty() {
             return None; // unsubscribed from everything (R15)
@@ -201,4 +254,13 @@ fn names_due(ty: ResourceType, state: &TypeState, snapshot: &Snapshot) -> Option
         })
         .collect();
     (!changed.is_empty()).then_some(changed)
+}
+
+/// Every subscribed name of `ty` that exists in `snapshot`, in order.
+fn subscribed(ty: ResourceType, state: &TypeState, snapshot: &Snapshot) -> Vec<String> {
+    if state.wildcard {
+        snapshot.names(ty).map(str::to_owned).collect()
+    } else {
+        state.names.iter().filter(|n| snapshot.contains(ty, n)).cloned().collect()
+    }
 }

@@ -31,7 +31,22 @@ impl TestDaemon {
 
     /// Starts on loopback port 0 with the given data directory.
     pub async fn start_in(data_dir: PathBuf) -> Self {
-        let config = sxds::Config::for_tests(data_dir.clone());
+        Self::start_in_with(data_dir, |_| {}).await
+    }
+
+    /// Starts with a fresh data directory and a test config that `adjust`
+    /// may change (e.g. a small `body_limit`).
+    pub async fn start_with(adjust: impl FnOnce(&mut sxds::Config)) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut daemon = Self::start_in_with(temp.path().to_path_buf(), adjust).await;
+        daemon._temp = Some(temp);
+        daemon
+    }
+
+    /// Starts in `data_dir` with a test config that `adjust` may change.
+    pub async fn start_in_with(data_dir: PathBuf, adjust: impl FnOnce(&mut sxds::Config)) -> Self {
+        let mut config = sxds::Config::for_tests(data_dir.clone());
+        adjust(&mut config);
         let xds = TcpListener::bind("127.0.0.1:0").await.expect("bind xds");
         let rest = TcpListener::bind("127.0.0.1:0").await.expect("bind rest");
         let (xds_addr, rest_addr) = (xds.local_addr().unwrap(), rest.local_addr().unwrap());
@@ -131,3 +146,4 @@ pub fn sidecar_bundle(version: &str, port: u16, backend_port: u16) -> serde_json
         }]
     })
 }
+pub mod envoy;

