@@ -43,6 +43,12 @@ pub struct Resource {
 /// A bundle as served: every resource encoded once, shared by all streams.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// Unique within the process, to tell which snapshot came before which.
+    id: u64,
+    /// The snapshot this one replaced, and per type the names that are new
+    /// or changed since: a stream that holds the previous snapshot finds what
+    /// to send without comparing every name it subscribes to.
+    changed_since: Option<(u64, [Vec<String>; 4])>,
     version: String,
     version_field: Bytes,
     types: [BTreeMap<String, Resource>; 4],
@@ -51,7 +57,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn build(source: Arc<StoredBundle>) -> Self {
+    pub fn build(id: u64, source: Arc<StoredBundle>, previous: Option<&Snapshot>) -> Self {
         let mut types: [BTreeMap<String, Resource>; 4] = Default::default();
         let empty = Bundle::default();
         let bundle = source.bundle.as_ref().unwrap_or(&empty);
@@ -74,9 +80,25 @@ impl Snapshot {
         for r in &bundle.routes {
             add(ResourceType::Route, &r.name, r.encode_to_vec());
         }
+        let changed_since = previous.map(|previous| {
+            let changed = ResourceType::ALL.map(|ty| {
+                let names = types[ty.index()].iter();
+                names.filter(|(name, r)| previous.digest(ty, name) != Some(r.digest)).map(|(name, _)| name.clone()).collect()
+            });
+            (previous.id, changed)
+        });
         let version = bundle.version.clone();
         let version_field = encode_bytes_field(VERSION_INFO, version.as_bytes());
-        Self { version, version_field, types, source }
+        Self { id, changed_since, version, version_field, types, source }
+    }
+
+    /// The names of `ty` that are new or changed relative to `earlier`, when
+    /// `earlier` is the snapshot this one replaced; `None` otherwise.
+    pub fn changed_since(&self, earlier: &Snapshot, ty: ResourceType) -> Option<&[String]> {
+        match &self.changed_since {
+            Some((id, changed)) if *id == earlier.id => Some(&changed[ty.index()]),
+            _ => None,
+        }
     }
 
     pub fn version(&self) -> &str {
@@ -141,6 +163,7 @@ pub struct Cache(Arc<Inner>);
 
 #[derive(Default)]
 struct Inner {
+    next_snapshot_id: std::sync::atomic::AtomicU64,
     // A std Mutex: held only to find or create a channel, never across an await.
     by_node_type: Mutex<HashMap<NodeType, watch::Sender<Option<Arc<Snapshot>>>>>,
 }
@@ -172,20 +195,26 @@ impl Cache {
     /// change are not re-encoded; node types that lost their bundle stop
     /// serving new streams, while connected Envoys keep what they have.
     pub fn apply(&self, catalog: &Catalog) {
-        let stale: Vec<(NodeType, Arc<StoredBundle>)> = {
+        type Stale = (NodeType, Arc<StoredBundle>, Option<Arc<Snapshot>>);
+        let stale: Vec<Stale> = {
             let map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
             catalog
                 .iter()
-                .filter(|(node_type, stored)| {
-                    let current = map.get(*node_type).and_then(|s| s.borrow().clone());
-                    !current.is_some_and(|snapshot| Arc::ptr_eq(&snapshot.source, stored))
+                .filter_map(|(node_type, stored)| {
+                    let current = map.get(node_type).and_then(|s| s.borrow().clone());
+                    let fresh = current.as_ref().is_some_and(|snapshot| Arc::ptr_eq(&snapshot.source, stored));
+                    (!fresh).then(|| (node_type.clone(), stored.clone(), current))
                 })
-                .map(|(node_type, stored)| (node_type.clone(), stored.clone()))
                 .collect()
         };
         // Encode outside the lock: a large bundle takes milliseconds.
-        let built: Vec<(NodeType, Arc<Snapshot>)> =
-            stale.into_iter().map(|(node_type, stored)| (node_type, Arc::new(Snapshot::build(stored)))).collect();
+        let built: Vec<(NodeType, Arc<Snapshot>)> = stale
+            .into_iter()
+            .map(|(node_type, stored, current)| {
+                let id = self.0.next_snapshot_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (node_type, Arc::new(Snapshot::build(id, stored, current.as_deref())))
+            })
+            .collect();
 
         let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
         for (node_type, snapshot) in built {
@@ -234,7 +263,7 @@ mod tests {
 
     #[test]
     fn responses_decode_as_discovery_responses() {
-        let snapshot = Snapshot::build(stored("v7", &["b", "a"]));
+        let snapshot = Snapshot::build(1, stored("v7", &["b", "a"]), None);
         let response = snapshot.response(ResourceType::Cluster, snapshot.names(ResourceType::Cluster), "42");
         let decoded = DiscoveryResponse::decode(response.to_bytes()).unwrap();
         assert_eq!(decoded.version_info, "v7");
@@ -248,7 +277,7 @@ mod tests {
 
     #[test]
     fn resources_are_encoded_once_and_shared_by_every_response() {
-        let snapshot = Snapshot::build(stored("v1", &["a"]));
+        let snapshot = Snapshot::build(1, stored("v1", &["a"]), None);
         let first = snapshot.response(ResourceType::Cluster, ["a"], "1");
         let second = snapshot.response(ResourceType::Cluster, ["a"], "2");
         // chunk 0 is version_info, chunk 1 the resource: the same allocation.
@@ -258,11 +287,21 @@ mod tests {
 
     #[test]
     fn unchanged_resources_keep_their_digest_across_versions() {
-        let v1 = Snapshot::build(stored("v1", &["a", "b"]));
-        let v2 = Snapshot::build(stored("v2", &["a"]));
+        let v1 = Snapshot::build(1, stored("v1", &["a", "b"]), None);
+        let v2 = Snapshot::build(2, stored("v2", &["a"]), Some(&v1));
         assert_eq!(v1.digest(ResourceType::Cluster, "a"), v2.digest(ResourceType::Cluster, "a"));
         assert_eq!(v2.digest(ResourceType::Cluster, "b"), None);
         assert!(!v2.contains(ResourceType::Cluster, "b"));
+    }
+
+    #[test]
+    fn a_snapshot_knows_what_changed_since_the_one_it_replaced() {
+        let v1 = Snapshot::build(1, stored("v1", &["a"]), None);
+        let v2 = Snapshot::build(2, stored("v2", &["a", "b"]), Some(&v1));
+        let v3 = Snapshot::build(3, stored("v3", &["a", "b"]), Some(&v2));
+        assert_eq!(v2.changed_since(&v1, ResourceType::Cluster), Some(&["b".to_owned()][..]));
+        assert_eq!(v3.changed_since(&v2, ResourceType::Cluster), Some(&[][..]));
+        assert_eq!(v3.changed_since(&v1, ResourceType::Cluster), None, "only relative to the one it replaced");
     }
 
     #[test]

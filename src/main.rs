@@ -1,6 +1,6 @@
 //! The `sxds` daemon: configuration, logging, signals, listeners.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, process::ExitCode};
 
 use anyhow::Context;
 use clap::Parser;
@@ -9,11 +9,39 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+fn main() -> ExitCode {
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        // --help and --version print in full; bad configuration is one line.
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            let message = error.to_string();
+            let first_line = message.lines().next().unwrap_or_default().trim_start_matches("error: ");
+            eprintln!("sxds: {first_line}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sxds: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("sxds: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&config.log).context("--log is not a valid log filter")?;
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
     if config.production {
         logs.json().init();
     } else {

@@ -20,17 +20,33 @@ pub enum Format {
 /// Parses a bundle and fills in what the store needs: the content hash and,
 /// when the body has none, a version derived from it.
 pub fn parse(body: &[u8], format: Format) -> Result<StoredBundle, BundleError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(BundleError::new("the request body is empty; expected a bundle"));
+    }
     let mut message = match format {
         Format::Json => {
             let mut de = serde_json::Deserializer::from_slice(body);
-            let message = deserialize_tracked(&mut de)?;
-            de.end().map_err(|e| BundleError::new(format!("malformed JSON: {e}")))?;
-            message
+            match deserialize_tracked(&mut de) {
+                Ok(message) => {
+                    de.end().map_err(malformed_json)?;
+                    message
+                }
+                Err((_, e)) if e.is_syntax() || e.is_eof() || e.is_io() => return Err(malformed_json(e)),
+                // Streaming, prost-reflect buffers the fields of an Any that
+                // come before its `@type`, and their path is lost. Errors are
+                // rare: parse again from a value, whose sorted keys put `@type`
+                // first, for the exact path. (Sorted: serde_json's
+                // `preserve_order` is off; a unit test below would notice.)
+                Err(_) => {
+                    let value: serde_json::Value = serde_json::from_slice(body).map_err(malformed_json)?;
+                    deserialize_tracked(value).map_err(|(path, e)| field_error(&path, e.to_string()))?
+                }
+            }
         }
         Format::Yaml => {
             let value: serde_json::Value =
                 serde_yaml_ng::from_slice(body).map_err(|e| BundleError::new(format!("malformed YAML: {e}")))?;
-            deserialize_tracked(value)?
+            deserialize_tracked(value).map_err(|(path, e)| field_error(&path, e.to_string()))?
         }
     };
 
@@ -47,23 +63,38 @@ pub fn parse(body: &[u8], format: Format) -> Result<StoredBundle, BundleError> {
     Ok(StoredBundle { bundle: Some(bundle), content_hash })
 }
 
-/// Deserializes `sxds.v1.Bundle`, remembering where an error happened.
-fn deserialize_tracked<'de, D>(de: D) -> Result<DynamicMessage, BundleError>
+fn malformed_json(e: serde_json::Error) -> BundleError {
+    BundleError::new(format!("malformed JSON: {e}"))
+}
+
+/// Deserializes `sxds.v1.Bundle`; a failure comes with the path it happened at.
+fn deserialize_tracked<'de, D>(de: D) -> Result<DynamicMessage, (String, D::Error)>
 where
     D: serde::Deserializer<'de>,
-    D::Error: std::fmt::Display,
 {
     let mut track = serde_path_to_error::Track::new();
     let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
-    schema::bundle_descriptor().deserialize(tracked).map_err(|e| {
-        let path = track.path().to_string();
-        let message = e.to_string();
-        if path == "." || path.is_empty() {
-            BundleError::new(message)
-        } else {
-            BundleError::at(path, message)
-        }
-    })
+    schema::bundle_descriptor().deserialize(tracked).map_err(|e| (track.path().to_string(), e))
+}
+
+/// A schema error at the most precise path known. prost-reflect refuses an
+/// unknown field or `@type` only after reading its key, so the tracked path
+/// ends at the enclosing message; the key is added here.
+fn field_error(path: &str, message: String) -> BundleError {
+    let path = if path == "." { "" } else { path };
+    let join = |key: &str| if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
+    if let Some((name, _)) = message.strip_prefix("unrecognized field name '").and_then(|rest| rest.split_once('\'')) {
+        let path = join(name);
+        return BundleError::at(path, message);
+    }
+    if message.starts_with("message '") && message.contains("' not found") {
+        return BundleError::at(join("@type"), format!("unknown @type: {message}"));
+    }
+    if path.is_empty() {
+        BundleError::new(message)
+    } else {
+        BundleError::at(path, message)
+    }
 }
 
 /// SHA-256 over the resources in canonical form: proto3 JSON with sorted
@@ -126,4 +157,142 @@ pub fn to_json(bundle: &Bundle) -> Result<serde_json::Value, BundleError> {
     message
         .serialize_with_options(serde_json::value::Serializer, &options)
         .map_err(|e| BundleError::new(format!("stored bundle cannot be printed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn error(body: &str, format: Format) -> BundleError {
+        parse(body.as_bytes(), format).expect_err("refused")
+    }
+
+    fn stored(body: &serde_json::Value) -> StoredBundle {
+        parse(body.to_string().as_bytes(), Format::Json).expect("parses")
+    }
+
+    const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+    fn listener_with_typed_config(typed_config: serde_json::Value) -> String {
+        json!({"listeners": [{"name": "l", "filter_chains": [{"filters": [{"name": "f", "typed_config": typed_config}]}]}]}).to_string()
+    }
+
+    #[test]
+    fn unknown_fields_are_located_at_the_field_itself() {
+        let body = r#"{"clusters": [{"name": "a"}, {"name": "b", "conect_timeout": "1s"}]}"#;
+        let e = error(body, Format::Json);
+        assert_eq!(e.path.as_deref(), Some("clusters[1].conect_timeout"));
+        assert!(e.message.contains("conect_timeout"), "{e:?}");
+
+        let e = error("clusters:\n- name: a\n  conect_timeout: 1s\n", Format::Yaml);
+        assert_eq!(e.path.as_deref(), Some("clusters[0].conect_timeout"));
+
+        let e = error(r#"{"clusterz": []}"#, Format::Json);
+        assert_eq!(e.path.as_deref(), Some("clusterz"));
+    }
+
+    #[test]
+    fn wrong_value_types_name_the_field() {
+        let e = error(r#"{"clusters": [{"name": "a", "connect_timeout": 5}]}"#, Format::Json);
+        assert_eq!(e.path.as_deref(), Some("clusters[0].connect_timeout"));
+        let body = r#"{"listeners": [{"name": "l", "address": {"socket_address": {"port_value": "abc"}}}]}"#;
+        let e = error(body, Format::Json);
+        assert_eq!(e.path.as_deref(), Some("listeners[0].address.socket_address.port_value"));
+        // A YAML integer is not a version string; coercing `1.10` to "1.1" would be worse.
+        let e = error("version: 2\n", Format::Yaml);
+        assert_eq!(e.path.as_deref(), Some("version"));
+    }
+
+    #[test]
+    fn errors_inside_typed_config_have_full_paths_whatever_the_key_order() {
+        let prefix = "listeners[0].filter_chains[0].filters[0].typed_config";
+        let at_type_first = listener_with_typed_config(json!({"@type": HCM, "stat_prefix": "s", "route_config": {"bogus": 1}}));
+        let at_type_last = listener_with_typed_config(json!({"stat_prefix": "s", "route_config": {"bogus": 1}, "@type": HCM}));
+        // serde_json::json! sorts keys; spell the late `@type` out by hand.
+        let at_type_last_raw = at_type_last.replace(&format!(r#""@type":"{HCM}","#), "").replace(
+            r#""stat_prefix":"s""#,
+            &format!(r#""stat_prefix":"s","@type":"{HCM}""#),
+        );
+        assert!(at_type_last_raw.find("@type") > at_type_last_raw.find("route_config"), "{at_type_last_raw}");
+        for body in [at_type_first, at_type_last_raw] {
+            let e = error(&body, Format::Json);
+            assert_eq!(e.path.as_deref(), Some(format!("{prefix}.route_config.bogus").as_str()), "{body}");
+        }
+    }
+
+    #[test]
+    fn unknown_type_urls_point_at_the_type() {
+        let body = listener_with_typed_config(json!({"@type": "type.googleapis.com/envoy.nope.v3.Nope"}));
+        let e = error(&body, Format::Json);
+        assert_eq!(e.path.as_deref(), Some("listeners[0].filter_chains[0].filters[0].typed_config.@type"));
+        assert!(e.message.contains("unknown @type") && e.message.contains("envoy.nope.v3.Nope"), "{e:?}");
+    }
+
+    #[test]
+    fn syntax_errors_say_which_syntax_and_have_no_field_path() {
+        for body in [r#"{"clusters": [{"name": "a",}]}"#, r#"{"clusters": [{"name": "a""#, r#"{"clusters": []} x"#] {
+            let e = error(body, Format::Json);
+            assert!(e.message.starts_with("malformed JSON:"), "{e:?}");
+            assert_eq!(e.path, None, "{body}");
+        }
+        let e = error("clusters: [1\n", Format::Yaml);
+        assert!(e.message.starts_with("malformed YAML:"), "{e:?}");
+        for format in [Format::Json, Format::Yaml] {
+            assert!(error(" \n", format).message.contains("empty"));
+        }
+        assert_eq!(error("[]", Format::Json).path, None);
+    }
+
+    #[test]
+    fn content_hash_ignores_spelling_key_order_and_format() {
+        let snake = json!({"clusters": [{"name": "a", "connect_timeout": "1s", "type": "STATIC"}]});
+        let camel_raw = r#"{"clusters": [{"type": "STATIC", "connectTimeout": "1.000s", "name": "a"}]}"#;
+        let yaml = "clusters:\n- type: STATIC\n  connect_timeout: 1.0s\n  name: a\n";
+        let a = stored(&snake);
+        let b = parse(camel_raw.as_bytes(), Format::Json).unwrap();
+        let c = parse(yaml.as_bytes(), Format::Yaml).unwrap();
+        assert_eq!(a.content_hash, b.content_hash);
+        assert_eq!(a.content_hash, c.content_hash);
+        assert_eq!(a.bundle.as_ref().unwrap().version, b.bundle.as_ref().unwrap().version);
+
+        let other = stored(&json!({"clusters": [{"name": "a", "connect_timeout": "2s", "type": "STATIC"}]}));
+        assert_ne!(a.content_hash, other.content_hash);
+    }
+
+    #[test]
+    fn map_order_inside_messages_does_not_change_the_hash() {
+        let a = r#"{"clusters": [{"name": "a", "metadata": {"filter_metadata": {"x": {"k": 1}, "y": {"k": 2}}}}]}"#;
+        let b = r#"{"clusters": [{"name": "a", "metadata": {"filter_metadata": {"y": {"k": 2}, "x": {"k": 1}}}}]}"#;
+        let (a, b) = (parse(a.as_bytes(), Format::Json).unwrap(), parse(b.as_bytes(), Format::Json).unwrap());
+        assert_eq!(a.content_hash, b.content_hash);
+    }
+
+    #[test]
+    fn version_is_kept_or_derived_from_the_content_only() {
+        let resources = json!({"clusters": [{"name": "a"}]});
+        let derived = stored(&resources).bundle.unwrap().version;
+        assert!(derived.starts_with("sha256-") && derived.len() == "sha256-".len() + 16, "{derived}");
+
+        let mut versioned = resources.clone();
+        versioned["version"] = json!("v7");
+        let explicit = stored(&versioned);
+        assert_eq!(explicit.bundle.as_ref().unwrap().version, "v7");
+        // The version is not part of the content: the same resources hash alike.
+        assert_eq!(explicit.content_hash, stored(&resources).content_hash);
+    }
+
+    #[test]
+    fn printing_uses_proto_field_names_and_type_urls() {
+        let body = listener_with_typed_config(json!({"@type": HCM, "statPrefix": "s"}));
+        let bundle = parse(body.as_bytes(), Format::Json).unwrap().bundle.unwrap();
+        let printed = to_json(&bundle).unwrap();
+        let typed_config = &printed["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        assert_eq!(typed_config["@type"], HCM);
+        assert_eq!(typed_config["stat_prefix"], "s");
+        // What GET prints parses back to the same content.
+        let again = parse(printed.to_string().as_bytes(), Format::Json).unwrap();
+        assert_eq!(again.bundle.unwrap(), bundle);
+    }
 }

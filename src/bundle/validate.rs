@@ -39,8 +39,13 @@ pub fn validate(bundle: &Bundle) -> Result<(), BundleError> {
     for (i, cluster) in bundle.clusters.iter().enumerate() {
         if let Some(service) = eds_service_name(cluster) {
             if !endpoints.contains_key(service) {
+                // Point at the field that names the missing entry.
+                let named_by = match &cluster.eds_cluster_config {
+                    Some(eds) if !eds.service_name.is_empty() => "eds_cluster_config.service_name",
+                    _ => "name",
+                };
                 return Err(BundleError::at(
-                    format!("clusters[{i}]"),
+                    format!("clusters[{i}].{named_by}"),
                     format!("EDS cluster {:?} has no endpoints entry with cluster_name {service:?}", cluster.name),
                 ));
             }
@@ -177,4 +182,90 @@ fn decode_as<M: Message + Name + Default>(any: &Any, path: &str) -> Result<Optio
     M::decode(any.value.as_slice())
         .map(Some)
         .map_err(|e| BundleError::at(path, format!("{} does not decode: {e}", M::full_name())))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::bundle::{parse, Format};
+
+    const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    const TCP_PROXY: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+
+    fn check(body: Value) -> Result<(), BundleError> {
+        let stored = parse(body.to_string().as_bytes(), Format::Json).expect("parses");
+        validate(stored.bundle.as_ref().unwrap())
+    }
+
+    fn path(body: Value) -> String {
+        check(body).expect_err("refused").path.expect("has a path")
+    }
+
+    fn listener(typed_config: Value) -> Value {
+        json!({"name": "l", "filter_chains": [{"filters": [{"name": "f", "typed_config": typed_config}]}]})
+    }
+
+    fn route_to(cluster: Value) -> Value {
+        json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": cluster}]}]})
+    }
+
+    #[test]
+    fn names_are_required_and_unique_per_type() {
+        assert_eq!(path(json!({"clusters": [{"name": "a"}, {"connect_timeout": "1s"}]})), "clusters[1].name");
+        assert_eq!(path(json!({"endpoints": [{}]})), "endpoints[0].cluster_name");
+        let e = check(json!({"clusters": [{"name": "a"}, {"name": "b"}, {"name": "a"}]})).unwrap_err();
+        assert_eq!(e.path.as_deref(), Some("clusters[2].name"));
+        assert!(e.message.contains("clusters[0]"), "{e:?}");
+        // The same name in two types is fine: they are different namespaces.
+        check(json!({"clusters": [{"name": "x"}], "routes": [{"name": "x"}]})).unwrap();
+    }
+
+    #[test]
+    fn route_references_resolve_to_clusters() {
+        let body = json!({"routes": [route_to(json!({"cluster": "missing"}))]});
+        assert_eq!(path(body), "routes[0].virtual_hosts[0].routes[0].route.cluster");
+        let weighted = json!({"weighted_clusters": {"clusters": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]}});
+        let body = json!({"clusters": [{"name": "a"}], "routes": [route_to(weighted.clone())]});
+        assert_eq!(path(body), "routes[0].virtual_hosts[0].routes[0].route.weighted_clusters.clusters[1].name");
+        check(json!({"clusters": [{"name": "a"}, {"name": "b"}], "routes": [route_to(weighted)]})).unwrap();
+    }
+
+    #[test]
+    fn listener_references_resolve_inside_the_bundle() {
+        let prefix = "listeners[0].filter_chains[0].filters[0].typed_config";
+        let rds = json!({"@type": HCM, "stat_prefix": "s", "rds": {"route_config_name": "nope", "config_source": {"ads": {}}}});
+        assert_eq!(path(json!({"listeners": [listener(rds)]})), format!("{prefix}.rds.route_config_name"));
+
+        let inline = json!({"@type": HCM, "stat_prefix": "s", "route_config": route_to(json!({"cluster": "nope"}))});
+        assert_eq!(
+            path(json!({"listeners": [listener(inline)]})),
+            format!("{prefix}.route_config.virtual_hosts[0].routes[0].route.cluster")
+        );
+
+        let tcp = json!({"@type": TCP_PROXY, "stat_prefix": "s", "cluster": "nope"});
+        assert_eq!(path(json!({"listeners": [listener(tcp.clone())]})), format!("{prefix}.cluster"));
+        check(json!({"listeners": [listener(tcp)], "clusters": [{"name": "nope"}]})).unwrap();
+
+        let mut default_chain = listener(json!({"@type": TCP_PROXY, "stat_prefix": "s", "cluster": "nope"}));
+        default_chain["default_filter_chain"] = default_chain["filter_chains"][0].take();
+        default_chain.as_object_mut().unwrap().remove("filter_chains");
+        assert_eq!(path(json!({"listeners": [default_chain]})), "listeners[0].default_filter_chain.filters[0].typed_config.cluster");
+    }
+
+    #[test]
+    fn eds_clusters_need_their_endpoints() {
+        let eds = json!({"name": "a", "type": "EDS", "eds_cluster_config": {"eds_config": {"ads": {}}}});
+        assert_eq!(path(json!({"clusters": [eds.clone()]})), "clusters[0].name");
+        check(json!({"clusters": [eds], "endpoints": [{"cluster_name": "a"}]})).unwrap();
+
+        let named = json!({"name": "a", "type": "EDS", "eds_cluster_config": {"service_name": "svc", "eds_config": {"ads": {}}}});
+        let e = check(json!({"clusters": [named.clone()], "endpoints": [{"cluster_name": "a"}]})).unwrap_err();
+        assert_eq!(e.path.as_deref(), Some("clusters[0].eds_cluster_config.service_name"));
+        check(json!({"clusters": [named], "endpoints": [{"cluster_name": "svc"}]})).unwrap();
+
+        // Static clusters carry their own endpoints.
+        check(json!({"clusters": [{"name": "s", "type": "STATIC"}]})).unwrap();
+    }
 }

@@ -151,12 +151,21 @@ impl StreamState {
             if !state.requested || state.awaiting_reply {
                 continue;
             }
-            let Some(names) = names_due(ty, state, snapshot) else { continue };
+            let Some(names) = names_due(ty, state, snapshot) else {
+                // Nothing the client holds changed: it is as good as sent,
+                // which keeps the next update on the fast path.
+                let state = &mut self.types[ty.index()];
+                if !ty.is_full_state() && !state.refresh && state.newly_named.is_empty() && state.sent.is_some() {
+                    state.sent = Some(snapshot.clone());
+                }
+                continue;
+            };
             let retiring = self.clusters_to_retire(ty, snapshot);
-            let nonce = self.next_nonce();
-            let state = &mut self.types[ty.index()];
+            let nonce = (self.nonces + 1).to_string();
             let kept = retiring.as_ref().map(|(from, names)| (from.as_ref(), names.as_slice()));
-            let response = snapshot.response_keeping(ty, names.iter().map(String::as_str), kept, &nonce);
+            let response = snapshot.response_keeping(ty, names, kept, &nonce);
+            self.nonces += 1;
+            let state = &mut self.types[ty.index()];
             state.retiring = retiring;
             state.mark_sent(nonce, snapshot);
             responses.push((ty, response));
@@ -164,9 +173,9 @@ impl StreamState {
         // Everything else is answered: drop the clusters kept for make before break.
         let cds = &self.types[ResourceType::Cluster.index()];
         if cds.retiring.is_some() && !self.any_unanswered(&ResourceType::ALL) {
-            let names = subscribed(ResourceType::Cluster, cds, snapshot);
-            let nonce = self.next_nonce();
-            let response = snapshot.response(ResourceType::Cluster, names.iter().map(String::as_str), &nonce);
+            let nonce = (self.nonces + 1).to_string();
+            let response = snapshot.response(ResourceType::Cluster, subscribed(ResourceType::Cluster, cds, snapshot), &nonce);
+            self.nonces += 1;
             let cds = &mut self.types[ResourceType::Cluster.index()];
             cds.retiring = None;
             cds.mark_sent(nonce, snapshot);
@@ -177,11 +186,6 @@ impl StreamState {
 
     fn any_unanswered(&self, types: &[ResourceType]) -> bool {
         types.iter().any(|t| self.types[t.index()].awaiting_reply)
-    }
-
-    fn next_nonce(&mut self) -> String {
-        self.nonces += 1;
-        self.nonces.to_string()
     }
 
     /// On ADS, the clusters a CDS response about to be sent would remove
@@ -233,8 +237,7 @@ fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: 
 }
 
 /// The names a response of `ty` should carry now, or `None` if none is due.
-fn names_due(ty: ResourceType, state: &TypeState, snapshot: &Snapshot) -> Option<Vec<String>> {
-    let subscribed = subscribed(ty, state, snapshot);
+fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Snapshot) -> Option<Vec<&'a str>> {
     if ty.is_full_state() {
         if !state.wildcard && state.names.is_empty() {
             return None; // unsubscribed from everything (R15)
@@ -242,25 +245,35 @@ fn names_due(ty: ResourceType, state: &TypeState, snapshot: &Snapshot) -> Option
         // LDS/CDS responses are the full set (R18): send it whenever the
         // version moved, the subscription grew, or the client asked afresh.
         let moved = state.sent.as_ref().is_none_or(|sent| sent.version() != snapshot.version());
-        return (moved || state.refresh || !state.newly_named.is_empty()).then_some(subscribed);
+        return (moved || state.refresh || !state.newly_named.is_empty()).then(|| subscribed(ty, state, snapshot).collect());
     }
     // RDS/EDS may be partial (R19): only what the client lacks.
-    let changed: Vec<String> = subscribed
-        .into_iter()
-        .filter(|name| {
-            state.refresh
-                || state.newly_named.contains(name)
-                || state.sent.as_ref().is_none_or(|sent| sent.digest(ty, name) != snapshot.digest(ty, name))
-        })
-        .collect();
+    // The common case of a fan-out: the client holds the snapshot this one
+    // replaced, so the snapshot's own list of changes decides.
+    let known_changes = match (&state.sent, state.refresh || !state.newly_named.is_empty()) {
+        (Some(sent), false) => snapshot.changed_since(sent, ty),
+        _ => None,
+    };
+    let changed: Vec<&str> = match known_changes {
+        Some(changes) => {
+            changes.iter().map(String::as_str).filter(|name| state.wildcard || state.names.contains(*name)).collect()
+        }
+        None => subscribed(ty, state, snapshot)
+            .filter(|name| {
+                state.refresh
+                    || state.newly_named.contains(*name)
+                    || state.sent.as_ref().is_none_or(|sent| sent.digest(ty, name) != snapshot.digest(ty, name))
+            })
+            .collect(),
+    };
     (!changed.is_empty()).then_some(changed)
 }
 
 /// Every subscribed name of `ty` that exists in `snapshot`, in order.
-fn subscribed(ty: ResourceType, state: &TypeState, snapshot: &Snapshot) -> Vec<String> {
+fn subscribed<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Snapshot) -> Box<dyn Iterator<Item = &'a str> + 'a> {
     if state.wildcard {
-        snapshot.names(ty).map(str::to_owned).collect()
+        Box::new(snapshot.names(ty))
     } else {
-        state.names.iter().filter(|n| snapshot.contains(ty, n)).cloned().collect()
+        Box::new(state.names.iter().map(String::as_str).filter(move |name| snapshot.contains(ty, name)))
     }
 }

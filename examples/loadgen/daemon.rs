@@ -1,0 +1,150 @@
+//! The daemon under test: started on free loopback ports with a temporary
+//! data directory (or attached to by PID), and sampled from /proc.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+pub struct Daemon {
+    pub xds_addr: SocketAddr,
+    pub rest_addr: SocketAddr,
+    pub pid: u32,
+    child: Option<Child>,
+    _data_dir: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    /// Starts `binary` on two free loopback ports; waits for `/healthz`.
+    pub async fn start(binary: &Path) -> anyhow::Result<Self> {
+        let data_dir = tempfile::tempdir()?;
+        let (xds_port, rest_port) = (free_port()?, free_port()?);
+        let child = Command::new(binary)
+            .args(["--listen-address", "127.0.0.1", "--log", "warn"])
+            .args(["--xds-port", &xds_port.to_string(), "--cacher-port", &rest_port.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .spawn()
+            .context("cannot run the daemon (build it with `cargo build --release`)")?;
+        let daemon = Self {
+            xds_addr: SocketAddr::from(([127, 0, 0, 1], xds_port)),
+            rest_addr: SocketAddr::from(([127, 0, 0, 1], rest_port)),
+            pid: child.id(),
+            child: Some(child),
+            _data_dir: Some(data_dir),
+        };
+        let health = format!("http://{}/healthz", daemon.rest_addr);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if reqwest::get(&health).await.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon did not answer {health} within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("loadgen: started {} (pid {}) xds={} rest={}", binary.display(), daemon.pid, daemon.xds_addr, daemon.rest_addr);
+        Ok(daemon)
+    }
+
+    /// A daemon someone else started.
+    pub fn attach(xds_addr: SocketAddr, rest_addr: SocketAddr, pid: u32) -> Self {
+        Self { xds_addr, rest_addr, pid, child: None, _data_dir: None }
+    }
+
+    pub fn sample(&self) -> anyhow::Result<Sample> {
+        Sample::of(&self.pid.to_string())
+    }
+
+    /// SIGTERM, then SIGKILL if it is still there after 15 s. Only a daemon
+    /// this process started; also on drop, so an error never leaves one behind.
+    pub fn stop(mut self) {
+        self.stop_child();
+    }
+
+    fn stop_child(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop_child();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A process's memory and CPU time, from /proc.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    pub rss_kib: u64,
+    /// Peak RSS since start (VmHWM).
+    pub hwm_kib: u64,
+    /// User + system CPU time.
+    pub cpu_ms: u64,
+}
+
+impl Sample {
+    /// `pid` is a number or `self`.
+    pub fn of(pid: &str) -> anyhow::Result<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("/proc/{pid}/status"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kib| kib.parse().ok())
+                .unwrap_or(0)
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the parenthesised command name: state is field 3,
+        // utime and stime are fields 14 and 15, in clock ticks.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 = fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        Ok(Self { rss_kib: field("VmRSS:"), hwm_kib: field("VmHWM:"), cpu_ms: ticks * 1000 / clock_ticks() })
+    }
+
+    pub fn of_self() -> Self {
+        Self::of("self").unwrap_or_default()
+    }
+
+    pub fn to_json(self) -> Value {
+        json!({ "rss_kib": self.rss_kib, "hwm_kib": self.hwm_kib, "cpu_ms": self.cpu_ms })
+    }
+}
+
+/// USER_HZ: 100 on every mainstream Linux; asked of `getconf` to be sure.
+fn clock_ticks() -> u64 {
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&hz| hz > 0)
+            .unwrap_or(100)
+    })
+}

@@ -1,0 +1,397 @@
+//! Load generator: N simulated Envoys against an sxds daemon, PUTs, and what
+//! each update cost.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- --scenario fanout --streams 10000
+//! ```
+//!
+//! By default it starts `target/release/sxds` on free loopback ports with a
+//! temporary data directory (or `--xds-addr/--rest-addr/--pid` point it at a
+//! running daemon), connects the fleet (see `sim.rs`), triggers the PUTs of
+//! the scenario and reports per update: time until every node has ACKed the
+//! new version (p50/p90/p99/max over nodes), nodes that never converged, and
+//! the daemon's RSS and CPU time from /proc. A human table goes to stdout,
+//! then one JSON summary line; progress goes to stderr.
+
+mod bundles;
+mod daemon;
+mod sim;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use serde_json::{json, Value};
+use sxds::resource_type::ResourceType;
+
+use bundles::Mesh;
+use daemon::{Daemon, Sample};
+use sim::{Convergence, Fleet, FleetConfig, Service, Target};
+
+const ALL_TYPES: [ResourceType; 4] = ResourceType::ALL;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// RSS per connected idle stream at each `--streams` level.
+    Idle,
+    /// `--streams` nodes on a mesh of `--clusters`; change one endpoint set `--updates` times.
+    Fanout,
+    /// PUT `--ingest-clusters` clusters + endpoints (~10 MB JSON) to `--streams` nodes.
+    Ingest,
+    /// `--burst-puts` PUTs within `--burst-window-ms` against `--streams` nodes, `--burst-rounds` times.
+    Burst,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ServiceArg {
+    Ads,
+    Separate,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Simulates N Envoys against sxds and measures convergence, memory and CPU")]
+struct Args {
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    /// Streams (simulated Envoys); for `idle`, a comma-separated list of levels.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    streams: Vec<usize>,
+    #[arg(long, value_enum, default_value = "ads")]
+    service: ServiceArg,
+    #[arg(long, default_value = "bench")]
+    node_type: String,
+    /// The daemon binary to start.
+    #[arg(long, default_value = "target/release/sxds")]
+    sxds: PathBuf,
+    /// Use a running daemon instead (with --rest-addr and --pid).
+    #[arg(long, requires_all = ["rest_addr", "pid"])]
+    xds_addr: Option<SocketAddr>,
+    #[arg(long)]
+    rest_addr: Option<SocketAddr>,
+    #[arg(long)]
+    pid: Option<u32>,
+    /// EDS clusters in the mesh bundle (idle, fanout, burst).
+    #[arg(long, default_value_t = 100)]
+    clusters: usize,
+    #[arg(long, default_value_t = 3)]
+    endpoints_per_cluster: usize,
+    /// Fan-out updates, each changing one endpoint set.
+    #[arg(long, default_value_t = 5)]
+    updates: usize,
+    #[arg(long, default_value_t = 10_000)]
+    ingest_clusters: usize,
+    #[arg(long, default_value_t = 10)]
+    ingest_endpoints_per_cluster: usize,
+    #[arg(long, default_value_t = 100)]
+    burst_puts: usize,
+    #[arg(long, default_value_t = 1000)]
+    burst_window_ms: u64,
+    #[arg(long, default_value_t = 2)]
+    burst_rounds: usize,
+    /// Simulated Envoys connecting at the same time.
+    #[arg(long, default_value_t = 100)]
+    connect_concurrency: usize,
+    /// How long to wait for all streams to connect and take the first config.
+    #[arg(long, default_value = "300", value_parser = secs)]
+    connect_deadline: Duration,
+    /// How long after a PUT a node may take before it counts as never converged.
+    #[arg(long, default_value = "30", value_parser = secs)]
+    deadline: Duration,
+    /// Quiet time before each memory sample and update.
+    #[arg(long, default_value = "2", value_parser = secs)]
+    settle: Duration,
+}
+
+fn secs(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>().map(Duration::from_secs_f64).map_err(|e| format!("{text:?}: {e} (seconds)"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Every simulated Envoy holds a socket open.
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("loadgen: cannot raise the open-file limit: {error}");
+    }
+    let daemon = match (args.xds_addr, args.rest_addr, args.pid) {
+        (Some(xds), Some(rest), Some(pid)) => Daemon::attach(xds, rest, pid),
+        _ => Daemon::start(&args.sxds).await.with_context(|| format!("starting {}", args.sxds.display()))?,
+    };
+    let result = run(&args, &daemon).await;
+    daemon.stop();
+    let summary = result?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+async fn run(args: &Args, daemon: &Daemon) -> anyhow::Result<Value> {
+    let mut fleet = Fleet::new(FleetConfig {
+        xds_url: format!("http://{}", daemon.xds_addr),
+        node_type: args.node_type.clone(),
+        service: match args.service {
+            ServiceArg::Ads => Service::Ads,
+            ServiceArg::Separate => Service::Separate,
+        },
+        connect_concurrency: args.connect_concurrency,
+    })?;
+    let mut ctx = Ctx { args, daemon, http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()? };
+    let details = match args.scenario {
+        Scenario::Idle => idle(&mut ctx, &mut fleet).await,
+        Scenario::Fanout => fanout(&mut ctx, &mut fleet).await,
+        Scenario::Ingest => ingest(&mut ctx, &mut fleet).await,
+        Scenario::Burst => burst(&mut ctx, &mut fleet).await,
+    };
+    let errors: u32 = fleet.records().iter().map(|r| r.errors).sum();
+    fleet.shutdown().await;
+    let mut summary = details?;
+    summary["scenario"] = format!("{:?}", args.scenario).to_lowercase().into();
+    summary["service"] = format!("{:?}", args.service).to_lowercase().into();
+    summary["stream_errors"] = errors.into();
+    summary["loadgen"] = Sample::of_self().to_json();
+    Ok(summary)
+}
+
+struct Ctx<'a> {
+    args: &'a Args,
+    daemon: &'a Daemon,
+    http: reqwest::Client,
+}
+
+impl Ctx<'_> {
+    /// PUTs a bundle; answers how long the 200 took.
+    async fn put(&self, body: Vec<u8>) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let url = format!("http://{}/resources/{}", self.daemon.rest_addr, self.args.node_type);
+        let response = self.http.put(url).header("content-type", "application/json").body(body).send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("PUT answered {status}: {}", response.text().await.unwrap_or_default());
+        }
+        Ok(start.elapsed())
+    }
+
+    /// The version the daemon holds now for the node type.
+    async fn stored_version(&self) -> anyhow::Result<String> {
+        let url = format!("http://{}/resources/{}", self.daemon.rest_addr, self.args.node_type);
+        let bundle: Value = self.http.get(url).send().await?.error_for_status()?.json().await?;
+        Ok(bundle["version"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Grows the fleet to `streams` and waits until every node has `version`.
+    async fn connect(&self, fleet: &mut Fleet, streams: usize, version: &str) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        fleet.add(streams.saturating_sub(fleet.len()));
+        eprintln!("loadgen: connecting {} streams ...", fleet.len());
+        let target = Target { version: version.to_owned(), types: ALL_TYPES.to_vec(), since: start };
+        let result = fleet.wait(&target, self.args.connect_deadline).await;
+        if result.never > 0 {
+            let errors: Vec<String> = fleet.records().into_iter().filter_map(|r| r.last_error).take(3).collect();
+            bail!("{} of {} streams did not take version {version} within {:?}; errors: {errors:?}", result.never, fleet.len(), self.args.connect_deadline);
+        }
+        eprintln!("loadgen: {} streams connected and converged in {:.1?}", fleet.len(), start.elapsed());
+        Ok(start.elapsed())
+    }
+
+    async fn settle(&self) {
+        tokio::time::sleep(self.args.settle).await;
+    }
+}
+
+async fn idle(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
+    let args = ctx.args;
+    let mesh = Mesh::new(args.clusters, args.endpoints_per_cluster, args.clusters);
+    ctx.put(serde_json::to_vec(&mesh.bundle("v0"))?).await?;
+    ctx.settle().await;
+    let base = ctx.daemon.sample()?;
+    let mut levels = Vec::new();
+    let mut streams: Vec<usize> = args.streams.clone();
+    streams.sort();
+    for n in streams {
+        let took = ctx.connect(fleet, n, "v0").await?;
+        ctx.settle().await;
+        let now = ctx.daemon.sample()?;
+        let per_stream = (now.rss_kib.saturating_sub(base.rss_kib) * 1024) as f64 / n as f64;
+        levels.push(json!({
+            "streams": n, "connect_s": took.as_secs_f64(),
+            "rss_base_kib": base.rss_kib, "rss_kib": now.rss_kib,
+            "bytes_per_stream": per_stream.round(),
+            "loadgen_rss_kib": Sample::of_self().rss_kib,
+        }));
+        println!("idle  streams={n:>6}  rss={:>8} KiB (base {:>6} KiB)  per stream={:>7.0} B ({:.1} KiB)",
+            now.rss_kib, base.rss_kib, per_stream, per_stream / 1024.0);
+    }
+    Ok(json!({ "clusters": args.clusters, "levels": levels }))
+}
+
+async fn fanout(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
+    let args = ctx.args;
+    let streams = *args.streams.last().context("--streams")?;
+    let mut mesh = Mesh::new(args.clusters, args.endpoints_per_cluster, args.clusters);
+    ctx.put(serde_json::to_vec(&mesh.bundle("v0"))?).await?;
+    ctx.settle().await;
+    let base = ctx.daemon.sample()?;
+    ctx.connect(fleet, streams, "v0").await?;
+    let mut updates = Vec::new();
+    for u in 1..=args.updates {
+        ctx.settle().await;
+        mesh.change_endpoints(u * 37);
+        let version = format!("v{u}");
+        let body = serde_json::to_vec(&mesh.bundle(&version))?;
+        let before = ctx.daemon.sample()?;
+        let since = Instant::now();
+        let put = ctx.put(body).await?;
+        let target = Target { version, types: vec![ResourceType::Endpoint], since };
+        let result = fleet.wait(&target, args.deadline).await;
+        let after = ctx.daemon.sample()?;
+        updates.push(update_report(&target.version, put, &result, &before, &after));
+    }
+    print_updates("fanout", streams, &updates);
+    let idle = ctx.daemon.sample()?;
+    Ok(json!({
+        "streams": streams, "clusters": args.clusters,
+        "rss_base_kib": base.rss_kib,
+        "bytes_per_stream": ((idle.rss_kib.saturating_sub(base.rss_kib) * 1024) as f64 / streams as f64).round(),
+        "updates": updates,
+        "worst": worst(&updates),
+    }))
+}
+
+async fn ingest(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
+    let args = ctx.args;
+    let streams = *args.streams.last().context("--streams")?;
+    let small = Mesh::new(10, args.endpoints_per_cluster, 10);
+    ctx.put(serde_json::to_vec(&small.bundle("v0"))?).await?;
+    ctx.connect(fleet, streams, "v0").await?;
+    let big = Mesh::new(args.ingest_clusters, args.ingest_endpoints_per_cluster, 100);
+    let body = serde_json::to_vec(&big.bundle("v1"))?;
+    let body_bytes = body.len();
+    ctx.settle().await;
+    let before = ctx.daemon.sample()?;
+    let since = Instant::now();
+    let put = ctx.put(body).await?;
+    let clusters = Target { version: "v1".into(), types: vec![ResourceType::Cluster], since };
+    let everything = Target { version: "v1".into(), types: ALL_TYPES.to_vec(), since };
+    let all = fleet.wait(&everything, args.deadline).await;
+    let first_cds = fleet.convergence(&clusters);
+    let after = ctx.daemon.sample()?;
+    let report = update_report("v1", put, &all, &before, &after);
+    let first = ms(first_cds.first());
+    println!("ingest  body={:.1} MB  streams={streams}  200 after {:.0} ms  first CDS after {:.0} ms  all nodes all types p99 {:.0} ms max {:.0} ms  never={}  peak RSS {} KiB",
+        body_bytes as f64 / 1e6, put.as_secs_f64() * 1e3, first, report["p99_ms"].as_f64().unwrap_or(f64::NAN),
+        report["max_ms"].as_f64().unwrap_or(f64::NAN), all.never, after.hwm_kib);
+    Ok(json!({
+        "streams": streams, "clusters": args.ingest_clusters, "body_bytes": body_bytes,
+        "put_ms": put.as_secs_f64() * 1e3, "first_cds_ms": first,
+        "update": report, "rss_before_kib": before.rss_kib, "peak_rss_kib": after.hwm_kib,
+    }))
+}
+
+async fn burst(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
+    let args = ctx.args;
+    let streams = *args.streams.last().context("--streams")?;
+    let mut mesh = Mesh::new(args.clusters, args.endpoints_per_cluster, args.clusters);
+    ctx.put(serde_json::to_vec(&mesh.bundle("v0"))?).await?;
+    ctx.connect(fleet, streams, "v0").await?;
+    let mut rounds = Vec::new();
+    for round in 1..=args.burst_rounds {
+        // Every PUT changes a different endpoint set, so the last version
+        // always differs from what any node held before it.
+        let bodies: Vec<Vec<u8>> = (0..args.burst_puts)
+            .map(|i| {
+                mesh.change_endpoints(i);
+                serde_json::to_vec(&mesh.bundle(&format!("r{round}-{i}")))
+            })
+            .collect::<Result<_, _>>()?;
+        ctx.settle().await;
+        let before = ctx.daemon.sample()?;
+        let counts_before: Vec<[u32; 4]> = fleet.records().iter().map(|r| r.types.clone().map(|t| t.responses)).collect();
+        let since = Instant::now();
+        let gap = Duration::from_millis(args.burst_window_ms) / args.burst_puts.max(1) as u32;
+        let puts: Vec<_> = bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| {
+                let (http, url) = (ctx.http.clone(), format!("http://{}/resources/{}", ctx.daemon.rest_addr, args.node_type));
+                tokio::spawn(async move {
+                    tokio::time::sleep_until((since + gap * i as u32).into()).await;
+                    http.put(url).header("content-type", "application/json").body(body).send().await.map(|r| r.status().as_u16())
+                })
+            })
+            .collect();
+        let mut failed = 0;
+        for put in puts {
+            if !matches!(put.await, Ok(Ok(200))) {
+                failed += 1;
+            }
+        }
+        let puts_done = since.elapsed();
+        let version = ctx.stored_version().await?;
+        let target = Target { version: version.clone(), types: vec![ResourceType::Cluster, ResourceType::Endpoint], since };
+        let result = fleet.wait(&target, args.deadline).await;
+        ctx.settle().await;
+        let after = ctx.daemon.sample()?;
+        let records = fleet.records();
+        let received: Vec<u32> = records
+            .iter()
+            .zip(&counts_before)
+            .map(|(r, before)| r.types[ResourceType::Endpoint.index()].responses - before[ResourceType::Endpoint.index()])
+            .collect();
+        let unacked: u32 = records.iter().flat_map(|r| r.types.iter()).map(|t| t.responses - t.acks).sum();
+        let ended_on_last = records
+            .iter()
+            .filter(|r| [ResourceType::Cluster, ResourceType::Endpoint].iter().all(|ty| r.types[ty.index()].last_version() == Some(&version)))
+            .count();
+        let max_received = received.iter().copied().max().unwrap_or(0);
+        let mean_received = received.iter().map(|&n| n as f64).sum::<f64>() / received.len().max(1) as f64;
+        let report = update_report(&version, puts_done, &result, &before, &after);
+        println!("burst round {round}: {} PUTs ({failed} failed) in {:.0} ms, last version {version}: {ended_on_last}/{streams} streams on it, p99 {:.0} ms, EDS responses per stream mean {mean_received:.1} max {max_received}, RSS {} -> {} KiB",
+            args.burst_puts, puts_done.as_secs_f64() * 1e3, report["p99_ms"].as_f64().unwrap_or(f64::NAN), before.rss_kib, after.rss_kib);
+        rounds.push(json!({
+            "round": round, "puts": args.burst_puts, "failed_puts": failed, "puts_ms": puts_done.as_secs_f64() * 1e3,
+            "last_version": version, "ended_on_last": ended_on_last, "never": result.never,
+            "eds_responses_per_stream_mean": mean_received, "eds_responses_per_stream_max": max_received,
+            "more_than_puts": received.iter().filter(|&&n| n as usize > args.burst_puts).count(),
+            "unacked_responses": unacked,
+            "rss_before_kib": before.rss_kib, "rss_after_kib": after.rss_kib, "update": report,
+        }));
+    }
+    Ok(json!({ "streams": streams, "clusters": args.clusters, "rounds": rounds }))
+}
+
+fn ms(d: Option<Duration>) -> f64 {
+    d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+}
+
+fn update_report(version: &str, put: Duration, result: &Convergence, before: &Sample, after: &Sample) -> Value {
+    json!({
+        "version": version, "put_ms": put.as_secs_f64() * 1e3,
+        "p50_ms": ms(result.percentile(50.0)), "p90_ms": ms(result.percentile(90.0)),
+        "p99_ms": ms(result.percentile(99.0)), "max_ms": ms(result.max()), "first_ms": ms(result.first()),
+        "converged": result.converged(), "never": result.never,
+        "rss_kib": after.rss_kib, "hwm_kib": after.hwm_kib,
+        "daemon_cpu_ms": after.cpu_ms.saturating_sub(before.cpu_ms),
+    })
+}
+
+/// The worst p99/max and the total never-converged over updates.
+fn worst(updates: &[Value]) -> Value {
+    let max_of = |key: &str| updates.iter().filter_map(|u| u[key].as_f64()).fold(f64::NAN, f64::max);
+    json!({
+        "p50_ms": max_of("p50_ms"), "p99_ms": max_of("p99_ms"), "max_ms": max_of("max_ms"),
+        "never": updates.iter().filter_map(|u| u["never"].as_u64()).sum::<u64>(),
+    })
+}
+
+fn print_updates(label: &str, streams: usize, updates: &[Value]) {
+    println!("{label}  streams={streams}");
+    println!("  {:<8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>9}", "version", "put ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "never", "RSS KiB", "CPU ms");
+    for u in updates {
+        let f = |k: &str| u[k].as_f64().unwrap_or(f64::NAN);
+        println!("  {:<8} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>10} {:>9}",
+            u["version"].as_str().unwrap_or(""), f("put_ms"), f("p50_ms"), f("p90_ms"), f("p99_ms"), f("max_ms"), u["never"], u["rss_kib"], u["daemon_cpu_ms"]);
+    }
+}

@@ -1,0 +1,465 @@
+//! Simulated Envoys: a fleet of xDS clients that behave the way Envoy does,
+//! and the record of what each one received and when.
+//!
+//! Each simulated Envoy holds one HTTP/2 connection (one tonic `Channel`)
+//! with node id `<node_type>-<i>`. On ADS (or, as an option, the separate
+//! CDS/LDS/EDS/RDS services on that same connection) it subscribes to CDS
+//! and LDS by wildcard, then to EDS and RDS for the names found in the
+//! clusters and listeners it received, and ACKs every response by nonce.
+//! Like Envoy it puts `node` on every request and reconnects with backoff.
+//!
+//! Shared by the `loadgen` example and the `loadgen_smoke` test, so there is
+//! one implementation of the simulated Envoy.
+
+#![allow(dead_code)] // each user takes a different part
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use envoy_types::pb::envoy::{
+    config::{
+        cluster::v3::{cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster},
+        core::v3::Node,
+        listener::v3::{filter::ConfigType, Listener},
+    },
+    extensions::filters::network::http_connection_manager::v3::{http_connection_manager::RouteSpecifier, HttpConnectionManager},
+    service::{
+        cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient,
+        discovery::v3::{aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DiscoveryRequest, DiscoveryResponse},
+        endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient,
+        listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient,
+        route::v3::route_discovery_service_client::RouteDiscoveryServiceClient,
+    },
+};
+use envoy_types::pb::google::protobuf::Any;
+use futures::{stream::SelectAll, StreamExt};
+use prost::{Message, Name};
+use sxds::resource_type::ResourceType;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest response a simulated Envoy accepts (10,000 clusters fit easily).
+const MAX_MESSAGE: usize = 256 << 20;
+/// Requests queued per stream before the node waits for the connection.
+const REQUEST_BUFFER: usize = 8;
+
+/// Which gRPC services the simulated Envoys use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// One ADS stream carrying every type.
+    Ads,
+    /// One stream per type (CDS, LDS, EDS, RDS) on the same connection.
+    Separate,
+}
+
+/// How to reach the daemon and how hard to knock.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// `http://127.0.0.1:PORT` of the xDS server.
+    pub xds_url: String,
+    pub node_type: String,
+    pub service: Service,
+    /// Nodes connecting at once: 10,000 connects must not stampede.
+    pub connect_concurrency: usize,
+}
+
+/// What one simulated Envoy saw of one resource type.
+#[derive(Debug, Clone, Default)]
+pub struct TypeRecord {
+    pub responses: u32,
+    pub acks: u32,
+    /// Each version the first time it arrived, in order, with the instant
+    /// its ACK was queued.
+    pub versions: Vec<(String, Instant)>,
+}
+
+impl TypeRecord {
+    pub fn last_version(&self) -> Option<&str> {
+        self.versions.last().map(|(v, _)| v.as_str())
+    }
+
+    fn arrived(&self, version: &str) -> Option<Instant> {
+        self.versions.iter().rev().find(|(v, _)| v == version).map(|(_, at)| *at)
+    }
+}
+
+/// Everything one simulated Envoy saw.
+#[derive(Debug, Clone, Default)]
+pub struct NodeRecord {
+    /// A stream is open now.
+    pub connected: bool,
+    pub connects: u32,
+    pub errors: u32,
+    pub last_error: Option<String>,
+    /// By [`ResourceType::index`].
+    pub types: [TypeRecord; 4],
+}
+
+/// An update every node should reach: `version` on each of `types`,
+/// counted from `since` (the moment the PUT was sent).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub version: String,
+    pub types: Vec<ResourceType>,
+    pub since: Instant,
+}
+
+/// How a fleet reached a [`Target`].
+#[derive(Debug, Clone, Default)]
+pub struct Convergence {
+    /// Per converged node, from `since` to its last ACK of the target; sorted.
+    pub latencies: Vec<Duration>,
+    /// Nodes that had not converged at the deadline.
+    pub never: usize,
+}
+
+impl Convergence {
+    pub fn converged(&self) -> usize {
+        self.latencies.len()
+    }
+
+    /// Nearest-rank percentile over converged nodes; `None` when none did.
+    pub fn percentile(&self, p: f64) -> Option<Duration> {
+        if self.latencies.is_empty() {
+            return None;
+        }
+        let rank = ((p / 100.0) * self.latencies.len() as f64).ceil() as usize;
+        Some(self.latencies[rank.clamp(1, self.latencies.len()) - 1])
+    }
+
+    pub fn first(&self) -> Option<Duration> {
+        self.latencies.first().copied()
+    }
+
+    pub fn max(&self) -> Option<Duration> {
+        self.latencies.last().copied()
+    }
+}
+
+/// What every node has in common: config, connect permits, parsed names.
+struct Shared {
+    config: FleetConfig,
+    endpoint: Endpoint,
+    connect_permits: Semaphore,
+    /// EDS/RDS names found in a full-state CDS/LDS response, by type and
+    /// version. sxds versions name content (a version is never reused for
+    /// other content), so each version is decoded once for the whole fleet
+    /// instead of once per node: the load generator must not be the
+    /// bottleneck of a two-core benchmark.
+    names: Mutex<HashMap<(ResourceType, String), Arc<Vec<String>>>>,
+    shutdown: CancellationToken,
+}
+
+/// A fleet of simulated Envoys of one node type.
+pub struct Fleet {
+    shared: Arc<Shared>,
+    nodes: Vec<Arc<Mutex<NodeRecord>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Fleet {
+    pub fn new(config: FleetConfig) -> Result<Self, tonic::transport::Error> {
+        let endpoint = Endpoint::from_shared(config.xds_url.clone())?
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true);
+        let permits = config.connect_concurrency.max(1);
+        let shared = Arc::new(Shared {
+            config,
+            endpoint,
+            connect_permits: Semaphore::new(permits),
+            names: Mutex::default(),
+            shutdown: CancellationToken::new(),
+        });
+        Ok(Self { shared, nodes: Vec::new(), tasks: Vec::new() })
+    }
+
+    /// Starts `count` more simulated Envoys, numbered after the existing ones.
+    pub fn add(&mut self, count: usize) {
+        for _ in 0..count {
+            let index = self.nodes.len();
+            let record = Arc::new(Mutex::new(NodeRecord::default()));
+            let node_id = format!("{}-{index}", self.shared.config.node_type);
+            self.nodes.push(record.clone());
+            self.tasks.push(tokio::spawn(run_node(self.shared.clone(), record, node_id, index)));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// A copy of every node's record.
+    pub fn records(&self) -> Vec<NodeRecord> {
+        self.nodes.iter().map(|n| lock(n).clone()).collect()
+    }
+
+    pub fn connected(&self) -> usize {
+        self.nodes.iter().filter(|n| lock(n).connected).count()
+    }
+
+    /// Waits until every node has ACKed `target`, or until `limit` has
+    /// passed since `target.since`; nodes still behind are counted, not
+    /// waited for.
+    pub async fn wait(&self, target: &Target, limit: Duration) -> Convergence {
+        let deadline = target.since + limit;
+        loop {
+            let result = self.convergence(target);
+            if result.never == 0 || Instant::now() >= deadline {
+                return result;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Where the fleet stands now against `target`.
+    pub fn convergence(&self, target: &Target) -> Convergence {
+        let mut result = Convergence::default();
+        for node in &self.nodes {
+            let node = lock(node);
+            let arrivals: Option<Vec<Instant>> =
+                target.types.iter().map(|ty| node.types[ty.index()].arrived(&target.version)).collect();
+            match arrivals.and_then(|a| a.into_iter().max()) {
+                Some(at) => result.latencies.push(at.saturating_duration_since(target.since)),
+                None => result.never += 1,
+            }
+        }
+        result.latencies.sort();
+        result
+    }
+
+    /// Closes every stream and waits (bounded) for the node tasks to end.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.cancel();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+fn lock(node: &Mutex<NodeRecord>) -> std::sync::MutexGuard<'_, NodeRecord> {
+    node.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One simulated Envoy: connects, runs a session, reconnects with jittered
+/// backoff (0.5 s doubling to 8 s, R36) until the fleet shuts down.
+async fn run_node(shared: Arc<Shared>, record: Arc<Mutex<NodeRecord>>, node_id: String, index: usize) {
+    let mut backoff = Duration::from_millis(500);
+    let mut attempt: u64 = 0;
+    loop {
+        let result = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            result = session(&shared, &record, &node_id) => result,
+        };
+        {
+            let mut node = lock(&record);
+            node.connected = false;
+            if let Err(error) = result {
+                node.errors += 1;
+                node.last_error = Some(error);
+            }
+        }
+        // Cheap deterministic jitter: spread reconnects without a RNG.
+        attempt += 1;
+        let jitter = (index as u64).wrapping_mul(2_654_435_761).wrapping_add(attempt * 97) % 500;
+        let pause = backoff + Duration::from_millis(jitter);
+        backoff = (backoff * 2).min(Duration::from_secs(8));
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// The subscription and last accepted response of one type, as Envoy keeps them.
+#[derive(Default)]
+struct Subscription {
+    /// Requests of this type go here (the ADS sender, or the type's own stream).
+    sender: Option<mpsc::Sender<DiscoveryRequest>>,
+    /// Named subscription (EDS/RDS); empty means wildcard for CDS/LDS.
+    names: Arc<Vec<String>>,
+    version: String,
+    nonce: String,
+}
+
+type Responses = SelectAll<futures::stream::BoxStream<'static, Result<DiscoveryResponse, tonic::Status>>>;
+
+/// One connection's life: open, subscribe, ACK until the stream ends.
+async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node_id: &str) -> Result<(), String> {
+    let node = Node { id: node_id.to_owned(), cluster: shared.config.node_type.clone(), user_agent_name: "envoy".into(), ..Node::default() };
+    let mut subs: [Subscription; 4] = Default::default();
+    let mut responses = Responses::new();
+
+    // Connect and open the first streams under a permit, released once the
+    // server has accepted them.
+    let channel = {
+        let _permit = shared.connect_permits.acquire().await.map_err(|e| e.to_string())?;
+        let channel = shared.endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+        match shared.config.service {
+            Service::Ads => {
+                let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
+                for ty in [ResourceType::Cluster, ResourceType::Listener] {
+                    let _ = tx.send(request(&node, ty, &subs[ty.index()])).await;
+                }
+                let mut client = AggregatedDiscoveryServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
+                let inbound = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.map_err(|s| format!("ADS: {s}"))?;
+                responses.push(inbound.into_inner().boxed());
+                for sub in &mut subs {
+                    sub.sender = Some(tx.clone());
+                }
+            }
+            Service::Separate => {
+                for ty in [ResourceType::Cluster, ResourceType::Listener] {
+                    let first = request(&node, ty, &subs[ty.index()]);
+                    subs[ty.index()].sender = Some(open_single(&channel, ty, first, &mut responses).await?);
+                }
+            }
+        }
+        channel
+    };
+    {
+        let mut record = lock(record);
+        record.connected = true;
+        record.connects += 1;
+    }
+
+    while let Some(message) = responses.next().await {
+        let response = message.map_err(|s| format!("stream: {s}"))?;
+        let Some(ty) = ResourceType::from_type_url(&response.type_url) else { continue };
+        let received_at = Instant::now();
+        {
+            let sub = &mut subs[ty.index()];
+            sub.version = response.version_info.clone();
+            sub.nonce = response.nonce.clone();
+        }
+
+        // Like Envoy: subscribe to the EDS/RDS names the new clusters and
+        // listeners refer to before ACKing them.
+        let child = match ty {
+            ResourceType::Cluster => Some(ResourceType::Endpoint),
+            ResourceType::Listener => Some(ResourceType::Route),
+            _ => None,
+        };
+        if let Some(child) = child {
+            let names = shared.referenced_names(ty, &response);
+            let sub = &mut subs[child.index()];
+            if *names != *sub.names && !(names.is_empty() && sub.sender.is_none()) {
+                sub.names = names;
+                let update = request(&node, child, sub);
+                match &sub.sender {
+                    Some(tx) => tx.send(update).await.map_err(|_| "request stream closed".to_owned())?,
+                    None => sub.sender = Some(open_single(&channel, child, update, &mut responses).await?),
+                }
+            }
+        }
+
+        let sub = &subs[ty.index()];
+        let ack = request(&node, ty, sub);
+        let tx = sub.sender.as_ref().ok_or("response on a type never requested")?;
+        tx.send(ack).await.map_err(|_| "request stream closed".to_owned())?;
+
+        let mut record = lock(record);
+        let seen = &mut record.types[ty.index()];
+        seen.responses += 1;
+        seen.acks += 1;
+        if seen.last_version() != Some(response.version_info.as_str()) {
+            seen.versions.push((response.version_info, received_at));
+        }
+    }
+    Err("stream closed by the server".to_owned())
+}
+
+/// Opens the per-type stream of `ty` (separate services) with its first request.
+async fn open_single(
+    channel: &Channel,
+    ty: ResourceType,
+    first: DiscoveryRequest,
+    responses: &mut Responses,
+) -> Result<mpsc::Sender<DiscoveryRequest>, String> {
+    let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
+    tx.send(first).await.map_err(|e| e.to_string())?;
+    let rx = ReceiverStream::new(rx);
+    let channel = channel.clone();
+    let opened = match ty {
+        ResourceType::Cluster => ClusterDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).stream_clusters(rx).await,
+        ResourceType::Listener => ListenerDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).stream_listeners(rx).await,
+        ResourceType::Endpoint => EndpointDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).stream_endpoints(rx).await,
+        ResourceType::Route => RouteDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).stream_routes(rx).await,
+    };
+    let inbound = opened.map_err(|s| format!("{ty}: {s}"))?;
+    responses.push(inbound.into_inner().boxed());
+    Ok(tx)
+}
+
+/// A request of `ty` carrying the subscription and, once something was
+/// received, the ACK of the last response (version and nonce, R5).
+fn request(node: &Node, ty: ResourceType, sub: &Subscription) -> DiscoveryRequest {
+    DiscoveryRequest {
+        version_info: sub.version.clone(),
+        node: Some(node.clone()),
+        resource_names: sub.names.to_vec(),
+        type_url: ty.type_url().to_owned(),
+        response_nonce: sub.nonce.clone(),
+        error_detail: None,
+        ..DiscoveryRequest::default()
+    }
+}
+
+impl Shared {
+    /// The EDS names (for CDS) or RDS names (for LDS) a full-state response
+    /// refers to, sorted; decoded once per version for the fleet.
+    fn referenced_names(&self, ty: ResourceType, response: &DiscoveryResponse) -> Arc<Vec<String>> {
+        let key = (ty, response.version_info.clone());
+        if let Some(names) = self.names.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return names.clone();
+        }
+        let mut names: Vec<String> = match ty {
+            ResourceType::Cluster => response.resources.iter().filter_map(eds_name).collect(),
+            ResourceType::Listener => response.resources.iter().flat_map(rds_names).collect(),
+            _ => Vec::new(),
+        };
+        names.sort();
+        names.dedup();
+        let names = Arc::new(names);
+        self.names.lock().unwrap_or_else(|p| p.into_inner()).insert(key, names.clone());
+        names
+    }
+}
+
+/// The ClusterLoadAssignment an EDS cluster asks for.
+fn eds_name(any: &Any) -> Option<String> {
+    let cluster = Cluster::decode(any.value.as_slice()).ok()?;
+    let is_eds = matches!(cluster.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32);
+    if !is_eds {
+        return None;
+    }
+    match cluster.eds_cluster_config {
+        Some(eds) if !eds.service_name.is_empty() => Some(eds.service_name),
+        _ => Some(cluster.name),
+    }
+}
+
+/// The route configurations a listener's HTTP connection managers load by RDS.
+fn rds_names(any: &Any) -> Vec<String> {
+    let Ok(listener) = Listener::decode(any.value.as_slice()) else { return Vec::new() };
+    listener
+        .filter_chains
+        .iter()
+        .chain(listener.default_filter_chain.as_ref())
+        .flat_map(|chain| &chain.filters)
+        .filter_map(|filter| match &filter.config_type {
+            Some(ConfigType::TypedConfig(config)) if config.type_url == HttpConnectionManager::type_url() => {
+                HttpConnectionManager::decode(config.value.as_slice()).ok()
+            }
+            _ => None,
+        })
+        .filter_map(|hcm| match hcm.route_specifier {
+            Some(RouteSpecifier::Rds(rds)) => Some(rds.route_config_name),
+            _ => None,
+        })
+        .collect()
+}

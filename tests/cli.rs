@@ -1,0 +1,98 @@
+//! The `sxds` binary's command line: every option documented, Go sxds
+//! variables honoured, bad configuration refused in one line.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn sxds() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sxds"));
+    // Start from a clean slate whatever the caller's environment holds.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SXDS_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+#[test]
+fn help_documents_every_option_with_its_variable() {
+    let output = sxds().arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for (flag, variable) in [
+        ("--listen-address", "SXDS_LISTEN_ADDRESS"),
+        ("--xds-port", "SXDS_XDS_PORT"),
+        ("--cacher-port", "SXDS_CACHER_PORT"),
+        ("--ads-mode", "SXDS_ADS_MODE"),
+        ("--production", "SXDS_PRODUCTION"),
+        ("--data-dir", "SXDS_DATA_DIR"),
+        ("--body-limit", "SXDS_BODY_LIMIT"),
+        ("--shutdown-grace", "SXDS_SHUTDOWN_GRACE"),
+        ("--log", "SXDS_LOG"),
+    ] {
+        assert!(help.contains(flag) && help.contains(variable), "{flag} / {variable} missing from --help");
+    }
+    assert!(help.contains("[default: 8081]") && help.contains("[default: 8082]") && help.contains("[default: 32MiB]"));
+}
+
+#[test]
+fn bad_configuration_is_one_line_and_a_non_zero_exit() {
+    let cases: [(&[&str], &[(&str, &str)]); 4] = [
+        (&["--xds-port", "http"], &[]),
+        (&[], &[("SXDS_CACHER_PORT", "99999")]),
+        (&[], &[("SXDS_PRODUCTION", "maybe")]),
+        (&["--body-limit", "lots"], &[]),
+    ];
+    for (args, env) in cases {
+        let output = sxds().args(args).envs(env.iter().copied()).output().unwrap();
+        assert!(!output.status.success(), "{args:?} {env:?} accepted");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.trim_end().lines().count(), 1, "not one line: {stderr:?}");
+        assert!(stderr.starts_with("sxds: "), "{stderr:?}");
+    }
+}
+
+/// Runs the daemon on ephemeral ports until it logs that it listens.
+fn first_log_line(env: &[(&str, &str)]) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = sxds()
+        .args(["--listen-address", "127.0.0.1", "--data-dir"])
+        .arg(data.path())
+        .envs([("SXDS_XDS_PORT", "0"), ("SXDS_CACHER_PORT", "0")])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut listening = None;
+    while Instant::now() < deadline {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("sxds listening") => {
+                listening = Some(line);
+                break;
+            }
+            Some(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    listening.expect("the daemon logged that it listens")
+}
+
+#[test]
+fn production_mode_logs_json_lines() {
+    let line = first_log_line(&[("SXDS_PRODUCTION", "true")]);
+    let parsed: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(parsed["fields"]["message"], "sxds listening");
+    assert_eq!(parsed["level"], "INFO");
+
+    let text = first_log_line(&[("SXDS_PRODUCTION", "false"), ("SXDS_ADS_MODE", "true")]);
+    assert!(serde_json::from_str::<serde_json::Value>(&text).is_err(), "text logs outside production");
+}
