@@ -223,6 +223,14 @@ impl TypeState {
 
 /// Applies a request's `resource_names` to the subscription (R14, R15, R17).
 fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: &[String]) {
+    // Most requests are ACKs repeating the subscription: check before copying.
+    let unchanged = !state.wildcard
+        && !resource_names.is_empty()
+        && resource_names.len() == state.names.len()
+        && resource_names.iter().all(|name| state.names.contains(name));
+    if unchanged {
+        return;
+    }
     let mut names: BTreeSet<String> = resource_names.iter().cloned().collect();
     let star = names.remove("*");
     let was_wildcard = state.wildcard;
