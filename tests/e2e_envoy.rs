@@ -133,8 +133,11 @@ async fn separate_services_switch_traffic_and_answer_every_eds_subscription_r16_
     wait_for_body(port, "/", "backend-A", CONVERGE).await;
     daemon.wait_acked(node, &ALL_TYPES, "1", CONVERGE).await;
 
+    let traffic = Traffic::start(port, "/", &["backend-A", "backend-B"]);
     daemon.put_ok("sidecar", &example_bundle("sidecar-xds.json", "2", port, b.port)).await;
     wait_for_body(port, "/", "backend-B", CONVERGE).await;
+    traffic.assert_all_ok("while the endpoint moved from A to B").await;
+    daemon.wait_acked(node, &ENDPOINT_MOVE, "2", CONVERGE).await;
 
     // Three EDS clusters: Envoy subscribes to each; every one must be answered.
     let clusters = [("one", a.port), ("two", b.port), ("three", c.port)];
@@ -149,6 +152,9 @@ async fn separate_services_switch_traffic_and_answer_every_eds_subscription_r16_
     for service in ["lds", "cds", "rds", "eds"] {
         assert!(services.contains(&service), "no {service} stream in GET /nodes: {services:?}");
     }
+    // Envoy opens one EDS stream per cluster here; each ACKed version 3 above.
+    let eds_streams = services.iter().filter(|s| **s == "eds").count();
+    assert_eq!(eds_streams, clusters.len(), "EDS streams in GET /nodes: {services:?}");
     assert!(!services.contains(&"ads"), "the separate-services bootstrap opened an ADS stream");
     for name in ["one", "two", "three"] {
         assert!(envoy.stat(&format!("cluster.{name}.update_success")).await >= 1, "EDS for cluster {name} answered");

