@@ -87,7 +87,7 @@ fn compile_xds_services() {
         .map(|(package, service, route, method)| {
             Service::builder()
                 .name(service)
-                .package(&format!("envoy.service.{package}.v3"))
+                .package(format!("envoy.service.{package}.v3"))
                 .method(
                     Method::builder()
                         .name(method)

@@ -112,7 +112,7 @@ async fn put_bundle(
     let stored = tokio::task::spawn_blocking(move || bundle::accept(&body, format))
         .await
         .map_err(|e| StoreError::Backend(format!("parser task failed: {e}")))??;
-    let bundle = stored.bundle.as_ref().expect("accepted bundles are set");
+    let bundle = stored.contents();
     let (version, counts) = (bundle.version.clone(), Counts::of(bundle));
     let outcome = state.store.put(node_type.clone(), stored).await?;
     let changed = outcome == PutOutcome::Stored;
@@ -135,8 +135,7 @@ async fn get_bundle(State(state): State<ApiState>, Path(node_type): Path<String>
     let node_type = NodeType::parse(&node_type)?;
     let catalog = state.store.catalog();
     let stored = catalog.get(&node_type).ok_or_else(|| ApiError::NotFound(node_type.clone()))?;
-    let bundle = stored.bundle.clone().unwrap_or_default();
-    Ok(Json(bundle::to_json(&bundle)?))
+    Ok(Json(bundle::to_json(stored.contents())?))
 }
 
 async fn list_bundles(State(state): State<ApiState>) -> Json<serde_json::Value> {
@@ -144,9 +143,9 @@ async fn list_bundles(State(state): State<ApiState>) -> Json<serde_json::Value> 
     let node_types: Vec<serde_json::Value> = catalog
         .iter()
         .map(|(node_type, stored)| {
-            let bundle = stored.bundle.clone().unwrap_or_default();
+            let bundle = stored.contents();
             let mut entry = json!({ "node_type": node_type.as_str(), "version": bundle.version });
-            if let (Some(entry), Ok(serde_json::Value::Object(counts))) = (entry.as_object_mut(), serde_json::to_value(Counts::of(&bundle))) {
+            if let (Some(entry), Ok(serde_json::Value::Object(counts))) = (entry.as_object_mut(), serde_json::to_value(Counts::of(bundle))) {
                 entry.extend(counts);
             }
             entry

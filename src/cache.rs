@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     node_type::NodeType,
     resource_type::ResourceType,
-    schema::{Bundle, StoredBundle},
+    schema::StoredBundle,
     store::Catalog,
     xds::codec::{encode_bytes_field, EncodedResponse},
 };
@@ -59,8 +59,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn build(id: u64, source: Arc<StoredBundle>, previous: Option<&Snapshot>) -> Self {
         let mut types: [BTreeMap<String, Resource>; 4] = Default::default();
-        let empty = Bundle::default();
-        let bundle = source.bundle.as_ref().unwrap_or(&empty);
+        let bundle = source.contents();
         let mut add = |ty: ResourceType, name: &str, value: Vec<u8>| {
             let any = Any { type_url: ty.type_url().to_owned(), value };
             let entry = encode_bytes_field(RESOURCES, &any.encode_to_vec());
@@ -250,6 +249,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::schema::Bundle;
 
     fn stored(version: &str, clusters: &[&str]) -> Arc<StoredBundle> {
         let bundle = Bundle {

@@ -26,3 +26,13 @@ pub fn pool() -> &'static DescriptorPool {
 pub fn bundle_descriptor() -> MessageDescriptor {
     pool().get_message_by_name("sxds.v1.Bundle").expect("sxds.v1.Bundle is in the compiled descriptor set")
 }
+
+impl StoredBundle {
+    /// The bundle itself. A message field is optional in proto3, but every
+    /// stored bundle has one; a missing one reads as empty.
+    pub fn contents(&self) -> &Bundle {
+        static EMPTY: Bundle =
+            Bundle { version: String::new(), listeners: Vec::new(), clusters: Vec::new(), routes: Vec::new(), endpoints: Vec::new() };
+        self.bundle.as_ref().unwrap_or(&EMPTY)
+    }
+}

@@ -138,7 +138,7 @@ impl Store {
 }
 
 fn version(stored: &StoredBundle) -> &str {
-    stored.bundle.as_ref().map_or("", |b| b.version.as_str())
+    &stored.contents().version
 }
 
 fn load(db: &Database) -> Result<Catalog, StoreError> {

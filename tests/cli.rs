@@ -41,7 +41,8 @@ fn help_documents_every_option_with_its_variable() {
 
 #[test]
 fn bad_configuration_is_one_line_and_a_non_zero_exit() {
-    let cases: [(&[&str], &[(&str, &str)]); 4] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case; 4] = [
         (&["--xds-port", "http"], &[]),
         (&[], &[("SXDS_CACHER_PORT", "99999")]),
         (&[], &[("SXDS_PRODUCTION", "maybe")]),

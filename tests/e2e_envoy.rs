@@ -84,7 +84,7 @@ async fn serving(transport: Transport, node_id: &str, bundle: &Value) -> (Daemon
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ads_endpoint_then_cluster_change_switch_traffic_without_a_failed_request_r21_r23() {
+async fn ads_endpoint_then_cluster_change_switch_traffic_without_a_failed_request_r21_r22_r23() {
     let (a, b, c) = (Backend::start("backend-A").await, Backend::start("backend-B").await, Backend::start("backend-C").await);
     let (port, node) = (free_port(), "sidecar-ads");
     let (daemon, envoy) = serving(Transport::Ads, node, &example_bundle("sidecar.json", "1", port, a.port)).await;

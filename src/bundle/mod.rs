@@ -32,7 +32,7 @@ impl BundleError {
 /// Parses and validates a request body into the form the store keeps.
 pub fn accept(body: &[u8], format: Format) -> Result<StoredBundle, BundleError> {
     let stored = parse(body, format)?;
-    validate(stored.bundle.as_ref().expect("parse always sets the bundle"))?;
+    validate(stored.contents())?;
     Ok(stored)
 }
 
