@@ -21,5 +21,5 @@ version="$(envoy_version)"
 [[ "$version" == 1.40.* ]] || { echo "test.sh: envoy 1.40 is not on PATH after installing it" >&2; exit 1; }
 echo "test.sh: using envoy $version ($(command -v envoy))"
 
-echo "test.sh: cargo test --locked $*"
-exec cargo test --locked "$@" </dev/null
+echo "test.sh: cargo test --locked --no-fail-fast $*"
+exec cargo test --locked --no-fail-fast "$@" </dev/null
