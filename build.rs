@@ -70,7 +70,7 @@ fn envoy_types_dir() -> Result<PathBuf, Box<dyn Error>> {
     Ok(PathBuf::from(manifest).parent().ok_or("bad manifest path")?.to_path_buf())
 }
 
-/// The state-of-the-world and delta discovery services Envoy calls, all
+/// The state-of-the-world discovery services Envoy calls (ADS and per type), all
 /// routed to sxds's stream handlers through the pre-encoded-response codec.
 fn compile_xds_services() {
     use tonic_build::manual::{Builder, Method, Service};

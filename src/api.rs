@@ -42,6 +42,7 @@ pub fn router(state: ApiState, body_limit: usize) -> Router {
         .route("/nodes", get(list_nodes))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 

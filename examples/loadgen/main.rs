@@ -84,7 +84,8 @@ struct Args {
     updates: usize,
     #[arg(long, default_value_t = 10_000)]
     ingest_clusters: usize,
-    #[arg(long, default_value_t = 10)]
+    /// 7 endpoints per ClusterLoadAssignment make the 10,000-cluster body ~10 MB.
+    #[arg(long, default_value_t = 7)]
     ingest_endpoints_per_cluster: usize,
     #[arg(long, default_value_t = 100)]
     burst_puts: usize,
@@ -155,6 +156,12 @@ async fn run(args: &Args, daemon: &Daemon) -> anyhow::Result<Value> {
     Ok(summary)
 }
 
+/// The daemon's and the load generator's own figures at one moment.
+struct Samples {
+    daemon: Sample,
+    loadgen: Sample,
+}
+
 struct Ctx<'a> {
     args: &'a Args,
     daemon: &'a Daemon,
@@ -194,6 +201,10 @@ impl Ctx<'_> {
         }
         eprintln!("loadgen: {} streams connected and converged in {:.1?}", fleet.len(), start.elapsed());
         Ok(start.elapsed())
+    }
+
+    fn samples(&self) -> anyhow::Result<Samples> {
+        Ok(Samples { daemon: self.daemon.sample()?, loadgen: Sample::of_self() })
     }
 
     async fn settle(&self) {
@@ -241,12 +252,12 @@ async fn fanout(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
         mesh.change_endpoints(u * 37);
         let version = format!("v{u}");
         let body = serde_json::to_vec(&mesh.bundle(&version))?;
-        let before = ctx.daemon.sample()?;
+        let before = ctx.samples()?;
         let since = Instant::now();
         let put = ctx.put(body).await?;
         let target = Target { version, types: vec![ResourceType::Endpoint], since };
         let result = fleet.wait(&target, args.deadline).await;
-        let after = ctx.daemon.sample()?;
+        let after = ctx.samples()?;
         updates.push(update_report(&target.version, put, &result, &before, &after));
     }
     print_updates("fanout", streams, &updates);
@@ -270,23 +281,23 @@ async fn ingest(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
     let body = serde_json::to_vec(&big.bundle("v1"))?;
     let body_bytes = body.len();
     ctx.settle().await;
-    let before = ctx.daemon.sample()?;
+    let before = ctx.samples()?;
     let since = Instant::now();
     let put = ctx.put(body).await?;
     let clusters = Target { version: "v1".into(), types: vec![ResourceType::Cluster], since };
     let everything = Target { version: "v1".into(), types: ALL_TYPES.to_vec(), since };
     let all = fleet.wait(&everything, args.deadline).await;
     let first_cds = fleet.convergence(&clusters);
-    let after = ctx.daemon.sample()?;
+    let after = ctx.samples()?;
     let report = update_report("v1", put, &all, &before, &after);
     let first = ms(first_cds.first());
     println!("ingest  body={:.1} MB  streams={streams}  200 after {:.0} ms  first CDS after {:.0} ms  all nodes all types p99 {:.0} ms max {:.0} ms  never={}  peak RSS {} KiB",
         body_bytes as f64 / 1e6, put.as_secs_f64() * 1e3, first, report["p99_ms"].as_f64().unwrap_or(f64::NAN),
-        report["max_ms"].as_f64().unwrap_or(f64::NAN), all.never, after.hwm_kib);
+        report["max_ms"].as_f64().unwrap_or(f64::NAN), all.never, after.daemon.hwm_kib);
     Ok(json!({
         "streams": streams, "clusters": args.ingest_clusters, "body_bytes": body_bytes,
         "put_ms": put.as_secs_f64() * 1e3, "first_cds_ms": first,
-        "update": report, "rss_before_kib": before.rss_kib, "peak_rss_kib": after.hwm_kib,
+        "update": report, "rss_before_kib": before.daemon.rss_kib, "peak_rss_kib": after.daemon.hwm_kib,
     }))
 }
 
@@ -307,7 +318,7 @@ async fn burst(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
             })
             .collect::<Result<_, _>>()?;
         ctx.settle().await;
-        let before = ctx.daemon.sample()?;
+        let before = ctx.samples()?;
         let counts_before: Vec<[u32; 4]> = fleet.records().iter().map(|r| r.types.clone().map(|t| t.responses)).collect();
         let since = Instant::now();
         let gap = Duration::from_millis(args.burst_window_ms) / args.burst_puts.max(1) as u32;
@@ -332,6 +343,7 @@ async fn burst(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
         let version = ctx.stored_version().await?;
         let target = Target { version: version.clone(), types: vec![ResourceType::Cluster, ResourceType::Endpoint], since };
         let result = fleet.wait(&target, args.deadline).await;
+        let converged = ctx.samples()?;
         ctx.settle().await;
         let after = ctx.daemon.sample()?;
         let records = fleet.records();
@@ -347,16 +359,16 @@ async fn burst(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
             .count();
         let max_received = received.iter().copied().max().unwrap_or(0);
         let mean_received = received.iter().map(|&n| n as f64).sum::<f64>() / received.len().max(1) as f64;
-        let report = update_report(&version, puts_done, &result, &before, &after);
+        let report = update_report(&version, puts_done, &result, &before, &converged);
         println!("burst round {round}: {} PUTs ({failed} failed) in {:.0} ms, last version {version}: {ended_on_last}/{streams} streams on it, p99 {:.0} ms, EDS responses per stream mean {mean_received:.1} max {max_received}, RSS {} -> {} KiB",
-            args.burst_puts, puts_done.as_secs_f64() * 1e3, report["p99_ms"].as_f64().unwrap_or(f64::NAN), before.rss_kib, after.rss_kib);
+            args.burst_puts, puts_done.as_secs_f64() * 1e3, report["p99_ms"].as_f64().unwrap_or(f64::NAN), before.daemon.rss_kib, after.rss_kib);
         rounds.push(json!({
             "round": round, "puts": args.burst_puts, "failed_puts": failed, "puts_ms": puts_done.as_secs_f64() * 1e3,
             "last_version": version, "ended_on_last": ended_on_last, "never": result.never,
             "eds_responses_per_stream_mean": mean_received, "eds_responses_per_stream_max": max_received,
             "more_than_puts": received.iter().filter(|&&n| n as usize > args.burst_puts).count(),
             "unacked_responses": unacked,
-            "rss_before_kib": before.rss_kib, "rss_after_kib": after.rss_kib, "update": report,
+            "rss_before_kib": before.daemon.rss_kib, "rss_after_kib": after.rss_kib, "update": report,
         }));
     }
     Ok(json!({ "streams": streams, "clusters": args.clusters, "rounds": rounds }))
@@ -366,7 +378,8 @@ fn ms(d: Option<Duration>) -> f64 {
     d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }
 
-fn update_report(version: &str, put: Duration, result: &Convergence, before: &Sample, after: &Sample) -> Value {
+fn update_report(version: &str, put: Duration, result: &Convergence, before: &Samples, after: &Samples) -> Value {
+    let (before, after, loadgen_cpu_ms) = (&before.daemon, &after.daemon, after.loadgen.cpu_ms.saturating_sub(before.loadgen.cpu_ms));
     json!({
         "version": version, "put_ms": put.as_secs_f64() * 1e3,
         "p50_ms": ms(result.percentile(50.0)), "p90_ms": ms(result.percentile(90.0)),
@@ -374,6 +387,7 @@ fn update_report(version: &str, put: Duration, result: &Convergence, before: &Sa
         "converged": result.converged(), "never": result.never,
         "rss_kib": after.rss_kib, "hwm_kib": after.hwm_kib,
         "daemon_cpu_ms": after.cpu_ms.saturating_sub(before.cpu_ms),
+        "loadgen_cpu_ms": loadgen_cpu_ms,
     })
 }
 
@@ -388,10 +402,11 @@ fn worst(updates: &[Value]) -> Value {
 
 fn print_updates(label: &str, streams: usize, updates: &[Value]) {
     println!("{label}  streams={streams}");
-    println!("  {:<8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>9}", "version", "put ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "never", "RSS KiB", "CPU ms");
+    println!("  {:<8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9}", "version", "put ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "never", "RSS KiB", "CPU ms", "LG CPU");
     for u in updates {
         let f = |k: &str| u[k].as_f64().unwrap_or(f64::NAN);
-        println!("  {:<8} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>10} {:>9}",
-            u["version"].as_str().unwrap_or(""), f("put_ms"), f("p50_ms"), f("p90_ms"), f("p99_ms"), f("max_ms"), u["never"], u["rss_kib"], u["daemon_cpu_ms"]);
+        let n = |k: &str| u[k].as_u64().unwrap_or(0);
+        println!("  {:<8} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>10} {:>9} {:>9}",
+            u["version"].as_str().unwrap_or(""), f("put_ms"), f("p50_ms"), f("p90_ms"), f("p99_ms"), f("max_ms"), n("never"), n("rss_kib"), n("daemon_cpu_ms"), n("loadgen_cpu_ms"));
     }
 }

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Runs the sxds benchmark scenarios with the load generator
+# (examples/loadgen) and prints a Markdown table of the results.
+#
+#   scripts/bench.sh                      # everything, ADS, the issue's sizes
+#   SCENARIOS="idle fanout" scripts/bench.sh
+#   SERVICE=separate FANOUT_STREAMS=2000 scripts/bench.sh
+#
+# Each scenario starts its own daemon (target/release/sxds) on free loopback
+# ports with a temporary data directory. Raw JSON summaries are kept in
+# $OUT (default target/bench/<timestamp>/). Needs: cargo, jq.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+SCENARIOS=${SCENARIOS:-"idle fanout ingest burst"}
+SERVICE=${SERVICE:-ads}
+IDLE_LEVELS=${IDLE_LEVELS:-1000,5000,10000}
+FANOUT_STREAMS=${FANOUT_STREAMS:-10000}
+FANOUT_UPDATES=${FANOUT_UPDATES:-5}
+INGEST_STREAMS=${INGEST_STREAMS:-10}
+BURST_STREAMS=${BURST_STREAMS:-1000}
+OUT=${OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
+
+command -v jq >/dev/null || { echo "bench.sh needs jq" >&2; exit 1; }
+mkdir -p "$OUT"
+
+echo "building (release) ..." >&2
+cargo build --release --quiet --bin sxds --example loadgen
+LOADGEN=target/release/examples/loadgen
+
+run() { # name, loadgen args...
+    local name=$1; shift
+    echo "== $name: loadgen $*" >&2
+    # A bounded run: a wedged scenario must not hang the bench.
+    timeout 900 "$LOADGEN" --service "$SERVICE" "$@" | tee "$OUT/$name.txt" >&2
+    tail -n 1 "$OUT/$name.txt" > "$OUT/$name.json"
+}
+
+for scenario in $SCENARIOS; do
+    case $scenario in
+        idle) run idle --scenario idle --streams "$IDLE_LEVELS" ;;
+        fanout) run fanout --scenario fanout --streams "$FANOUT_STREAMS" --updates "$FANOUT_UPDATES" ;;
+        ingest) run ingest --scenario ingest --streams "$INGEST_STREAMS" ;;
+        burst) run burst --scenario burst --streams "$BURST_STREAMS" ;;
+        *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+    esac
+done
+
+kib() { jq -r "$1 | if . == null then \"-\" else (. / 1024 * 10 | round / 10 | tostring) + \" KiB\" end" "$2"; }
+msf() { jq -r "$1 | if . == null then \"-\" else (. | round | tostring) + \" ms\" end" "$2"; }
+
+echo
+echo "sxds benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty'), $(nproc) cores, $(uname -r), service=$SERVICE"
+echo
+echo "| scenario | measure | result | target |"
+echo "|---|---|---|---|"
+if [[ -f $OUT/idle.json ]]; then
+    jq -r '.levels[] | "| idle, \(.streams) streams | daemon RSS per stream (RSS \(.rss_kib) KiB − base \(.rss_base_kib) KiB) | \((.bytes_per_stream / 1024 * 10 | round) / 10) KiB | ≤ 32 KiB at 10,000 |"' "$OUT/idle.json"
+fi
+if [[ -f $OUT/fanout.json ]]; then
+    f=$OUT/fanout.json
+    n=$(jq -r .streams "$f")
+    echo "| fan-out, $n streams, 1 of $(jq -r .clusters "$f") endpoint sets changed | convergence p50 / p99 / max (worst of $(jq '.updates | length' "$f") updates) | $(msf .worst.p50_ms "$f") / $(msf .worst.p99_ms "$f") / $(msf .worst.max_ms "$f") | p99 ≤ 1 s |"
+    echo "| | never converged (all updates) | $(jq -r .worst.never "$f") | 0 |"
+    echo "| | PUT answered (median) / daemon CPU per update (median) | $(jq -r '[.updates[].put_ms] | sort | .[length/2|floor] | round' "$f") ms / $(jq -r '[.updates[].daemon_cpu_ms] | sort | .[length/2|floor]' "$f") ms | |"
+fi
+if [[ -f $OUT/ingest.json ]]; then
+    f=$OUT/ingest.json
+    echo "| ingest, $(jq -r .clusters "$f") clusters + CLAs, $(jq -r '.body_bytes / 1e6 * 10 | round / 10' "$f") MB JSON | PUT answered 200 | $(msf .put_ms "$f") | ≤ 1 s |"
+    echo "| | first Envoy has the clusters / all $(jq -r .streams "$f") have every type | $(msf .first_cds_ms "$f") / $(msf .update.max_ms "$f") | ≤ 1 s |"
+    echo "| | daemon peak RSS (VmHWM) | $(jq -r '.peak_rss_kib / 1024 | round' "$f") MiB | |"
+fi
+if [[ -f $OUT/burst.json ]]; then
+    f=$OUT/burst.json
+    jq -r --argjson n "$(jq .streams "$f")" '.rounds[] | "| burst round \(.round), \(.puts) PUTs in \(.puts_ms | round) ms, \($n) streams | streams on the last version / never / EDS responses per stream (mean, max) / unACKed | \(.ended_on_last) / \(.never) / \(.eds_responses_per_stream_mean * 10 | round / 10), \(.eds_responses_per_stream_max) / \(.unacked_responses) | all / 0 / < PUTs / 0 |\n| | daemon RSS before → after | \(.rss_before_kib) → \(.rss_after_kib) KiB | no growth |"' "$f"
+fi
+echo
+echo "raw results: $OUT" >&2
