@@ -1,7 +1,6 @@
 //! Compiles `proto/` against the Envoy descriptors shipped inside the
 //! envoy-types package, so Envoy's messages are reused from the crate rather
-//! than copied, and generates the xDS gRPC service stubs with sxds's own codec
-//! (responses are pre-encoded bytes shared by every stream).
+//! than copied.
 
 use std::{env, error::Error, fs, path::PathBuf, process::Command};
 
@@ -34,7 +33,6 @@ fn main() -> Result<(), Box<dyn Error>> {
         .extern_path(".envoy", "::envoy_types::pb::envoy")
         .compile_fds(own_set)?;
 
-    compile_xds_services();
     Ok(())
 }
 
@@ -68,39 +66,4 @@ fn envoy_types_dir() -> Result<PathBuf, Box<dyn Error>> {
         .and_then(|p| p["manifest_path"].as_str())
         .ok_or("envoy-types not found in cargo metadata")?;
     Ok(PathBuf::from(manifest).parent().ok_or("bad manifest path")?.to_path_buf())
-}
-
-/// The state-of-the-world discovery services Envoy calls (ADS and per type), all
-/// routed to sxds's stream handlers through the pre-encoded-response codec.
-fn compile_xds_services() {
-    use tonic_build::manual::{Builder, Method, Service};
-
-    let services = [
-        ("discovery", "AggregatedDiscoveryService", "StreamAggregatedResources", "stream_aggregated_resources"),
-        ("listener", "ListenerDiscoveryService", "StreamListeners", "stream_listeners"),
-        ("cluster", "ClusterDiscoveryService", "StreamClusters", "stream_clusters"),
-        ("route", "RouteDiscoveryService", "StreamRoutes", "stream_routes"),
-        ("endpoint", "EndpointDiscoveryService", "StreamEndpoints", "stream_endpoints"),
-    ];
-    let services: Vec<Service> = services
-        .into_iter()
-        .map(|(package, service, route, method)| {
-            Service::builder()
-                .name(service)
-                .package(format!("envoy.service.{package}.v3"))
-                .method(
-                    Method::builder()
-                        .name(method)
-                        .route_name(route)
-                        .input_type("::envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest")
-                        .output_type("crate::xds::codec::EncodedResponse")
-                        .codec_path("crate::xds::codec::SotwCodec")
-                        .client_streaming()
-                        .server_streaming()
-                        .build(),
-                )
-                .build()
-        })
-        .collect();
-    Builder::new().build_client(false).compile(&services);
 }

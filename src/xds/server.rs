@@ -1,28 +1,48 @@
-//! The xDS gRPC services. ADS and the four per-type services all feed one
-//! stream loop; only the [`StreamKind`] differs.
+//! The xDS gRPC endpoints. ADS and the four per-type services all run the
+//! same stream loop; only the [`StreamKind`] differs.
+//!
+//! The endpoints are plain HTTP/2 handlers rather than generated tonic
+//! services: a response is one gRPC frame assembled from shared pre-encoded
+//! bytes (see `codec`), and no stream keeps an encode buffer of its own.
 
-use std::{pin::Pin, sync::Arc};
+use std::sync::Arc;
 
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    response::{IntoResponse, Response},
+    routing::post,
+    Router,
+};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use futures::Stream;
+use http::header::CONTENT_TYPE;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 
 use super::{
-    codec::EncodedResponse,
-    services,
+    codec::{self, EncodedResponse, ResponseBody},
     status::{Registry, StreamHandle},
     stream::{Received, StreamKind, StreamState},
 };
-use crate::{cache::Cache, node_type::NodeType, resource_type::ResourceType};
+use crate::{
+    cache::{Cache, Snapshot, SnapshotWatch},
+    node_type::NodeType,
+    resource_type::ResourceType,
+};
 
 /// Responses in flight per stream. Each type holds at most one unanswered
 /// response, so four never block a well-behaved stream.
 const RESPONSE_BUFFER: usize = 4;
 
-pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<EncodedResponse, Status>> + Send>>;
+/// The gRPC methods served, by path.
+const METHODS: [(&str, StreamKind); 5] = [
+    ("/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources", StreamKind::Aggregated),
+    ("/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners", StreamKind::Single(ResourceType::Listener)),
+    ("/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters", StreamKind::Single(ResourceType::Cluster)),
+    ("/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes", StreamKind::Single(ResourceType::Route)),
+    ("/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints", StreamKind::Single(ResourceType::Endpoint)),
+];
 
 /// Serves discovery streams from the cache. Cheap to clone.
 #[derive(Clone)]
@@ -37,25 +57,36 @@ impl XdsServer {
         Self { cache, registry, shutdown }
     }
 
-    /// The gRPC routes of every discovery service sxds answers.
+    /// The gRPC routes of every discovery method sxds answers; any other
+    /// method is answered `UNIMPLEMENTED`.
     pub fn routes(&self) -> tonic::service::Routes {
-        use services::*;
-        tonic::service::Routes::default()
-            .add_service(aggregated_discovery_service_server::AggregatedDiscoveryServiceServer::new(self.clone()))
-            .add_service(listener_discovery_service_server::ListenerDiscoveryServiceServer::new(self.clone()))
-            .add_service(cluster_discovery_service_server::ClusterDiscoveryServiceServer::new(self.clone()))
-            .add_service(route_discovery_service_server::RouteDiscoveryServiceServer::new(self.clone()))
-            .add_service(endpoint_discovery_service_server::EndpointDiscoveryServiceServer::new(self.clone()))
+        let mut router = Router::new();
+        for (path, kind) in METHODS {
+            router = router.route(path, post(move |State(server): State<XdsServer>, request: Request| server.serve(kind, request)));
+        }
+        let router = router
+            .fallback(|| async { Status::unimplemented("sxds serves state-of-the-world ADS, LDS, CDS, RDS and EDS").into_http::<Body>() })
+            .with_state(self.clone());
+        tonic::service::Routes::from(router)
+    }
+
+    async fn serve(self, kind: StreamKind, request: Request) -> Response {
+        match self.open(kind, codec::requests(request.into_body())).await {
+            Ok(responses) => {
+                let headers = [(CONTENT_TYPE, "application/grpc")];
+                (headers, Body::new(ResponseBody::new(responses))).into_response()
+            }
+            Err(status) => status.into_http::<Body>(),
+        }
     }
 
     /// Reads the first request (it must carry the node, R2) and starts the
-    /// stream's loop.
+    /// stream's loop; its responses come out of the returned channel.
     async fn open(
         &self,
         kind: StreamKind,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<ResponseStream>, Status> {
-        let mut inbound = request.into_inner();
+        mut inbound: Streaming<DiscoveryRequest>,
+    ) -> Result<mpsc::Receiver<EncodedResponse>, Status> {
         let first = inbound
             .message()
             .await?
@@ -79,24 +110,25 @@ impl XdsServer {
             tx,
         };
         tokio::spawn(stream.run(first, inbound, self.shutdown.clone()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rx)
     }
 }
 
 /// One open stream: its protocol state and its channels.
 struct XdsStream {
     state: StreamState,
-    snapshots: crate::cache::SnapshotWatch,
+    snapshots: SnapshotWatch,
     cache: Cache,
     node_id: String,
     node_type: NodeType,
     handle: StreamHandle,
-    tx: mpsc::Sender<Result<EncodedResponse, Status>>,
+    tx: mpsc::Sender<EncodedResponse>,
 }
 
 impl XdsStream {
     async fn run(mut self, first: DiscoveryRequest, mut inbound: Streaming<DiscoveryRequest>, shutdown: CancellationToken) {
         self.receive(&first);
+        drop(first); // the first request carries the node's metadata: don't keep it
         let mut open = self.send_due().await;
         while open {
             open = tokio::select! {
@@ -117,8 +149,7 @@ impl XdsStream {
             };
         }
         tracing::info!(node_id = self.node_id, node_type = %self.node_type, stream = self.handle.id(), "stream closed");
-        let node_type = self.node_type.clone();
-        let cache = self.cache.clone();
+        let (cache, node_type) = (self.cache.clone(), self.node_type.clone());
         drop(self);
         cache.release(&node_type);
     }
@@ -149,38 +180,15 @@ impl XdsStream {
 
     /// Sends every response now due; `false` once the client is gone.
     async fn send_due(&mut self) -> bool {
-        let snapshot: Option<Arc<crate::cache::Snapshot>> = self.snapshots.borrow_and_update().clone();
-        for (ty, response) in self.state.due(snapshot.as_ref()) {
-            if let Some(snapshot) = &snapshot {
-                self.handle.sent(ty, snapshot.version());
-                tracing::debug!(node_id = self.node_id, %ty, version = snapshot.version(), bytes = response.len(), "response sent");
-            }
-            if self.tx.send(Ok(response)).await.is_err() {
+        let snapshot: Option<Arc<Snapshot>> = self.snapshots.borrow_and_update().clone();
+        let Some(snapshot) = snapshot else { return true };
+        for (ty, response) in self.state.due(&snapshot) {
+            self.handle.sent(ty, snapshot.version());
+            tracing::debug!(node_id = self.node_id, %ty, version = snapshot.version(), bytes = response.len(), "response sent");
+            if self.tx.send(response).await.is_err() {
                 return false;
             }
         }
         true
     }
 }
-
-macro_rules! discovery_service {
-    ($service:ident, $method:ident, $stream:ident, $kind:expr) => {
-        #[tonic::async_trait]
-        impl services::$service for XdsServer {
-            type $stream = ResponseStream;
-
-            async fn $method(
-                &self,
-                request: Request<Streaming<DiscoveryRequest>>,
-            ) -> Result<Response<Self::$stream>, Status> {
-                self.open($kind, request).await
-            }
-        }
-    };
-}
-
-discovery_service!(AggregatedDiscoveryService, stream_aggregated_resources, StreamAggregatedResourcesStream, StreamKind::Aggregated);
-discovery_service!(ListenerDiscoveryService, stream_listeners, StreamListenersStream, StreamKind::Single(ResourceType::Listener));
-discovery_service!(ClusterDiscoveryService, stream_clusters, StreamClustersStream, StreamKind::Single(ResourceType::Cluster));
-discovery_service!(RouteDiscoveryService, stream_routes, StreamRoutesStream, StreamKind::Single(ResourceType::Route));
-discovery_service!(EndpointDiscoveryService, stream_endpoints, StreamEndpointsStream, StreamKind::Single(ResourceType::Endpoint));

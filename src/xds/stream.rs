@@ -137,10 +137,9 @@ impl StreamState {
     }
 
     /// The responses due now, in ADS order, given the node type's snapshot.
-    /// `None` (no bundle yet) sends nothing: an empty LDS/CDS would delete
-    /// the Envoy's config (R37).
-    pub fn due(&mut self, snapshot: Option<&Arc<Snapshot>>) -> Vec<(ResourceType, EncodedResponse)> {
-        let Some(snapshot) = snapshot else { return Vec::new() };
+    /// (A node type without a bundle has no snapshot, and its streams are
+    /// sent nothing: an empty LDS/CDS would delete the Envoy's config, R37.)
+    pub fn due(&mut self, snapshot: &Arc<Snapshot>) -> Vec<(ResourceType, EncodedResponse)> {
         let mut responses = Vec::new();
         for ty in ResourceType::ALL {
             if self.kind == StreamKind::Aggregated && self.any_unanswered(waits_for(ty)) {
