@@ -159,12 +159,12 @@ impl XdsStream {
         match self.state.on_request(request) {
             Received::Ack { ty, version } => {
                 tracing::debug!(node_id, %ty, version, "ACK");
-                self.handle.acked(ty, &version);
+                self.handle.acked(ty, version);
             }
             Received::Nack { ty, nonce, error } => {
                 // R7: visible, and not resent until the bundle changes.
                 tracing::warn!(node_id, node_type = %self.node_type, %ty, nonce, error, accepted_version = request.version_info, "NACK: Envoy rejected the config");
-                self.handle.rejected(ty, &nonce, &error);
+                self.handle.rejected(ty, nonce, error);
             }
             Received::Request { ty } => {
                 tracing::debug!(node_id, %ty, names = request.resource_names.len(), "discovery request");

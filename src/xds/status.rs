@@ -91,6 +91,13 @@ impl Registry {
     }
 }
 
+/// Sets `slot` to `version`, allocating only when it changes.
+fn set(slot: &mut Option<String>, version: &str) {
+    if slot.as_deref() != Some(version) {
+        *slot = Some(version.to_owned());
+    }
+}
+
 /// A stream's entry in the registry.
 pub struct StreamHandle {
     registry: Registry,
@@ -103,12 +110,12 @@ impl StreamHandle {
     }
 
     pub fn sent(&self, ty: ResourceType, version: &str) {
-        self.registry.update(self.stream_id, ty, |s| s.sent_version = Some(version.to_owned()));
+        self.registry.update(self.stream_id, ty, |s| set(&mut s.sent_version, version));
     }
 
     pub fn acked(&self, ty: ResourceType, version: &str) {
         self.registry.update(self.stream_id, ty, |s| {
-            s.acked_version = Some(version.to_owned());
+            set(&mut s.acked_version, version);
             s.rejected = None;
         });
     }

@@ -20,7 +20,11 @@
 //! at them keep working until the new listeners and routes are in; a final
 //! CDS response drops them once every other type is answered.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::BTreeSet,
+    hash::{Hash, Hasher},
+    sync::Arc,
+};
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
@@ -49,18 +53,18 @@ impl StreamKind {
 
 /// What a request turned out to be, for logging and status.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Received {
+pub enum Received<'a> {
     /// First request of a type, or a subscription change.
     Request { ty: ResourceType },
     /// The client applied our last response (R5).
-    Ack { ty: ResourceType, version: String },
+    Ack { ty: ResourceType, version: &'a str },
     /// The client rejected our last response (R6).
-    Nack { ty: ResourceType, nonce: String, error: String },
+    Nack { ty: ResourceType, nonce: &'a str, error: &'a str },
     /// A nonce other than our latest for the type: ignored (R10).
     Stale { ty: ResourceType },
     /// A type sxds does not serve (secrets, runtime, ...), or the wrong type
     /// on a per-type service.
-    Unknown { type_url: String },
+    Unknown { type_url: &'a str },
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +78,9 @@ struct TypeState {
     /// The client named resources at some point, so an empty list now means
     /// "none" rather than the legacy wildcard (R15).
     ever_named: bool,
+    /// Digest of the last request's `resource_names`, as sent: most requests
+    /// are ACKs repeating them, and this spots that without a lookup per name.
+    last_names_digest: u64,
     /// Names subscribed since the last response: sent even if unchanged (R11).
     newly_named: BTreeSet<String>,
     /// The next response carries the whole subscription (R21, R22).
@@ -105,15 +112,15 @@ impl StreamState {
     }
 
     /// Takes in one request: ACK/NACK bookkeeping and subscription changes.
-    pub fn on_request(&mut self, request: &DiscoveryRequest) -> Received {
+    pub fn on_request<'a>(&mut self, request: &'a DiscoveryRequest) -> Received<'a> {
         let ty = match (self.kind, request.type_url.as_str()) {
             (StreamKind::Single(ty), "") => ty,
             (StreamKind::Single(ty), url) if url == ty.type_url() => ty,
             (StreamKind::Aggregated, url) => match ResourceType::from_type_url(url) {
                 Some(ty) => ty,
-                None => return Received::Unknown { type_url: url.to_owned() },
+                None => return Received::Unknown { type_url: url },
             },
-            (StreamKind::Single(_), url) => return Received::Unknown { type_url: url.to_owned() },
+            (StreamKind::Single(_), url) => return Received::Unknown { type_url: url },
         };
         let state = &mut self.types[ty.index()];
         let nonce = request.response_nonce.as_str();
@@ -126,12 +133,12 @@ impl StreamState {
         if !is_reply {
             state.refresh = true;
         }
-        state.requested = true;
         update_subscription(ty, state, &request.resource_names);
+        state.requested = true;
 
         match (&request.error_detail, is_reply) {
-            (Some(error), true) => Received::Nack { ty, nonce: nonce.to_owned(), error: error.message.clone() },
-            (None, true) => Received::Ack { ty, version: request.version_info.clone() },
+            (Some(error), true) => Received::Nack { ty, nonce, error: &error.message },
+            (None, true) => Received::Ack { ty, version: &request.version_info },
             _ => Received::Request { ty },
         }
     }
@@ -234,14 +241,14 @@ fn waits_for(ty: ResourceType) -> &'static [ResourceType] {
 
 /// Applies a request's `resource_names` to the subscription (R14, R15, R17).
 fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: &[String]) {
-    // Most requests are ACKs repeating the subscription: check before copying.
-    let unchanged = !state.wildcard
-        && !resource_names.is_empty()
-        && resource_names.len() == state.names.len()
-        && resource_names.iter().all(|name| state.names.contains(name));
-    if unchanged {
+    // Most requests are ACKs repeating the last one's names. A 64-bit digest
+    // of the list tells (a collision between two different lists is a
+    // 2^-64 event, and the next request would correct it).
+    let digest = names_digest(resource_names);
+    if state.requested && digest == state.last_names_digest {
         return;
     }
+    state.last_names_digest = digest;
     let mut names: BTreeSet<String> = resource_names.iter().cloned().collect();
     let star = names.remove("*");
     let was_wildcard = state.wildcard;
@@ -253,6 +260,12 @@ fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: 
     state.newly_named.retain(|n| names.contains(n));
     state.newly_named.extend(names.difference(&state.names).cloned());
     state.names = names;
+}
+
+fn names_digest(names: &[String]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    names.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The names a response of `ty` should carry now, or `None` if none is due.
