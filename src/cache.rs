@@ -52,6 +52,11 @@ pub struct Snapshot {
     version: String,
     version_field: Bytes,
     types: [BTreeMap<String, Resource>; 4],
+    /// Per type, every resource entry concatenated: the body of a wildcard
+    /// response in one shared chunk.
+    all: [Bytes; 4],
+    /// Per type, a digest of the whole set: tells whether a type changed.
+    set_digests: [u64; 4],
     /// The stored bundle this was built from, to skip rebuilding it.
     source: Arc<StoredBundle>,
 }
@@ -86,9 +91,30 @@ impl Snapshot {
             });
             (previous.id, changed)
         });
+        let all = ResourceType::ALL.map(|ty| {
+            let entries = types[ty.index()].values();
+            let mut all = Vec::with_capacity(entries.clone().map(|r| r.entry.len()).sum());
+            entries.for_each(|r| all.extend_from_slice(&r.entry));
+            Bytes::from(all)
+        });
+        let set_digests = ResourceType::ALL.map(|ty| {
+            let mut hasher = DefaultHasher::new();
+            types[ty.index()].iter().for_each(|(name, r)| (name, r.digest).hash(&mut hasher));
+            hasher.finish()
+        });
         let version = bundle.version.clone();
         let version_field = encode_bytes_field(VERSION_INFO, version.as_bytes());
-        Self { id, changed_since, version, version_field, types, source }
+        Self { id, changed_since, version, version_field, types, all, set_digests, source }
+    }
+
+    /// Whether the resources of `ty` differ from those of `other`.
+    pub fn type_differs(&self, other: &Snapshot, ty: ResourceType) -> bool {
+        self.set_digests[ty.index()] != other.set_digests[ty.index()]
+    }
+
+    /// Whether only the version differs from `other`: no resource changed.
+    pub fn same_resources(&self, other: &Snapshot) -> bool {
+        self.set_digests == other.set_digests
     }
 
     /// The names of `ty` that are new or changed relative to `earlier`, when
@@ -118,39 +144,46 @@ impl Snapshot {
         self.types[ty.index()].get(name).map(|r| r.digest)
     }
 
-    /// A DiscoveryResponse of `ty` with the named resources (those present).
-    pub fn response<'a>(&self, ty: ResourceType, names: impl IntoIterator<Item = &'a str>, nonce: &str) -> EncodedResponse {
-        self.response_keeping(ty, names, None, nonce)
+    /// A DiscoveryResponse of `ty` carrying `selection`.
+    pub fn response(&self, ty: ResourceType, selection: &Selection<'_>, nonce: &str) -> EncodedResponse {
+        self.response_keeping(ty, selection, None, nonce)
     }
 
     /// Like [`Self::response`], plus resources of an older snapshot the
     /// client must keep a while longer: make before break (R23).
-    pub fn response_keeping<'a>(
+    pub fn response_keeping(
         &self,
         ty: ResourceType,
-        names: impl IntoIterator<Item = &'a str>,
+        selection: &Selection<'_>,
         kept: Option<(&Snapshot, &[String])>,
         nonce: &str,
     ) -> EncodedResponse {
         let mut response = EncodedResponse::default();
         response.push_encoded(self.version_field.clone());
-        let resources = &self.types[ty.index()];
-        for name in names {
-            if let Some(resource) = resources.get(name) {
-                response.push_encoded(resource.entry.clone());
+        match selection {
+            Selection::All => response.push_encoded(self.all[ty.index()].clone()),
+            Selection::Named(names) => {
+                let resources = &self.types[ty.index()];
+                names.iter().filter_map(|name| resources.get(*name)).for_each(|r| response.push_encoded(r.entry.clone()));
             }
         }
         if let Some((older, names)) = kept {
-            for name in names {
-                if let Some(resource) = older.types[ty.index()].get(name) {
-                    response.push_encoded(resource.entry.clone());
-                }
-            }
+            let resources = &older.types[ty.index()];
+            names.iter().filter_map(|name| resources.get(name)).for_each(|r| response.push_encoded(r.entry.clone()));
         }
         response.push_string(TYPE_URL, ty.type_url());
         response.push_string(NONCE, nonce);
         response
     }
+}
+
+/// Which resources of one type a response carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection<'a> {
+    /// Every resource of the type (a wildcard subscription).
+    All,
+    /// These names, where they exist.
+    Named(Vec<&'a str>),
 }
 
 /// The current snapshot of one node type; `None` until it has a bundle.
@@ -264,7 +297,7 @@ mod tests {
     #[test]
     fn responses_decode_as_discovery_responses() {
         let snapshot = Snapshot::build(1, stored("v7", &["b", "a"]), None);
-        let response = snapshot.response(ResourceType::Cluster, snapshot.names(ResourceType::Cluster), "42");
+        let response = snapshot.response(ResourceType::Cluster, &Selection::All, "42");
         let decoded = DiscoveryResponse::decode(response.to_bytes()).unwrap();
         assert_eq!(decoded.version_info, "v7");
         assert_eq!(decoded.nonce, "42");
@@ -273,13 +306,15 @@ mod tests {
             decoded.resources.iter().map(|any| Cluster::decode(any.value.as_slice()).unwrap().name).collect();
         assert_eq!(names, ["a", "b"]);
         assert!(decoded.resources.iter().all(|any| any.type_url == ResourceType::Cluster.type_url()));
+        let named = snapshot.response(ResourceType::Cluster, &Selection::Named(vec!["a", "b"]), "42");
+        assert_eq!(named.to_bytes(), response.to_bytes(), "the shared full set is the same bytes");
     }
 
     #[test]
     fn resources_are_encoded_once_and_shared_by_every_response() {
         let snapshot = Snapshot::build(1, stored("v1", &["a"]), None);
-        let first = snapshot.response(ResourceType::Cluster, ["a"], "1");
-        let second = snapshot.response(ResourceType::Cluster, ["a"], "2");
+        let first = snapshot.response(ResourceType::Cluster, &Selection::Named(vec!["a"]), "1");
+        let second = snapshot.response(ResourceType::Cluster, &Selection::Named(vec!["a"]), "2");
         // chunk 0 is version_info, chunk 1 the resource: the same allocation.
         assert_eq!(first.chunks()[1].as_ptr(), second.chunks()[1].as_ptr());
         assert_eq!(first.chunks()[0].as_ptr(), second.chunks()[0].as_ptr());
@@ -292,6 +327,10 @@ mod tests {
         assert_eq!(v1.digest(ResourceType::Cluster, "a"), v2.digest(ResourceType::Cluster, "a"));
         assert_eq!(v2.digest(ResourceType::Cluster, "b"), None);
         assert!(!v2.contains(ResourceType::Cluster, "b"));
+        assert!(v2.type_differs(&v1, ResourceType::Cluster));
+        assert!(!v2.type_differs(&v1, ResourceType::Endpoint));
+        let v3 = Snapshot::build(3, stored("v3", &["a"]), Some(&v2));
+        assert!(v3.same_resources(&v2) && !v3.same_resources(&v1));
     }
 
     #[test]

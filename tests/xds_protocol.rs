@@ -523,3 +523,29 @@ async fn r23_on_ads_a_dropped_cluster_is_removed_only_after_routes_moved_away_fr
     }
     panic!("no final CDS response removing a");
 }
+
+#[tokio::test]
+async fn r4_an_endpoint_change_sends_endpoints_only_and_a_version_only_change_still_reaches_cds() {
+    let daemon = TestDaemon::start().await;
+    put(&daemon, "sidecar", &bundle("v1", &[("a", 1), ("b", 2)])).await;
+    let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", CDS, &[])).await;
+    let cds = client.recv().await;
+    client.ack(&cds, &[]).await;
+    client.send(request("sidecar-1", EDS, &["a", "b"])).await;
+    let eds = client.recv().await;
+    client.ack(&eds, &["a", "b"]).await;
+
+    // Only b's endpoints change: EDS carries b, CDS is not resent.
+    put(&daemon, "sidecar", &bundle("v2", &[("a", 1), ("b", 3)])).await;
+    let eds = client.recv().await;
+    assert_eq!((eds.type_url.as_str(), eds.version_info.as_str(), names(&eds)), (EDS, "v2", vec!["b".to_owned()]));
+    client.ack(&eds, &["a", "b"]).await;
+    client.expect_silence(QUIET).await;
+
+    // Nothing changes but the version: it is served on CDS (and nothing on EDS).
+    put(&daemon, "sidecar", &bundle("v3", &[("a", 1), ("b", 3)])).await;
+    let cds = client.recv().await;
+    assert_eq!((cds.type_url.as_str(), cds.version_info.as_str()), (CDS, "v3"));
+    client.ack(&cds, &[]).await;
+    client.expect_silence(QUIET).await;
+}

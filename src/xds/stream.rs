@@ -28,7 +28,11 @@ use std::{
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
-use crate::{cache::Snapshot, resource_type::ResourceType, xds::codec::EncodedResponse};
+use crate::{
+    cache::{Selection, Snapshot},
+    resource_type::ResourceType,
+    xds::codec::EncodedResponse,
+};
 
 /// Which service a stream came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +164,7 @@ impl StreamState {
                 // Nothing the client holds changed: it is as good as sent,
                 // which keeps the next update on the fast path.
                 let state = &mut self.types[ty.index()];
-                if !ty.is_full_state() && !state.refresh && state.newly_named.is_empty() && state.sent.is_some() {
+                if !state.refresh && state.newly_named.is_empty() && state.sent.is_some() {
                     state.sent = Some(snapshot.clone());
                 }
                 continue;
@@ -168,7 +172,7 @@ impl StreamState {
             let retiring = self.clusters_to_retire(ty, snapshot);
             let nonce = (self.nonces + 1).to_string();
             let kept = retiring.as_ref().map(|(from, names)| (from.as_ref(), names.as_slice()));
-            let response = snapshot.response_keeping(ty, names, kept, &nonce);
+            let response = snapshot.response_keeping(ty, &names, kept, &nonce);
             self.nonces += 1;
             let state = &mut self.types[ty.index()];
             state.retiring = retiring;
@@ -179,7 +183,7 @@ impl StreamState {
         let cds = &self.types[ResourceType::Cluster.index()];
         if cds.retiring.is_some() && !self.any_unanswered(&ResourceType::ALL) {
             let nonce = (self.nonces + 1).to_string();
-            let response = snapshot.response(ResourceType::Cluster, subscribed(ResourceType::Cluster, cds, snapshot), &nonce);
+            let response = snapshot.response(ResourceType::Cluster, &subscribed(ResourceType::Cluster, cds, snapshot), &nonce);
             self.nonces += 1;
             let cds = &mut self.types[ResourceType::Cluster.index()];
             cds.retiring = None;
@@ -269,20 +273,26 @@ fn names_digest(names: &[String]) -> u64 {
 }
 
 /// The names a response of `ty` should carry now, or `None` if none is due.
-fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Snapshot) -> Option<Vec<&'a str>> {
+fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snapshot>) -> Option<Selection<'a>> {
     if ty.is_full_state() {
         if !state.wildcard && state.names.is_empty() {
             return None; // unsubscribed from everything (R15)
         }
-        // LDS/CDS responses are the full set (R18): send it whenever the
-        // version moved, the subscription grew, or the client asked afresh.
-        let moved = state.sent.as_ref().is_none_or(|sent| sent.version() != snapshot.version());
-        return (moved || state.refresh || !state.newly_named.is_empty()).then(|| subscribed(ty, state, snapshot).collect());
+        // LDS/CDS responses are the full set (R18): send it when the type
+        // changed, the subscription grew, or the client asked afresh. A new
+        // version is sent on its own only when it changed nothing at all
+        // (versions are per type, R4: an endpoint change leaves CDS alone).
+        let moved = state.sent.as_ref().is_none_or(|sent| {
+            sent.version() != snapshot.version() && (snapshot.type_differs(sent, ty) || snapshot.same_resources(sent))
+        });
+        return (moved || state.refresh || !state.newly_named.is_empty()).then(|| subscribed(ty, state, snapshot));
     }
     // RDS/EDS may be partial (R19): only what the client lacks.
-    // The common case of a fan-out: the client holds the snapshot this one
-    // replaced, so the snapshot's own list of changes decides.
+    // The common cases: the client holds this very snapshot (nothing to
+    // send), or the one it replaced (the snapshot's own list of changes
+    // decides). Either way no name is compared.
     let known_changes = match (&state.sent, state.refresh || !state.newly_named.is_empty()) {
+        (Some(sent), false) if Arc::ptr_eq(sent, snapshot) => return None,
         (Some(sent), false) => snapshot.changed_since(sent, ty),
         _ => None,
     };
@@ -290,7 +300,7 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Snapshot)
         Some(changes) => {
             changes.iter().map(String::as_str).filter(|name| state.wildcard || state.names.contains(*name)).collect()
         }
-        None => subscribed(ty, state, snapshot)
+        None => existing(ty, state, snapshot)
             .filter(|name| {
                 state.refresh
                     || state.newly_named.contains(*name)
@@ -298,11 +308,20 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Snapshot)
             })
             .collect(),
     };
-    (!changed.is_empty()).then_some(changed)
+    (!changed.is_empty()).then_some(Selection::Named(changed))
+}
+
+/// What a full response of `ty` to this subscription carries.
+fn subscribed<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Snapshot) -> Selection<'a> {
+    if state.wildcard {
+        Selection::All
+    } else {
+        Selection::Named(existing(ty, state, snapshot).collect())
+    }
 }
 
 /// Every subscribed name of `ty` that exists in `snapshot`, in order.
-fn subscribed<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Snapshot) -> Box<dyn Iterator<Item = &'a str> + 'a> {
+fn existing<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Snapshot) -> Box<dyn Iterator<Item = &'a str> + 'a> {
     if state.wildcard {
         Box::new(snapshot.names(ty))
     } else {
