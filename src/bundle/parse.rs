@@ -3,7 +3,7 @@
 //! are all refused with the path of the offending field.
 
 use prost::Message;
-use prost_reflect::{DynamicMessage, SerializeOptions};
+use prost_reflect::{DynamicMessage, ReflectMessage, SerializeOptions, Value};
 use serde::de::DeserializeSeed;
 use sha2::{Digest, Sha256};
 
@@ -26,17 +26,19 @@ pub fn parse(body: &[u8], format: Format) -> Result<StoredBundle, BundleError> {
     let mut message = match format {
         Format::Json => {
             let mut de = serde_json::Deserializer::from_slice(body);
-            match deserialize_tracked(&mut de) {
+            // Parse without tracking paths (it costs a fifth of the parse);
+            // errors are rare and are parsed again for their path.
+            match schema::bundle_descriptor().deserialize(&mut de) {
                 Ok(message) => {
                     de.end().map_err(malformed_json)?;
                     message
                 }
-                Err((_, e)) if e.is_syntax() || e.is_eof() || e.is_io() => return Err(malformed_json(e)),
+                Err(e) if e.is_syntax() || e.is_eof() || e.is_io() => return Err(malformed_json(e)),
                 // Streaming, prost-reflect buffers the fields of an Any that
-                // come before its `@type`, and their path is lost. Errors are
-                // rare: parse again from a value, whose sorted keys put `@type`
-                // first, for the exact path. (Sorted: serde_json's
-                // `preserve_order` is off; a unit test below would notice.)
+                // come before its `@type`, and their path is lost: the second
+                // parse goes through a value, whose sorted keys put `@type`
+                // first. (Sorted: serde_json's `preserve_order` is off; a unit
+                // test below would notice.)
                 Err(_) => {
                     let value: serde_json::Value = serde_json::from_slice(body).map_err(malformed_json)?;
                     deserialize_tracked(value).map_err(|(path, e)| field_error(&path, e.to_string()))?
@@ -55,7 +57,7 @@ pub fn parse(body: &[u8], format: Format) -> Result<StoredBundle, BundleError> {
         None => String::new(),
     };
     message.clear_field_by_name("version");
-    let content_hash = content_hash(&message)?;
+    let content_hash = content_hash(&message);
 
     let mut bundle = Bundle::decode(message.encode_to_vec().as_slice())
         .map_err(|e| BundleError::new(format!("bundle does not decode: {e}")))?;
@@ -97,45 +99,78 @@ fn field_error(path: &str, message: String) -> BundleError {
     }
 }
 
-/// SHA-256 over the resources in canonical form: proto3 JSON with sorted
-/// keys. Spelling differences (`1s` vs `1.000s`, camelCase vs snake_case,
-/// JSON vs YAML) hash alike; map order cannot leak in.
-fn content_hash(resources: &DynamicMessage) -> Result<String, BundleError> {
-    let canonical = resources
-        .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
-        .map_err(|e| BundleError::new(format!("bundle cannot be printed as JSON: {e}")))?;
+/// SHA-256 over the resources in canonical form, walking the parsed
+/// message: fields in number order, defaults skipped, map entries sorted by
+/// key, and every `Any` unpacked and walked too. Spelling differences (`1s`
+/// vs `1.000s`, camelCase vs snake_case, key order, JSON vs YAML) hash alike,
+/// and no map order can leak in.
+fn content_hash(resources: &DynamicMessage) -> String {
     let mut hasher = Sha256::new();
-    write_sorted(&canonical, &mut hasher);
-    Ok(hex(&hasher.finalize()))
+    hash_message(resources, &mut hasher);
+    hex(&hasher.finalize())
 }
 
-/// Feeds a JSON value to the hasher with object keys in sorted order,
-/// independent of serde_json's map implementation.
-fn write_sorted(value: &serde_json::Value, hasher: &mut Sha256) {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            hasher.update(b"{");
-            for key in keys {
-                hasher.update(serde_json::to_string(key).unwrap_or_default().as_bytes());
-                hasher.update(b":");
-                write_sorted(&map[key], hasher);
-                hasher.update(b",");
-            }
-            hasher.update(b"}");
-        }
-        Value::Array(items) => {
-            hasher.update(b"[");
-            for item in items {
-                write_sorted(item, hasher);
-                hasher.update(b",");
-            }
-            hasher.update(b"]");
-        }
-        scalar => hasher.update(scalar.to_string().as_bytes()),
+fn hash_message(message: &DynamicMessage, hasher: &mut Sha256) {
+    if let Some(inner) = unpack_any(message) {
+        hasher.update(b"@");
+        hasher.update(inner.descriptor().full_name().as_bytes());
+        return hash_message(&inner, hasher);
     }
+    hasher.update(b"{");
+    for (field, value) in message.fields() {
+        if !field.supports_presence() && value.is_default_for_field(&field) {
+            continue;
+        }
+        hasher.update(field.number().to_le_bytes());
+        hash_value(value, hasher);
+    }
+    hasher.update(b"}");
+}
+
+fn hash_value(value: &Value, hasher: &mut Sha256) {
+    let mut sized = |tag: u8, bytes: &[u8]| {
+        hasher.update([tag]);
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    match value {
+        Value::Bool(v) => sized(0, &[u8::from(*v)]),
+        Value::I32(v) => sized(1, &v.to_le_bytes()),
+        Value::I64(v) => sized(2, &v.to_le_bytes()),
+        Value::U32(v) => sized(3, &v.to_le_bytes()),
+        Value::U64(v) => sized(4, &v.to_le_bytes()),
+        Value::F32(v) => sized(5, &v.to_bits().to_le_bytes()),
+        Value::F64(v) => sized(6, &v.to_bits().to_le_bytes()),
+        Value::String(v) => sized(7, v.as_bytes()),
+        Value::Bytes(v) => sized(8, v),
+        Value::EnumNumber(v) => sized(9, &v.to_le_bytes()),
+        Value::Message(message) => hash_message(message, hasher),
+        Value::List(items) => {
+            sized(10, &(items.len() as u64).to_le_bytes());
+            items.iter().for_each(|item| hash_value(item, hasher));
+        }
+        Value::Map(map) => {
+            sized(11, &(map.len() as u64).to_le_bytes());
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (key, value) in entries {
+                hash_value(&key.clone().into(), hasher);
+                hash_value(value, hasher);
+            }
+        }
+    }
+}
+
+/// The message inside a `google.protobuf.Any`, when its type is known.
+fn unpack_any(message: &DynamicMessage) -> Option<DynamicMessage> {
+    if message.descriptor().full_name() != "google.protobuf.Any" {
+        return None;
+    }
+    let type_url = message.get_field_by_name("type_url")?;
+    let name = type_url.as_str()?.rsplit('/').next()?;
+    let descriptor = schema::pool().get_message_by_name(name)?;
+    let value = message.get_field_by_name("value")?;
+    DynamicMessage::decode(descriptor, value.as_bytes()?.clone()).ok()
 }
 
 fn hex(bytes: &[u8]) -> String {
