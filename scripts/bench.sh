@@ -25,17 +25,31 @@ OUT=${OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 command -v jq >/dev/null || { echo "bench.sh needs jq" >&2; exit 1; }
 mkdir -p "$OUT"
 
+# What is measured: the commit, and whether the tree had local changes, when built.
+REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock build.rs 2>/dev/null || echo '+dirty')"
 echo "building (release) ..." >&2
 cargo build --release --quiet --bin sxds --example loadgen
-LOADGEN=target/release/examples/loadgen
+# Private copies: a rebuild of target/ during the run must not change the
+# binaries under test (or their symbols, for a profiler) halfway.
+mkdir -p "$OUT/bin"
+cp target/release/sxds target/release/examples/loadgen "$OUT/bin/"
+LOADGEN=$OUT/bin/loadgen
+SXDS=$OUT/bin/sxds
 
 run() { # name, loadgen args...
     local name=$1; shift
-    echo "== $name: loadgen $*" >&2
-    # A bounded run: a wedged scenario must not hang the bench.
-    timeout 900 "$LOADGEN" --service "$SERVICE" "$@" | tee "$OUT/$name.txt" >&2
-    tail -n 1 "$OUT/$name.txt" > "$OUT/$name.json"
+    echo "== $name: loadgen $* (load average before: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    echo "$name $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/loadavg"
+    # A bounded run: a wedged scenario must not hang the bench, and a failed
+    # one must not hide the others.
+    if timeout 900 "$LOADGEN" --sxds "$SXDS" --service "$SERVICE" "$@" | tee "$OUT/$name.txt" >&2; then
+        tail -n 1 "$OUT/$name.txt" > "$OUT/$name.json"
+    else
+        echo "== $name FAILED (see $OUT/$name.txt)" >&2
+        FAILED="$FAILED $name"
+    fi
 }
+FAILED=
 
 for scenario in $SCENARIOS; do
     case $scenario in
@@ -51,7 +65,9 @@ kib() { jq -r "$1 | if . == null then \"-\" else (. / 1024 * 10 | round / 10 | t
 msf() { jq -r "$1 | if . == null then \"-\" else (. | round | tostring) + \" ms\" end" "$2"; }
 
 echo
-echo "sxds benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty'), $(nproc) cores, $(uname -r), service=$SERVICE"
+echo "sxds benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $REV, $(nproc) cores, $(uname -r), service=$SERVICE"
+echo
+echo "Load average (1/5/15 min) when each scenario started — other work on the machine shows here: $(awk '{printf "%s%s %s/%s/%s", (NR>1 ? "; " : ""), $1, $2, $3, $4}' "$OUT/loadavg")."
 echo
 echo "| scenario | measure | result | target |"
 echo "|---|---|---|---|"
@@ -68,7 +84,7 @@ fi
 if [[ -f $OUT/ingest.json ]]; then
     f=$OUT/ingest.json
     echo "| ingest, $(jq -r .clusters "$f") clusters + CLAs, $(jq -r '.body_bytes / 1e6 * 10 | round / 10' "$f") MB JSON | PUT answered 200 | $(msf .put_ms "$f") | ≤ 1 s |"
-    echo "| | first Envoy has the clusters / all $(jq -r .streams "$f") have every type | $(msf .first_cds_ms "$f") / $(msf .update.max_ms "$f") | ≤ 1 s |"
+    echo "| | first Envoy has the clusters / all $(jq -r .streams "$f") have clusters + endpoints | $(msf .first_cds_ms "$f") / $(msf .update.max_ms "$f") | ≤ 1 s |"
     echo "| | daemon peak RSS (VmHWM) | $(jq -r '.peak_rss_kib / 1024 | round' "$f") MiB | |"
 fi
 if [[ -f $OUT/burst.json ]]; then
@@ -77,3 +93,7 @@ if [[ -f $OUT/burst.json ]]; then
 fi
 echo
 echo "raw results: $OUT" >&2
+if [[ -n $FAILED ]]; then
+    echo "failed scenarios:$FAILED" >&2
+    exit 1
+fi

@@ -110,14 +110,17 @@ async fn put_bundle(
     let body = body?;
     let format = body_format(&headers);
     // Parsing a large bundle takes milliseconds of CPU: keep it off the I/O threads.
+    let started = std::time::Instant::now();
     let stored = tokio::task::spawn_blocking(move || bundle::accept(&body, format))
         .await
         .map_err(|e| StoreError::Backend(format!("parser task failed: {e}")))??;
     let bundle = stored.contents();
     let (version, counts) = (bundle.version.clone(), Counts::of(bundle));
+    let parsed = started.elapsed();
     let outcome = state.store.put(node_type.clone(), stored).await?;
     let changed = outcome == PutOutcome::Stored;
-    tracing::info!(%node_type, version, changed, "bundle put");
+    let (parse_ms, store_ms) = (parsed.as_millis() as u64, (started.elapsed() - parsed).as_millis() as u64);
+    tracing::info!(%node_type, version, changed, parse_ms, store_ms, "bundle put");
     Ok(Json(PutSummary { node_type: node_type.to_string(), version, changed, counts }))
 }
 

@@ -240,6 +240,7 @@ impl Cache {
                 .collect()
         };
         // Encode outside the lock: a large bundle takes milliseconds.
+        let started = std::time::Instant::now();
         let built: Vec<(NodeType, Arc<Snapshot>)> = stale
             .into_iter()
             .map(|(node_type, stored, current)| {
@@ -250,7 +251,7 @@ impl Cache {
 
         let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
         for (node_type, snapshot) in built {
-            tracing::info!(%node_type, version = snapshot.version(), "snapshot updated");
+            tracing::info!(%node_type, version = snapshot.version(), build_ms = started.elapsed().as_millis() as u64, "snapshot updated");
             map.entry(node_type).or_insert_with(|| watch::channel(None).0).send_replace(Some(snapshot));
         }
         for (node_type, sender) in map.iter() {

@@ -141,6 +141,9 @@ impl Convergence {
     }
 }
 
+/// Sorted resource names, shared by every node that subscribes to them.
+type Names = Arc<Vec<String>>;
+
 /// What every node has in common: config, connect permits, parsed names.
 struct Shared {
     config: FleetConfig,
@@ -151,7 +154,7 @@ struct Shared {
     /// other content), so each version is decoded once for the whole fleet
     /// instead of once per node: the load generator must not be the
     /// bottleneck of a two-core benchmark.
-    names: Mutex<HashMap<(ResourceType, String), Arc<Vec<String>>>>,
+    names: Mutex<HashMap<(ResourceType, String), Names>>,
     shutdown: CancellationToken,
 }
 
@@ -204,32 +207,52 @@ impl Fleet {
 
     /// Waits until every node has ACKed `target`, or until `limit` has
     /// passed since `target.since`; nodes still behind are counted, not
-    /// waited for.
+    /// waited for. Latencies come from the instants the nodes recorded, so
+    /// the polling interval does not blur them; only nodes still pending
+    /// are polled again, to keep the load generator's own CPU low.
     pub async fn wait(&self, target: &Target, limit: Duration) -> Convergence {
         let deadline = target.since + limit;
+        let mut pending: Vec<usize> = (0..self.nodes.len()).collect();
+        let mut latencies = Vec::with_capacity(pending.len());
         loop {
-            let result = self.convergence(target);
-            if result.never == 0 || Instant::now() >= deadline {
-                return result;
+            pending.retain(|&i| match self.arrival(i, target) {
+                Some(at) => {
+                    latencies.push(at.saturating_duration_since(target.since));
+                    false
+                }
+                None => true,
+            });
+            if pending.is_empty() || Instant::now() >= deadline {
+                break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        latencies.sort();
+        Convergence { latencies, never: pending.len() }
     }
 
     /// Where the fleet stands now against `target`.
     pub fn convergence(&self, target: &Target) -> Convergence {
         let mut result = Convergence::default();
-        for node in &self.nodes {
-            let node = lock(node);
-            let arrivals: Option<Vec<Instant>> =
-                target.types.iter().map(|ty| node.types[ty.index()].arrived(&target.version)).collect();
-            match arrivals.and_then(|a| a.into_iter().max()) {
+        for i in 0..self.nodes.len() {
+            match self.arrival(i, target) {
                 Some(at) => result.latencies.push(at.saturating_duration_since(target.since)),
                 None => result.never += 1,
             }
         }
         result.latencies.sort();
         result
+    }
+
+    /// When node `i` had ACKed the target version of every target type.
+    fn arrival(&self, i: usize, target: &Target) -> Option<Instant> {
+        let node = lock(&self.nodes[i]);
+        let mut latest: Option<Instant> = None;
+        for ty in &target.types {
+            let at = node.types[ty.index()].arrived(&target.version)?;
+            latest = Some(latest.map_or(at, |l| l.max(at)));
+        }
+        latest
     }
 
     /// Closes every stream and waits (bounded) for the node tasks to end.
@@ -281,7 +304,7 @@ struct Subscription {
     /// Requests of this type go here (the ADS sender, or the type's own stream).
     sender: Option<mpsc::Sender<DiscoveryRequest>>,
     /// Named subscription (EDS/RDS); empty means wildcard for CDS/LDS.
-    names: Arc<Vec<String>>,
+    names: Names,
     version: String,
     nonce: String,
 }
@@ -347,7 +370,8 @@ async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node_id: &str) -> 
         if let Some(child) = child {
             let names = shared.referenced_names(ty, &response);
             let sub = &mut subs[child.index()];
-            if *names != *sub.names && !(names.is_empty() && sub.sender.is_none()) {
+            let changed = !Arc::ptr_eq(&names, &sub.names) && *names != *sub.names;
+            if changed && !(names.is_empty() && sub.sender.is_none()) {
                 sub.names = names;
                 let update = request(&node, child, sub);
                 match &sub.sender {
@@ -412,7 +436,7 @@ fn request(node: &Node, ty: ResourceType, sub: &Subscription) -> DiscoveryReques
 impl Shared {
     /// The EDS names (for CDS) or RDS names (for LDS) a full-state response
     /// refers to, sorted; decoded once per version for the fleet.
-    fn referenced_names(&self, ty: ResourceType, response: &DiscoveryResponse) -> Arc<Vec<String>> {
+    fn referenced_names(&self, ty: ResourceType, response: &DiscoveryResponse) -> Names {
         let key = (ty, response.version_info.clone());
         if let Some(names) = self.names.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return names.clone();
@@ -424,8 +448,13 @@ impl Shared {
         };
         names.sort();
         names.dedup();
-        let names = Arc::new(names);
-        self.names.lock().unwrap_or_else(|p| p.into_inner()).insert(key, names.clone());
+        let mut cache = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        // Reuse the Arc of an equal list, so nodes compare by pointer.
+        let names = match cache.values().find(|known| ***known == names) {
+            Some(known) => known.clone(),
+            None => Arc::new(names),
+        };
+        cache.insert(key, names.clone());
         names
     }
 }
