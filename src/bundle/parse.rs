@@ -1,14 +1,25 @@
-//! From request bytes to a [`StoredBundle`]: one schema (`sxds.v1.Bundle`)
-//! drives the parse, so unknown fields, wrong value types and unknown `@type`s
-//! are all refused with the path of the offending field.
+//! From request bytes to a [`StoredBundle`]. The schema `sxds.v1.Bundle`
+//! drives the parse: its fields name the top-level keys and the Envoy type of
+//! each list, so unknown fields, wrong value types and unknown `@type`s are
+//! all refused with the path of the offending field.
+//!
+//! The envelope is read first with every resource left as raw JSON; the
+//! resources (10,000 clusters is a normal bundle) are then parsed, hashed and
+//! encoded on every core.
+
+use std::{collections::BTreeMap, num::NonZeroUsize, thread};
 
 use prost::Message;
-use prost_reflect::{DynamicMessage, ReflectMessage, SerializeOptions, Value};
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, SerializeOptions, Value};
 use serde::de::DeserializeSeed;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::BundleError;
-use crate::schema::{self, Bundle, StoredBundle};
+use crate::{
+    schema::{self, Bundle, StoredBundle},
+    xds::codec::encode_bytes_field,
+};
 
 /// The body's syntax, from the request's `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,60 +34,144 @@ pub fn parse(body: &[u8], format: Format) -> Result<StoredBundle, BundleError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BundleError::new("the request body is empty; expected a bundle"));
     }
-    let mut message = match format {
-        Format::Json => {
-            let mut de = serde_json::Deserializer::from_slice(body);
-            // Parse without tracking paths (it costs a fifth of the parse);
-            // errors are rare and are parsed again for their path.
-            match schema::bundle_descriptor().deserialize(&mut de) {
-                Ok(message) => {
-                    de.end().map_err(malformed_json)?;
-                    message
-                }
-                Err(e) if e.is_syntax() || e.is_eof() || e.is_io() => return Err(malformed_json(e)),
-                // Streaming, prost-reflect buffers the fields of an Any that
-                // come before its `@type`, and their path is lost: the second
-                // parse goes through a value, whose sorted keys put `@type`
-                // first. (Sorted: serde_json's `preserve_order` is off; a unit
-                // test below would notice.)
-                Err(_) => {
-                    let value: serde_json::Value = serde_json::from_slice(body).map_err(malformed_json)?;
-                    deserialize_tracked(value).map_err(|(path, e)| field_error(&path, e.to_string()))?
-                }
-            }
-        }
+    match format {
+        Format::Json => parse_json(body),
         Format::Yaml => {
             let value: serde_json::Value =
                 serde_yaml_ng::from_slice(body).map_err(|e| BundleError::new(format!("malformed YAML: {e}")))?;
-            deserialize_tracked(value).map_err(|(path, e)| field_error(&path, e.to_string()))?
+            let json = serde_json::to_vec(&value).map_err(|e| BundleError::new(format!("YAML does not map to JSON: {e}")))?;
+            parse_json(&json)
         }
-    };
+    }
+}
 
-    let version = match message.get_field_by_name("version") {
-        Some(v) => v.as_str().unwrap_or_default().to_owned(),
-        None => String::new(),
-    };
-    message.clear_field_by_name("version");
-    let content_hash = content_hash(&message);
+/// One resource of the bundle, not parsed yet.
+struct RawResource<'a> {
+    /// The bundle field it is listed under (`clusters`, ...).
+    field: FieldDescriptor,
+    message: MessageDescriptor,
+    index: usize,
+    json: &'a RawValue,
+}
 
-    let mut bundle = Bundle::decode(message.encode_to_vec().as_slice())
-        .map_err(|e| BundleError::new(format!("bundle does not decode: {e}")))?;
+/// The resources parsed on one core: their canonical digests, in order, and
+/// the part of the bundle they make.
+struct Part {
+    digests: Vec<[u8; 32]>,
+    bundle: Bundle,
+}
+
+fn parse_json(body: &[u8]) -> Result<StoredBundle, BundleError> {
+    let envelope: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            BundleError::new(format!("a bundle is a JSON object: {e}"))
+        } else {
+            malformed_json(e)
+        }
+    })?;
+    let descriptor = schema::bundle_descriptor();
+    let mut version = String::new();
+    let mut resources = Vec::new();
+    for (key, json) in envelope {
+        let field = descriptor
+            .get_field_by_name(&key)
+            .or_else(|| descriptor.get_field_by_json_name(&key))
+            .ok_or_else(|| BundleError::at(&key, format!("unrecognized field name '{key}': a bundle has version, listeners, clusters, routes and endpoints")))?;
+        let Kind::Message(message) = field.kind() else {
+            version = serde_json::from_str::<Option<String>>(json.get())
+                .map_err(|e| BundleError::at(&key, format!("expected a string: {e}")))?
+                .unwrap_or_default();
+            continue;
+        };
+        let items: Option<Vec<&RawValue>> =
+            serde_json::from_str(json.get()).map_err(|e| BundleError::at(&key, format!("expected a list of {}: {e}", message.full_name())))?;
+        for (index, json) in items.unwrap_or_default().into_iter().enumerate() {
+            resources.push(RawResource { field: field.clone(), message: message.clone(), index, json });
+        }
+    }
+    resources.sort_by_key(|r| (r.field.number(), r.index));
+
+    let parts = on_every_core(&resources, parse_part)?;
+    let mut hasher = Sha256::new();
+    let digests = parts.iter().flat_map(|part| &part.digests);
+    for (resource, digest) in resources.iter().zip(digests) {
+        hasher.update(resource.field.number().to_le_bytes());
+        hasher.update(digest);
+    }
+    let content_hash = hex(&hasher.finalize());
+    let mut bundle = Bundle::default();
+    for part in parts {
+        bundle.listeners.extend(part.bundle.listeners);
+        bundle.clusters.extend(part.bundle.clusters);
+        bundle.routes.extend(part.bundle.routes);
+        bundle.endpoints.extend(part.bundle.endpoints);
+    }
     bundle.version = if version.is_empty() { derived_version(&content_hash) } else { version };
     Ok(StoredBundle { bundle: Some(bundle), content_hash })
 }
 
-fn malformed_json(e: serde_json::Error) -> BundleError {
-    BundleError::new(format!("malformed JSON: {e}"))
+/// Parses a run of resources into a part of the bundle.
+fn parse_part(resources: &[RawResource<'_>]) -> Result<Part, BundleError> {
+    let mut digests = Vec::with_capacity(resources.len());
+    let mut encoded = Vec::new();
+    for resource in resources {
+        let (digest, bytes) = parse_resource(resource)?;
+        digests.push(digest);
+        encoded.extend_from_slice(&encode_bytes_field(resource.field.number(), &bytes));
+    }
+    let bundle = Bundle::decode(encoded.as_slice()).map_err(|e| BundleError::new(format!("bundle does not decode: {e}")))?;
+    Ok(Part { digests, bundle })
 }
 
-/// Deserializes `sxds.v1.Bundle`; a failure comes with the path it happened at.
-fn deserialize_tracked<'de, D>(de: D) -> Result<DynamicMessage, (String, D::Error)>
-where
-    D: serde::Deserializer<'de>,
-{
+/// Parses one resource: canonical digest and protobuf bytes.
+fn parse_resource(resource: &RawResource<'_>) -> Result<([u8; 32], Vec<u8>), BundleError> {
+    let mut de = serde_json::Deserializer::from_str(resource.json.get());
+    let message = match resource.message.clone().deserialize(&mut de) {
+        Ok(message) => message,
+        Err(_) => return Err(locate_error(resource)),
+    };
+    let mut hasher = Sha256::new();
+    hash_message(&message, &mut hasher);
+    Ok((hasher.finalize().into(), message.encode_to_vec()))
+}
+
+/// Parses a refused resource again, tracking the path of the error. This
+/// goes through a value, whose sorted keys put `@type` first: streaming,
+/// prost-reflect buffers the fields of an Any that come before its `@type`,
+/// and their path is lost. (Sorted: serde_json's `preserve_order` is off; a
+/// unit test below would notice.)
+fn locate_error(resource: &RawResource<'_>) -> BundleError {
+    let prefix = format!("{}[{}]", resource.field.name(), resource.index);
+    let value: serde_json::Value = match serde_json::from_str(resource.json.get()) {
+        Ok(value) => value,
+        Err(e) => return malformed_json(e),
+    };
     let mut track = serde_path_to_error::Track::new();
-    let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
-    schema::bundle_descriptor().deserialize(tracked).map_err(|e| (track.path().to_string(), e))
+    let tracked = serde_path_to_error::Deserializer::new(value, &mut track);
+    match resource.message.clone().deserialize(tracked) {
+        Ok(_) => BundleError::at(prefix, "resource refused"),
+        Err(e) => {
+            let path = track.path().to_string();
+            let path = if path == "." { prefix } else { format!("{prefix}.{path}") };
+            field_error(&path, e.to_string())
+        }
+    }
+}
+
+/// Runs `f` over `items` split in one run per core, keeping their order;
+/// the first error (in order) wins.
+fn on_every_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&[T]) -> Result<R, BundleError> + Sync) -> Result<Vec<R>, BundleError> {
+    let cores = thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    // Small bundles are not worth a thread.
+    let run = items.len().div_ceil(cores).max(256);
+    thread::scope(|scope| {
+        let workers: Vec<_> = items.chunks(run).map(|part| scope.spawn(|| f(part))).collect();
+        workers.into_iter().map(|worker| worker.join().map_err(|_| BundleError::new("the parser failed"))?).collect()
+    })
+}
+
+fn malformed_json(e: serde_json::Error) -> BundleError {
+    BundleError::new(format!("malformed JSON: {e}"))
 }
 
 /// A schema error at the most precise path known. prost-reflect refuses an
@@ -99,17 +194,11 @@ fn field_error(path: &str, message: String) -> BundleError {
     }
 }
 
-/// SHA-256 over the resources in canonical form, walking the parsed
-/// message: fields in number order, defaults skipped, map entries sorted by
-/// key, and every `Any` unpacked and walked too. Spelling differences (`1s`
-/// vs `1.000s`, camelCase vs snake_case, key order, JSON vs YAML) hash alike,
-/// and no map order can leak in.
-fn content_hash(resources: &DynamicMessage) -> String {
-    let mut hasher = Sha256::new();
-    hash_message(resources, &mut hasher);
-    hex(&hasher.finalize())
-}
-
+/// Feeds the canonical form of a message to the hasher: fields in number
+/// order, defaults skipped, map entries sorted by key, and every `Any`
+/// unpacked and walked too. Spelling differences (`1s` vs `1.000s`,
+/// camelCase vs snake_case, key order, JSON vs YAML) hash alike, and no map
+/// order can leak in.
 fn hash_message(message: &DynamicMessage, hasher: &mut Sha256) {
     if let Some(inner) = unpack_any(message) {
         hasher.update(b"@");
@@ -196,6 +285,27 @@ pub fn to_json(bundle: &Bundle) -> Result<serde_json::Value, BundleError> {
 
 #[cfg(test)]
 mod tests {
+
+    fn many_clusters(n: usize) -> serde_json::Value {
+        let clusters: Vec<serde_json::Value> =
+            (0..n).map(|i| serde_json::json!({"name": format!("c{i}"), "connect_timeout": "1s"})).collect();
+        serde_json::json!({"version": "v1", "clusters": clusters})
+    }
+
+    #[test]
+    fn large_bundles_are_parsed_on_every_core_in_order_and_errors_keep_their_index() {
+        let mut body = many_clusters(1000);
+        let stored = parse(body.to_string().as_bytes(), Format::Json).unwrap();
+        let names: Vec<&str> = stored.contents().clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names.len(), 1000);
+        assert!(names.iter().enumerate().all(|(i, name)| *name == format!("c{i}")), "order kept");
+
+        body["clusters"][777]["connect_timeout"] = serde_json::json!(5);
+        body["clusters"][901]["bogus"] = serde_json::json!(1);
+        let error = parse(body.to_string().as_bytes(), Format::Json).unwrap_err();
+        assert_eq!(error.path.as_deref(), Some("clusters[777].connect_timeout"), "the first error in order: {error:?}");
+    }
+
     use serde_json::json;
 
     use super::*;
