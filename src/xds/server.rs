@@ -31,8 +31,8 @@ use crate::{
     resource_type::ResourceType,
 };
 
-/// Responses in flight per stream. Each type holds at most one unanswered
-/// response, so four never block a well-behaved stream.
+/// Responses in flight per stream: one per type, since each type holds at
+/// most one unanswered response.
 const RESPONSE_BUFFER: usize = 4;
 
 /// The gRPC methods served, by path.
@@ -129,16 +129,16 @@ impl XdsStream {
     async fn run(mut self, first: DiscoveryRequest, mut inbound: Streaming<DiscoveryRequest>, shutdown: CancellationToken) {
         self.receive(&first);
         drop(first); // the first request carries the node's metadata: don't keep it
-        let mut open = self.send_due().await;
+        let mut open = self.send_due();
         while open {
             open = tokio::select! {
                 () = shutdown.cancelled() => false,
                 () = self.tx.closed() => false,
-                changed = self.snapshots.changed() => changed.is_ok() && self.send_due().await,
+                changed = self.snapshots.changed() => changed.is_ok() && self.send_due(),
                 message = inbound.message() => match message {
                     Ok(Some(request)) => {
                         self.receive(&request);
-                        self.send_due().await
+                        self.send_due()
                     }
                     Ok(None) => false,
                     Err(status) => {
@@ -178,14 +178,19 @@ impl XdsStream {
         }
     }
 
-    /// Sends every response now due; `false` once the client is gone.
-    async fn send_due(&mut self) -> bool {
+    /// Queues every response now due; `false` once the stream must end.
+    /// Never waits: each type has at most one unanswered response, so the
+    /// channel (one slot per type) always has room for a well-behaved client.
+    fn send_due(&mut self) -> bool {
         let snapshot: Option<Arc<Snapshot>> = self.snapshots.borrow_and_update().clone();
         let Some(snapshot) = snapshot else { return true };
         for (ty, response) in self.state.due(&snapshot) {
             self.handle.sent(ty, snapshot.version());
             tracing::debug!(node_id = self.node_id, %ty, version = snapshot.version(), bytes = response.len(), "response sent");
-            if self.tx.send(response).await.is_err() {
+            if let Err(error) = self.tx.try_send(response) {
+                if matches!(error, mpsc::error::TrySendError::Full(_)) {
+                    tracing::warn!(node_id = self.node_id, "client is not reading its responses; closing the stream");
+                }
                 return false;
             }
         }
