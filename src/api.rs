@@ -9,6 +9,8 @@
 //! | GET    | /nodes                    | connected Envoys: sent, ACKed, NACKed  |
 //! | GET    | /healthz                  | liveness                               |
 
+use std::sync::Arc;
+
 use axum::{
     body::Bytes,
     extract::{rejection::BytesRejection, DefaultBodyLimit, Path, State},
@@ -19,6 +21,7 @@ use axum::{
 };
 use serde::Serialize;
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use crate::{
     bundle::{self, BundleError, Counts, Format},
@@ -30,8 +33,17 @@ use crate::{
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct ApiState {
-    pub store: Store,
-    pub registry: Registry,
+    store: Store,
+    registry: Registry,
+    /// One bundle parse at a time: a parse already uses every core, and
+    /// parallel parses of large bundles would only pile up memory.
+    parsing: Arc<Semaphore>,
+}
+
+impl ApiState {
+    pub fn new(store: Store, registry: Registry) -> Self {
+        Self { store, registry, parsing: Arc::new(Semaphore::new(1)) }
+    }
 }
 
 /// The REST router, with the request body limit as a layer.
@@ -111,7 +123,11 @@ async fn put_bundle(
     let format = body_format(&headers);
     // Parsing a large bundle takes milliseconds of CPU: keep it off the I/O threads.
     let started = std::time::Instant::now();
-    let stored = tokio::task::spawn_blocking(move || bundle::accept(&body, format))
+    let permit = state.parsing.clone().acquire_owned().await.map_err(|e| StoreError::Backend(e.to_string()))?;
+    let stored = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        bundle::accept(&body, format)
+    })
         .await
         .map_err(|e| StoreError::Backend(format!("parser task failed: {e}")))??;
     let bundle = stored.contents();

@@ -70,7 +70,7 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
         .add_routes(xds_server.routes())
         .serve_with_incoming_shutdown(TcpListenerStream::new(xds), shutdown.clone().cancelled_owned());
 
-    let app = api::router(ApiState { store, registry }, config.body_limit);
+    let app = api::router(ApiState::new(store, registry), config.body_limit);
     let http = axum::serve(rest, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
     let grace = config.shutdown_grace;
