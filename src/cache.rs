@@ -217,12 +217,6 @@ impl Cache {
         }
     }
 
-    /// The current snapshot of `node_type`, if any.
-    pub fn current(&self, node_type: &NodeType) -> Option<Arc<Snapshot>> {
-        let map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(node_type).and_then(|s| s.borrow().clone())
-    }
-
     /// Brings every node type in line with `catalog`. Bundles that did not
     /// change are not re-encoded; node types that lost their bundle stop
     /// serving new streams, while connected Envoys keep what they have.
