@@ -245,9 +245,9 @@ fn waits_for(ty: ResourceType) -> &'static [ResourceType] {
 
 /// Applies a request's `resource_names` to the subscription (R14, R15, R17).
 fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: &[String]) {
-    // Most requests are ACKs repeating the last one's names. A 64-bit digest
-    // of the list tells (a collision between two different lists is a
-    // 2^-64 event, and the next request would correct it).
+    // Most requests are ACKs repeating the last one's names: a 64-bit digest
+    // of the list spots them without a lookup per name (two different lists
+    // colliding is a 2^-64 event).
     let digest = names_digest(resource_names);
     if state.requested && digest == state.last_names_digest {
         return;
