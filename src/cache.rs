@@ -48,10 +48,10 @@ pub struct Snapshot {
     /// The snapshot this one replaced, and per type the names that are new
     /// or changed since: a stream that holds the previous snapshot finds what
     /// to send without comparing every name it subscribes to.
-    changed_since: Option<(u64, [Vec<String>; 4])>,
+    changed_since: Option<(u64, [Vec<Arc<str>>; 4])>,
     version: String,
     version_field: Bytes,
-    types: [BTreeMap<String, Resource>; 4],
+    types: [BTreeMap<Arc<str>, Resource>; 4],
     /// Per type, every resource entry concatenated: the body of a wildcard
     /// response in one shared chunk.
     all: [Bytes; 4],
@@ -63,14 +63,14 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn build(id: u64, source: Arc<StoredBundle>, previous: Option<&Snapshot>) -> Self {
-        let mut types: [BTreeMap<String, Resource>; 4] = Default::default();
+        let mut types: [BTreeMap<Arc<str>, Resource>; 4] = Default::default();
         let bundle = source.contents();
         let mut add = |ty: ResourceType, name: &str, value: Vec<u8>| {
             let any = Any { type_url: ty.type_url().to_owned(), value };
             let entry = encode_bytes_field(RESOURCES, &any.encode_to_vec());
             let mut hasher = DefaultHasher::new();
             entry.hash(&mut hasher);
-            types[ty.index()].insert(name.to_owned(), Resource { entry, digest: hasher.finish() });
+            types[ty.index()].insert(name.into(), Resource { entry, digest: hasher.finish() });
         };
         for r in &bundle.clusters {
             add(ResourceType::Cluster, &r.name, r.encode_to_vec());
@@ -119,7 +119,7 @@ impl Snapshot {
 
     /// The names of `ty` that are new or changed relative to `earlier`, when
     /// `earlier` is the snapshot this one replaced; `None` otherwise.
-    pub fn changed_since(&self, earlier: &Snapshot, ty: ResourceType) -> Option<&[String]> {
+    pub fn changed_since(&self, earlier: &Snapshot, ty: ResourceType) -> Option<&[Arc<str>]> {
         match &self.changed_since {
             Some((id, changed)) if *id == earlier.id => Some(&changed[ty.index()]),
             _ => None,
@@ -132,7 +132,12 @@ impl Snapshot {
 
     /// Names of every resource of `ty`, in order.
     pub fn names(&self, ty: ResourceType) -> impl Iterator<Item = &str> {
-        self.types[ty.index()].keys().map(String::as_str)
+        self.types[ty.index()].keys().map(|name| &**name)
+    }
+
+    /// The snapshot's own copy of a name, for subscriptions to share.
+    pub fn shared_name(&self, ty: ResourceType, name: &str) -> Option<Arc<str>> {
+        self.types[ty.index()].get_key_value(name).map(|(name, _)| name.clone())
     }
 
     pub fn contains(&self, ty: ResourceType, name: &str) -> bool {
@@ -155,7 +160,7 @@ impl Snapshot {
         &self,
         ty: ResourceType,
         selection: &Selection<'_>,
-        kept: Option<(&Snapshot, &[String])>,
+        kept: Option<(&Snapshot, &[Arc<str>])>,
         nonce: &str,
     ) -> EncodedResponse {
         let mut response = EncodedResponse::default();
@@ -169,7 +174,7 @@ impl Snapshot {
         }
         if let Some((older, names)) = kept {
             let resources = &older.types[ty.index()];
-            names.iter().filter_map(|name| resources.get(name)).for_each(|r| response.push_encoded(r.entry.clone()));
+            names.iter().filter_map(|name| resources.get(&**name)).for_each(|r| response.push_encoded(r.entry.clone()));
         }
         response.push_string(TYPE_URL, ty.type_url());
         response.push_string(NONCE, nonce);
@@ -333,7 +338,7 @@ mod tests {
         let v1 = Snapshot::build(1, stored("v1", &["a"]), None);
         let v2 = Snapshot::build(2, stored("v2", &["a", "b"]), Some(&v1));
         let v3 = Snapshot::build(3, stored("v3", &["a", "b"]), Some(&v2));
-        assert_eq!(v2.changed_since(&v1, ResourceType::Cluster), Some(&["b".to_owned()][..]));
+        assert_eq!(v2.changed_since(&v1, ResourceType::Cluster), Some(&[Arc::from("b")][..]));
         assert_eq!(v3.changed_since(&v2, ResourceType::Cluster), Some(&[][..]));
         assert_eq!(v3.changed_since(&v1, ResourceType::Cluster), None, "only relative to the one it replaced");
     }

@@ -156,7 +156,8 @@ impl XdsStream {
 
     fn receive(&mut self, request: &DiscoveryRequest) {
         let node_id = self.node_id.as_str();
-        match self.state.on_request(request) {
+        let snapshot = self.snapshots.borrow().clone();
+        match self.state.on_request(request, snapshot.as_deref()) {
             Received::Ack { ty, version } => {
                 tracing::debug!(node_id, %ty, version, "ACK");
                 self.handle.acked(ty, version);

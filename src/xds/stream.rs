@@ -21,7 +21,6 @@
 //! CDS response drops them once every other type is answered.
 
 use std::{
-    collections::BTreeSet,
     hash::{Hash, Hasher},
     sync::Arc,
 };
@@ -78,7 +77,7 @@ struct TypeState {
     /// LDS/CDS wildcard subscription (R14).
     wildcard: bool,
     /// Explicitly subscribed names.
-    names: BTreeSet<String>,
+    names: Names,
     /// The client named resources at some point, so an empty list now means
     /// "none" rather than the legacy wildcard (R15).
     ever_named: bool,
@@ -86,7 +85,7 @@ struct TypeState {
     /// are ACKs repeating them, and this spots that without a lookup per name.
     last_names_digest: u64,
     /// Names subscribed since the last response: sent even if unchanged (R11).
-    newly_named: BTreeSet<String>,
+    newly_named: Names,
     /// The next response carries the whole subscription (R21, R22).
     refresh: bool,
     /// Nonce of the last response; empty before the first.
@@ -99,7 +98,7 @@ struct TypeState {
     /// CDS only: clusters of an older bundle the client keeps for make
     /// before break, and the snapshot they come from; a final response
     /// removes them.
-    retiring: Option<(Arc<Snapshot>, Vec<String>)>,
+    retiring: Option<(Arc<Snapshot>, Vec<Arc<str>>)>,
 }
 
 /// Per-stream protocol state.
@@ -116,7 +115,9 @@ impl StreamState {
     }
 
     /// Takes in one request: ACK/NACK bookkeeping and subscription changes.
-    pub fn on_request<'a>(&mut self, request: &'a DiscoveryRequest) -> Received<'a> {
+    /// `snapshot` (the node type's current one, if any) lends its copies of
+    /// resource names to the subscription, so streams share them.
+    pub fn on_request<'a>(&mut self, request: &'a DiscoveryRequest, snapshot: Option<&Snapshot>) -> Received<'a> {
         let ty = match (self.kind, request.type_url.as_str()) {
             (StreamKind::Single(ty), "") => ty,
             (StreamKind::Single(ty), url) if url == ty.type_url() => ty,
@@ -137,7 +138,7 @@ impl StreamState {
         if !is_reply {
             state.refresh = true;
         }
-        update_subscription(ty, state, &request.resource_names);
+        update_subscription(ty, state, &request.resource_names, snapshot);
         state.requested = true;
 
         match (&request.error_detail, is_reply) {
@@ -200,7 +201,7 @@ impl StreamState {
     /// On ADS, the clusters a CDS response about to be sent would remove
     /// while listeners or routes still have to follow: kept one round longer,
     /// with the snapshot that has them.
-    fn clusters_to_retire(&self, ty: ResourceType, snapshot: &Snapshot) -> Option<(Arc<Snapshot>, Vec<String>)> {
+    fn clusters_to_retire(&self, ty: ResourceType, snapshot: &Snapshot) -> Option<(Arc<Snapshot>, Vec<Arc<str>>)> {
         if ty != ResourceType::Cluster || self.kind != StreamKind::Aggregated {
             return None;
         }
@@ -211,11 +212,11 @@ impl StreamState {
             Some((from, names)) => (from.clone(), names.clone()),
             None => {
                 let sent = state.sent.clone()?;
-                let names = sent.names(ty).map(str::to_owned).collect();
+                let names = sent.names(ty).filter_map(|name| sent.shared_name(ty, name)).collect();
                 (sent, names)
             }
         };
-        let retired: Vec<String> = candidates.into_iter().filter(|name| !snapshot.contains(ty, name)).collect();
+        let retired: Vec<Arc<str>> = candidates.into_iter().filter(|name| !snapshot.contains(ty, name)).collect();
         (routing_follows && !retired.is_empty()).then_some((from, retired))
     }
 }
@@ -225,7 +226,7 @@ impl TypeState {
         self.nonce = nonce;
         self.awaiting_reply = true;
         self.sent = Some(snapshot.clone());
-        self.newly_named.clear();
+        self.newly_named = Names::default();
         self.refresh = false;
     }
 }
@@ -244,7 +245,7 @@ fn waits_for(ty: ResourceType) -> &'static [ResourceType] {
 }
 
 /// Applies a request's `resource_names` to the subscription (R14, R15, R17).
-fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: &[String]) {
+fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: &[String], snapshot: Option<&Snapshot>) {
     // Most requests are ACKs repeating the last one's names: a 64-bit digest
     // of the list spots them without a lookup per name (two different lists
     // colliding is a 2^-64 event).
@@ -253,17 +254,55 @@ fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: 
         return;
     }
     state.last_names_digest = digest;
-    let mut names: BTreeSet<String> = resource_names.iter().cloned().collect();
-    let star = names.remove("*");
+    let star = resource_names.iter().any(|name| name == "*");
+    let names = Names::new(resource_names.iter().filter(|name| *name != "*").map(|name| {
+        snapshot.and_then(|snapshot| snapshot.shared_name(ty, name)).unwrap_or_else(|| Arc::from(name.as_str()))
+    }));
     let was_wildcard = state.wildcard;
     state.wildcard = ty.is_full_state() && (star || (names.is_empty() && !state.ever_named));
     state.ever_named |= !names.is_empty();
     if state.wildcard && !was_wildcard {
         state.refresh = true;
     }
-    state.newly_named.retain(|n| names.contains(n));
-    state.newly_named.extend(names.difference(&state.names).cloned());
+    let still_new = state.newly_named.iter().filter(|name| names.contains(name));
+    let added = names.iter().filter(|name| !state.names.contains(name));
+    state.newly_named = Names::new(still_new.chain(added).map(|name| names.shared(name)));
     state.names = names;
+}
+
+/// A set of resource names: sorted, each shared with the snapshot that has
+/// it. A stream subscribed to 100 clusters holds 100 pointers, not 100
+/// strings.
+#[derive(Debug, Default)]
+struct Names(Box<[Arc<str>]>);
+
+impl Names {
+    fn new(names: impl Iterator<Item = Arc<str>>) -> Self {
+        let mut names: Vec<Arc<str>> = names.collect();
+        names.sort_unstable();
+        names.dedup();
+        Self(names.into_boxed_slice())
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.0.binary_search_by(|n| (**n).cmp(name)).is_ok()
+    }
+
+    /// This set's copy of `name`, which must be in it.
+    fn shared(&self, name: &str) -> Arc<str> {
+        match self.0.binary_search_by(|n| (**n).cmp(name)) {
+            Ok(i) => self.0[i].clone(),
+            Err(_) => Arc::from(name),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|name| &**name)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 fn names_digest(names: &[String]) -> u64 {
@@ -298,12 +337,12 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snaps
     };
     let changed: Vec<&str> = match known_changes {
         Some(changes) => {
-            changes.iter().map(String::as_str).filter(|name| state.wildcard || state.names.contains(*name)).collect()
+            changes.iter().map(|name| &**name).filter(|name| state.wildcard || state.names.contains(name)).collect()
         }
         None => existing(ty, state, snapshot)
             .filter(|name| {
                 state.refresh
-                    || state.newly_named.contains(*name)
+                    || state.newly_named.contains(name)
                     || state.sent.as_ref().is_none_or(|sent| sent.digest(ty, name) != snapshot.digest(ty, name))
             })
             .collect(),
@@ -325,6 +364,6 @@ fn existing<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Snapshot) 
     if state.wildcard {
         Box::new(snapshot.names(ty))
     } else {
-        Box::new(state.names.iter().map(String::as_str).filter(move |name| snapshot.contains(ty, name)))
+        Box::new(state.names.iter().filter(move |name| snapshot.contains(ty, name)))
     }
 }
