@@ -49,7 +49,7 @@ pub struct Snapshot {
     /// or changed since: a stream that holds the previous snapshot finds what
     /// to send without comparing every name it subscribes to.
     changed_since: Option<(u64, [Vec<Arc<str>>; 4])>,
-    version: String,
+    version: Arc<str>,
     version_field: Bytes,
     types: [BTreeMap<Arc<str>, Resource>; 4],
     /// Per type, every resource entry concatenated: the body of a wildcard
@@ -102,7 +102,7 @@ impl Snapshot {
             types[ty.index()].iter().for_each(|(name, r)| (name, r.digest).hash(&mut hasher));
             hasher.finish()
         });
-        let version = bundle.version.clone();
+        let version: Arc<str> = bundle.version.as_str().into();
         let version_field = encode_bytes_field(VERSION_INFO, version.as_bytes());
         Self { id, changed_since, version, version_field, types, all, set_digests, source }
     }
@@ -127,6 +127,11 @@ impl Snapshot {
     }
 
     pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The version, shared (for status records).
+    pub fn shared_version(&self) -> &Arc<str> {
         &self.version
     }
 

@@ -186,7 +186,7 @@ impl XdsStream {
         let snapshot: Option<Arc<Snapshot>> = self.snapshots.borrow_and_update().clone();
         let Some(snapshot) = snapshot else { return true };
         for (ty, response) in self.state.due(&snapshot) {
-            self.handle.sent(ty, snapshot.version());
+            self.handle.sent(ty, snapshot.shared_version());
             tracing::debug!(node_id = self.node_id, %ty, version = snapshot.version(), bytes = response.len(), "response sent");
             if let Err(error) = self.tx.try_send(response) {
                 if matches!(error, mpsc::error::TrySendError::Full(_)) {

@@ -18,11 +18,11 @@ use crate::{node_type::NodeType, resource_type::ResourceType};
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TypeStatus {
     /// The last version it ACKed.
-    pub acked_version: Option<String>,
+    pub acked_version: Option<Arc<str>>,
     /// The last version sent to it.
-    pub sent_version: Option<String>,
+    pub sent_version: Option<Arc<str>>,
     /// Its last NACK, kept until a later ACK.
-    pub rejected: Option<Rejection>,
+    pub rejected: Option<Box<Rejection>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,7 +41,14 @@ pub struct StreamStatus {
     /// `ads`, or the single type of a per-type service.
     pub service: &'static str,
     pub connected_at_unix_ms: u128,
-    pub types: BTreeMap<&'static str, TypeStatus>,
+    /// By type name; types never requested are absent.
+    #[serde(serialize_with = "by_type_name")]
+    pub types: [Option<TypeStatus>; 4],
+}
+
+fn by_type_name<S: serde::Serializer>(types: &[Option<TypeStatus>; 4], serializer: S) -> Result<S::Ok, S::Error> {
+    let named = ResourceType::ALL.iter().zip(types).filter_map(|(ty, status)| Some((ty.name(), status.as_ref()?)));
+    serializer.collect_map(named)
 }
 
 /// Every connected stream's status. Cheap to clone.
@@ -69,7 +76,7 @@ impl Registry {
             node_type: node_type.to_string(),
             service,
             connected_at_unix_ms: now_ms(),
-            types: BTreeMap::new(),
+            types: Default::default(),
         };
         self.lock().insert(stream_id, status);
         StreamHandle { registry: self.clone(), stream_id }
@@ -86,15 +93,8 @@ impl Registry {
 
     fn update(&self, stream_id: u64, ty: ResourceType, f: impl FnOnce(&mut TypeStatus)) {
         if let Some(stream) = self.lock().get_mut(&stream_id) {
-            f(stream.types.entry(ty.name()).or_default());
+            f(stream.types[ty.index()].get_or_insert_with(TypeStatus::default));
         }
-    }
-}
-
-/// Sets `slot` to `version`, allocating only when it changes.
-fn set(slot: &mut Option<String>, version: &str) {
-    if slot.as_deref() != Some(version) {
-        *slot = Some(version.to_owned());
     }
 }
 
@@ -109,20 +109,24 @@ impl StreamHandle {
         self.stream_id
     }
 
-    pub fn sent(&self, ty: ResourceType, version: &str) {
-        self.registry.update(self.stream_id, ty, |s| set(&mut s.sent_version, version));
+    pub fn sent(&self, ty: ResourceType, version: &Arc<str>) {
+        self.registry.update(self.stream_id, ty, |s| s.sent_version = Some(version.clone()));
     }
 
     pub fn acked(&self, ty: ResourceType, version: &str) {
         self.registry.update(self.stream_id, ty, |s| {
-            set(&mut s.acked_version, version);
+            if s.acked_version.as_deref() != Some(version) {
+                // Usually the version just sent: share it rather than copy it.
+                let sent = s.sent_version.as_ref().filter(|sent| &***sent == version);
+                s.acked_version = Some(sent.cloned().unwrap_or_else(|| version.into()));
+            }
             s.rejected = None;
         });
     }
 
     pub fn rejected(&self, ty: ResourceType, nonce: &str, error: &str) {
         let rejection = Rejection { nonce: nonce.to_owned(), error: error.to_owned(), at_unix_ms: now_ms() };
-        self.registry.update(self.stream_id, ty, |s| s.rejected = Some(rejection));
+        self.registry.update(self.stream_id, ty, |s| s.rejected = Some(Box::new(rejection)));
     }
 }
 
