@@ -100,7 +100,7 @@ impl XdsServer {
         tracing::info!(node_id, %node_type, service = kind.service_name(), stream = handle.id(), "stream opened");
 
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        let stream = XdsStream {
+        let mut stream = XdsStream {
             state: StreamState::new(kind),
             snapshots: self.cache.subscribe(&node_type),
             cache: self.cache.clone(),
@@ -109,7 +109,11 @@ impl XdsServer {
             handle,
             tx,
         };
-        tokio::spawn(stream.run(first, inbound, self.shutdown.clone()));
+        stream.receive(&first);
+        // The first request carries the node's metadata: it is not kept.
+        drop(first);
+        stream.send_due(); // were the client gone already, `run` ends at once
+        tokio::spawn(stream.run(inbound, self.shutdown.clone()));
         Ok(rx)
     }
 }
@@ -126,10 +130,8 @@ struct XdsStream {
 }
 
 impl XdsStream {
-    async fn run(mut self, first: DiscoveryRequest, mut inbound: Streaming<DiscoveryRequest>, shutdown: CancellationToken) {
-        self.receive(&first);
-        drop(first); // the first request carries the node's metadata: don't keep it
-        let mut open = self.send_due();
+    async fn run(mut self, mut inbound: Streaming<DiscoveryRequest>, shutdown: CancellationToken) {
+        let mut open = true;
         while open {
             open = tokio::select! {
                 () = shutdown.cancelled() => false,
