@@ -9,8 +9,6 @@
 //! | GET    | /nodes                    | connected Envoys: sent, ACKed, NACKed  |
 //! | GET    | /healthz                  | liveness                               |
 
-use std::sync::Arc;
-
 use axum::{
     body::Bytes,
     extract::{rejection::BytesRejection, DefaultBodyLimit, Path, State},
@@ -21,7 +19,6 @@ use axum::{
 };
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 use crate::{
     bundle::{self, BundleError, Counts, Format},
@@ -35,14 +32,11 @@ use crate::{
 pub struct ApiState {
     store: Store,
     registry: Registry,
-    /// One bundle parse at a time: a parse already uses every core, and
-    /// parallel parses of large bundles would only pile up memory.
-    parsing: Arc<Semaphore>,
 }
 
 impl ApiState {
     pub fn new(store: Store, registry: Registry) -> Self {
-        Self { store, registry, parsing: Arc::new(Semaphore::new(1)) }
+        Self { store, registry }
     }
 }
 
@@ -123,11 +117,7 @@ async fn put_bundle(
     let format = body_format(&headers);
     // Parsing a large bundle takes milliseconds of CPU: keep it off the I/O threads.
     let started = std::time::Instant::now();
-    let permit = state.parsing.clone().acquire_owned().await.map_err(|e| StoreError::Backend(e.to_string()))?;
-    let stored = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        bundle::accept(&body, format)
-    })
+    let stored = tokio::task::spawn_blocking(move || bundle::accept(&body, format))
         .await
         .map_err(|e| StoreError::Backend(format!("parser task failed: {e}")))??;
     let bundle = stored.contents();
