@@ -90,8 +90,7 @@ async fn r5_r6_r7_ack_and_nack_are_told_apart_by_error_detail_and_a_nack_is_not_
     let daemon = TestDaemon::start().await;
     put(&daemon, "sidecar", &bundle("v1", &[("a", 1)])).await;
     let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-ack", CDS, &[])).await;
-    let v1 = client.recv().await;
-    client.ack(&v1, &[]).await;
+    client.recv_acked(&[]).await;
 
     put(&daemon, "sidecar", &bundle("v2", &[("a", 1), ("b", 2)])).await;
     let v2 = client.recv().await;
@@ -131,8 +130,7 @@ async fn r10_a_request_with_a_stale_nonce_is_ignored() {
     let daemon = TestDaemon::start().await;
     put(&daemon, "sidecar", &bundle("v1", &[("a", 1), ("b", 2)])).await;
     let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", EDS, &["a"])).await;
-    let first = client.recv().await;
-    client.ack(&first, &["a"]).await;
+    let first = client.recv_acked(&["a"]).await;
 
     put(&daemon, "sidecar", &bundle("v2", &[("a", 3), ("b", 2)])).await;
     let second = client.recv().await;
@@ -182,8 +180,7 @@ async fn r11_resubscribing_a_name_resends_it_unchanged() {
     let daemon = TestDaemon::start().await;
     put(&daemon, "sidecar", &bundle("v1", &[("a", 1), ("b", 2)])).await;
     let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", EDS, &["a"])).await;
-    let first = client.recv().await;
-    client.ack(&first, &["a"]).await;
+    let first = client.recv_acked(&["a"]).await;
     client.expect_silence(QUIET).await;
     // Adding "b" in a request that is also the ACK: only "b" is new.
     let update = ack(&first, &["a", "b"]);
@@ -236,11 +233,8 @@ async fn r21_a_fresh_eds_request_after_a_cluster_change_is_answered_even_if_endp
     let daemon = TestDaemon::start().await;
     put(&daemon, "sidecar", &bundle("v1", &[("a", 1)])).await;
     let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", CDS, &[])).await;
-    let cds = client.recv().await;
-    client.ack(&cds, &[]).await;
-    client.send(request("sidecar-1", EDS, &["a"])).await;
-    let eds = client.recv().await;
-    client.ack(&eds, &["a"]).await;
+    client.recv_acked(&[]).await;
+    let eds = client.subscribe("sidecar-1", EDS, &["a"]).await;
 
     // The cluster changes (not its endpoints): CDS is pushed...
     let mut changed = bundle("v2", &[("a", 1)]);
@@ -262,17 +256,10 @@ async fn r23_ads_sends_clusters_and_endpoints_first_and_listeners_and_routes_onc
     let daemon = TestDaemon::start().await;
     put(&daemon, "sidecar", &bundle("v1", &[("a", 1)])).await;
     let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", CDS, &[])).await;
-    let cds = client.recv().await;
-    client.ack(&cds, &[]).await;
-    client.send(request("sidecar-1", EDS, &["a", "b"])).await;
-    let eds = client.recv().await;
-    client.ack(&eds, &["a", "b"]).await;
-    client.send(request("sidecar-1", LDS, &[])).await;
-    let lds = client.recv().await;
-    client.ack(&lds, &[]).await;
-    client.send(request("sidecar-1", RDS, &["route_0"])).await;
-    let rds = client.recv().await;
-    client.ack(&rds, &["route_0"]).await;
+    client.recv_acked(&[]).await;
+    client.subscribe("sidecar-1", EDS, &["a", "b"]).await;
+    client.subscribe("sidecar-1", LDS, &[]).await;
+    client.subscribe("sidecar-1", RDS, &["route_0"]).await;
 
     // Everything changes at once: a new cluster b, endpoints, listener, route.
     let mut v2 = bundle("v2", &[("b", 2), ("a", 5)]);
@@ -298,11 +285,8 @@ async fn r21_r23_endpoints_for_a_new_cluster_are_served_before_the_cluster_is_ac
     let daemon = TestDaemon::start().await;
     put(&daemon, "sidecar", &bundle("v1", &[("a", 1)])).await;
     let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", CDS, &[])).await;
-    let cds = client.recv().await;
-    client.ack(&cds, &[]).await;
-    client.send(request("sidecar-1", EDS, &["a"])).await;
-    let eds = client.recv().await;
-    client.ack(&eds, &["a"]).await;
+    client.recv_acked(&[]).await;
+    let eds = client.subscribe("sidecar-1", EDS, &["a"]).await;
 
     put(&daemon, "sidecar", &bundle("v2", &[("a", 1), ("b", 2)])).await;
     let _cds = client.recv().await;
@@ -331,8 +315,7 @@ async fn deleting_a_bundle_leaves_connected_envoys_alone_and_new_streams_wait() 
     let daemon = TestDaemon::start().await;
     put(&daemon, "sidecar", &bundle("v1", &[("a", 1)])).await;
     let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", CDS, &[])).await;
-    let response = client.recv().await;
-    client.ack(&response, &[]).await;
+    client.recv_acked(&[]).await;
 
     let deleted = reqwest::Client::new().delete(daemon.url("/resources/sidecar")).send().await.unwrap();
     assert_eq!(deleted.status(), 200);
@@ -374,8 +357,7 @@ async fn r2_only_the_first_request_needs_the_node() {
     let daemon = TestDaemon::start().await;
     put(&daemon, "sidecar", &bundle("v1", &[("a", 1)])).await;
     let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", CDS, &[])).await;
-    let cds = client.recv().await;
-    client.ack(&cds, &[]).await;
+    client.recv_acked(&[]).await;
     // Later requests carry no node (set_node_on_first_message_only).
     client.send(DiscoveryRequest { type_url: EDS.into(), resource_names: vec!["a".into()], ..Default::default() }).await;
     assert_eq!(names(&client.recv().await), ["a"]);
@@ -440,8 +422,7 @@ async fn an_identical_re_put_pushes_nothing_and_a_new_version_pushes_even_withou
     let v1 = bundle("v1", &[("a", 1)]);
     put(&daemon, "sidecar", &v1).await;
     let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", CDS, &[])).await;
-    let response = client.recv().await;
-    client.ack(&response, &[]).await;
+    client.recv_acked(&[]).await;
 
     put(&daemon, "sidecar", &v1).await;
     client.expect_silence(QUIET).await;
@@ -469,8 +450,7 @@ async fn shutdown_ends_open_streams_within_the_grace_period() {
     let daemon = TestDaemon::start().await;
     put(&daemon, "sidecar", &bundle("v1", &[("a", 1)])).await;
     let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", CDS, &[])).await;
-    let response = client.recv().await;
-    client.ack(&response, &[]).await;
+    client.recv_acked(&[]).await;
     daemon.stop().await.expect("a clean stop with a stream open");
 }
 
@@ -529,11 +509,8 @@ async fn r4_an_endpoint_change_sends_endpoints_only_and_a_version_only_change_st
     let daemon = TestDaemon::start().await;
     put(&daemon, "sidecar", &bundle("v1", &[("a", 1), ("b", 2)])).await;
     let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", CDS, &[])).await;
-    let cds = client.recv().await;
-    client.ack(&cds, &[]).await;
-    client.send(request("sidecar-1", EDS, &["a", "b"])).await;
-    let eds = client.recv().await;
-    client.ack(&eds, &["a", "b"]).await;
+    client.recv_acked(&[]).await;
+    client.subscribe("sidecar-1", EDS, &["a", "b"]).await;
 
     // Only b's endpoints change: EDS carries b, CDS is not resent.
     put(&daemon, "sidecar", &bundle("v2", &[("a", 1), ("b", 3)])).await;

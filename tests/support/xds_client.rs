@@ -71,6 +71,19 @@ impl XdsClient {
         }
     }
 
+    /// Takes the next response and ACKs it, keeping `names` subscribed.
+    pub async fn recv_acked(&mut self, names: &[&str]) -> DiscoveryResponse {
+        let response = self.recv().await;
+        self.ack(&response, names).await;
+        response
+    }
+
+    /// Asks for `names` of `type_url`, takes the response and ACKs it.
+    pub async fn subscribe(&mut self, node_id: &str, type_url: &str, names: &[&str]) -> DiscoveryResponse {
+        self.send(request(node_id, type_url, names)).await;
+        self.recv_acked(names).await
+    }
+
     /// ACKs `response` (R5): its nonce and version, no error.
     pub async fn ack(&self, response: &DiscoveryResponse, names: &[&str]) {
         self.send(ack(response, names)).await;
