@@ -31,6 +31,8 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     prost_build::Config::new()
         .extern_path(".envoy", "::envoy_types::pb::envoy")
+        // Stored resources are slices of the record they were loaded from.
+        .bytes([".sxds.v1.StoredResource.value"])
         .compile_fds(own_set)?;
 
     Ok(())

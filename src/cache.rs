@@ -12,8 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use envoy_types::pb::google::protobuf::Any;
-use prost::Message;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +29,9 @@ const VERSION_INFO: u32 = 1;
 const RESOURCES: u32 = 2;
 const TYPE_URL: u32 = 4;
 const NONCE: u32 = 5;
+// google.protobuf.Any field numbers.
+const ANY_TYPE_URL: u32 = 1;
+const ANY_VALUE: u32 = 2;
 
 /// One encoded resource.
 #[derive(Debug)]
@@ -61,28 +63,33 @@ pub struct Snapshot {
     source: Arc<StoredBundle>,
 }
 
+/// The `resources` entry of a DiscoveryResponse: an `Any` of `type_url`
+/// around `value`, written in one buffer.
+fn any_entry(type_url: &str, value: &[u8]) -> Bytes {
+    let field_len = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
+    let any_len = field_len(ANY_TYPE_URL, type_url.len()) + field_len(ANY_VALUE, value.len());
+    let mut buf = Vec::with_capacity(field_len(RESOURCES, any_len));
+    for (tag, len) in [(RESOURCES, any_len), (ANY_TYPE_URL, type_url.len())] {
+        encode_key(tag, WireType::LengthDelimited, &mut buf);
+        encode_varint(len as u64, &mut buf);
+    }
+    buf.extend_from_slice(type_url.as_bytes());
+    encode_key(ANY_VALUE, WireType::LengthDelimited, &mut buf);
+    encode_varint(value.len() as u64, &mut buf);
+    buf.extend_from_slice(value);
+    buf.into()
+}
+
 impl Snapshot {
     pub fn build(id: u64, source: Arc<StoredBundle>, previous: Option<&Snapshot>) -> Self {
         let mut types: [BTreeMap<Arc<str>, Resource>; 4] = Default::default();
-        let bundle = source.contents();
-        let mut add = |ty: ResourceType, name: &str, value: Vec<u8>| {
-            let any = Any { type_url: ty.type_url().to_owned(), value };
-            let entry = encode_bytes_field(RESOURCES, &any.encode_to_vec());
+        for resource in &source.resources {
+            // The store only admits resources of known types.
+            let Some(ty) = ResourceType::from_bundle_field(resource.field) else { continue };
+            let entry = any_entry(ty.type_url(), &resource.value);
             let mut hasher = DefaultHasher::new();
             entry.hash(&mut hasher);
-            types[ty.index()].insert(name.into(), Resource { entry, digest: hasher.finish() });
-        };
-        for r in &bundle.clusters {
-            add(ResourceType::Cluster, &r.name, r.encode_to_vec());
-        }
-        for r in &bundle.endpoints {
-            add(ResourceType::Endpoint, &r.cluster_name, r.encode_to_vec());
-        }
-        for r in &bundle.listeners {
-            add(ResourceType::Listener, &r.name, r.encode_to_vec());
-        }
-        for r in &bundle.routes {
-            add(ResourceType::Route, &r.name, r.encode_to_vec());
+            types[ty.index()].insert(resource.name.as_str().into(), Resource { entry, digest: hasher.finish() });
         }
         let changed_since = previous.map(|previous| {
             let changed = ResourceType::ALL.map(|ty| {
@@ -102,7 +109,7 @@ impl Snapshot {
             types[ty.index()].iter().for_each(|(name, r)| (name, r.digest).hash(&mut hasher));
             hasher.finish()
         });
-        let version: Arc<str> = bundle.version.as_str().into();
+        let version: Arc<str> = source.version.as_str().into();
         let version_field = encode_bytes_field(VERSION_INFO, version.as_bytes());
         Self { id, changed_since, version, version_field, types, all, set_digests, source }
     }
@@ -285,18 +292,32 @@ mod tests {
         config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment},
         service::discovery::v3::DiscoveryResponse,
     };
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::Message;
 
     use super::*;
-    use crate::schema::Bundle;
+    use crate::schema::StoredResource;
 
     fn stored(version: &str, clusters: &[&str]) -> Arc<StoredBundle> {
-        let bundle = Bundle {
-            version: version.to_owned(),
-            clusters: clusters.iter().map(|name| Cluster { name: (*name).to_owned(), ..Default::default() }).collect(),
-            endpoints: vec![ClusterLoadAssignment { cluster_name: "a".into(), ..Default::default() }],
-            ..Default::default()
+        let cluster = |name: &str| StoredResource {
+            field: ResourceType::Cluster.bundle_field(),
+            name: name.to_owned(),
+            value: Cluster { name: name.to_owned(), ..Default::default() }.encode_to_vec().into(),
         };
-        Arc::new(StoredBundle { bundle: Some(bundle), content_hash: String::new() })
+        let endpoints = StoredResource {
+            field: ResourceType::Endpoint.bundle_field(),
+            name: "a".to_owned(),
+            value: ClusterLoadAssignment { cluster_name: "a".into(), ..Default::default() }.encode_to_vec().into(),
+        };
+        let resources = clusters.iter().map(|name| cluster(name)).chain([endpoints]).collect();
+        Arc::new(StoredBundle { version: version.to_owned(), content_hash: String::new(), resources })
+    }
+
+    #[test]
+    fn an_entry_is_the_any_prost_would_encode() {
+        let value = Cluster { name: "x".into(), ..Default::default() }.encode_to_vec();
+        let any = Any { type_url: ResourceType::Cluster.type_url().to_owned(), value: value.clone() };
+        assert_eq!(any_entry(ResourceType::Cluster.type_url(), &value), encode_bytes_field(RESOURCES, &any.encode_to_vec()));
     }
 
     #[test]

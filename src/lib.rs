@@ -54,13 +54,14 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
         .await
-        .map_err(|e| store::StoreError::Backend(e.to_string()))??;
+        .map_err(|e| store::StoreError::Open(e.to_string()))??;
 
     // Every stored bundle is in the cache before the first stream is accepted.
     let cache = Cache::default();
     cache.apply(&store.catalog());
     tracing::info!(node_types = store.catalog().len(), data_dir = %config.data_dir.display(), "store loaded");
     let follower = tokio::spawn(cache.clone().follow(store.subscribe(), shutdown.clone()));
+    let healer = tokio::spawn(store.clone().heal(shutdown.clone()));
 
     let registry = Registry::default();
     let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone());
@@ -84,5 +85,6 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
         }
     };
     follower.abort();
+    healer.abort();
     result
 }

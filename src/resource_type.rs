@@ -51,6 +51,31 @@ impl ResourceType {
     }
 }
 
+impl ResourceType {
+    /// The number of the `sxds.v1.Bundle` field that lists this type; it
+    /// also tags each resource in the stored form.
+    pub const fn bundle_field(self) -> u32 {
+        match self {
+            Self::Listener => 2,
+            Self::Cluster => 3,
+            Self::Route => 4,
+            Self::Endpoint => 5,
+        }
+    }
+
+    pub fn from_bundle_field(number: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.bundle_field() == number)
+    }
+
+    /// The field of the resource message that names it.
+    pub const fn name_field(self) -> &'static str {
+        match self {
+            Self::Endpoint => "cluster_name",
+            _ => "name",
+        }
+    }
+}
+
 impl std::fmt::Display for ResourceType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -69,5 +94,17 @@ mod tests {
         }
         assert_eq!(ResourceType::from_type_url("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"), None);
         assert!(ResourceType::Cluster < ResourceType::Endpoint && ResourceType::Listener < ResourceType::Route);
+    }
+
+    #[test]
+    fn bundle_fields_and_name_fields_match_the_schema() {
+        let bundle = crate::schema::bundle_descriptor();
+        for t in ResourceType::ALL {
+            let field = bundle.get_field_by_name(t.name()).expect("the bundle lists every type");
+            assert_eq!(field.number(), t.bundle_field());
+            assert_eq!(ResourceType::from_bundle_field(t.bundle_field()), Some(t));
+            let prost_reflect::Kind::Message(message) = field.kind() else { panic!("{t} is a message list") };
+            assert!(message.get_field_by_name(t.name_field()).is_some(), "{t} is named by {}", t.name_field());
+        }
     }
 }

@@ -11,7 +11,9 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/sxds.v1.rs"));
 }
 
-pub use v1::{Bundle, StoredBundle};
+pub use v1::{Bundle, LegacyStoredBundle, StoredBundle, StoredResource};
+
+use crate::resource_type::ResourceType;
 
 const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
@@ -28,11 +30,19 @@ pub fn bundle_descriptor() -> MessageDescriptor {
 }
 
 impl StoredBundle {
-    /// The bundle itself. A message field is optional in proto3, but every
-    /// stored bundle has one; a missing one reads as empty.
-    pub fn contents(&self) -> &Bundle {
-        static EMPTY: Bundle =
-            Bundle { version: String::new(), listeners: Vec::new(), clusters: Vec::new(), routes: Vec::new(), endpoints: Vec::new() };
-        self.bundle.as_ref().unwrap_or(&EMPTY)
+    /// The resources of `ty`, in bundle order.
+    pub fn resources(&self, ty: ResourceType) -> impl Iterator<Item = &StoredResource> {
+        let field = ty.bundle_field();
+        self.resources.iter().filter(move |r| r.field == field)
+    }
+
+    pub fn count(&self, ty: ResourceType) -> usize {
+        self.resources(ty).count()
+    }
+
+    /// Encoded size of the resources: what the snapshot of this bundle
+    /// holds, give or take framing.
+    pub fn resource_bytes(&self) -> usize {
+        self.resources.iter().map(|r| r.value.len()).sum()
     }
 }

@@ -126,7 +126,7 @@ async fn yaml_bundles_are_equivalent_to_json() {
 async fn resources_are_listed_and_deleted() {
     let daemon = TestDaemon::start().await;
     let api = Api::new(&daemon);
-    assert_eq!(api.get("/resources").await, (200, json!({"node_types": []})));
+    assert_eq!(api.get("/resources").await, (200, json!({"node_types": [], "quarantined": []})));
     assert_eq!(api.put("sidecar", &sidecar_bundle("v1", 10000, 8080)).await.0, 200);
     assert_eq!(api.put("gateway", &sidecar_bundle("g7", 10001, 8081)).await.0, 200);
 
@@ -137,12 +137,12 @@ async fn resources_are_listed_and_deleted() {
     for entry in [&mut gateway, &mut sidecar] {
         entry.as_object_mut().unwrap().remove("changed");
     }
-    assert_eq!(listing, json!({"node_types": [gateway, sidecar]}));
+    assert_eq!(listing, json!({"node_types": [gateway, sidecar], "quarantined": []}));
 
     let (status, answer) = api.delete("sidecar").await;
     assert_eq!((status, answer), (200, json!({"node_type": "sidecar", "deleted": true})));
     assert_eq!(api.get("/resources/sidecar").await.0, 404);
-    assert_eq!(api.get("/resources").await.1, json!({"node_types": [gateway]}));
+    assert_eq!(api.get("/resources").await.1, json!({"node_types": [gateway], "quarantined": []}));
     assert_error("DELETE twice", &api.delete("sidecar").await, 404, None, "sidecar");
     assert_error("DELETE of an unknown node type", &api.delete("nobody").await, 404, None, "nobody");
     assert_eq!(api.get("/resources/gateway").await.0, 200, "the other node type is untouched");
@@ -336,7 +336,7 @@ async fn bad_node_types_are_refused() {
         assert_error(&format!("GET {node_type}"), &api.get(&format!("/resources/{node_type}")).await, 400, Some("node_type"), "node type");
         assert_error(&format!("DELETE {node_type}"), &api.delete(node_type).await, 400, Some("node_type"), "node type");
     }
-    assert_eq!(api.get("/resources").await.1, json!({"node_types": []}));
+    assert_eq!(api.get("/resources").await.1, json!({"node_types": [], "quarantined": []}));
 }
 
 #[tokio::test]

@@ -5,10 +5,10 @@
 mod parse;
 mod validate;
 
-pub use parse::{parse, to_json, Format};
+pub use parse::{parse, to_json, Format, Parsed, MAX_VERSION_LEN};
 pub use validate::validate;
 
-use crate::schema::StoredBundle;
+use crate::{resource_type::ResourceType, schema::StoredBundle};
 
 /// A bad bundle: what is wrong and, where there is one, the field path
 /// (`clusters[3].connect_timeout`).
@@ -31,8 +31,8 @@ impl BundleError {
 
 /// Parses and validates a request body into the form the store keeps.
 pub fn accept(body: &[u8], format: Format) -> Result<StoredBundle, BundleError> {
-    let stored = parse(body, format)?;
-    validate(stored.contents())?;
+    let Parsed { bundle, stored } = parse(body, format)?;
+    validate(&bundle)?;
     Ok(stored)
 }
 
@@ -46,12 +46,12 @@ pub struct Counts {
 }
 
 impl Counts {
-    pub fn of(bundle: &crate::schema::Bundle) -> Self {
+    pub fn of(bundle: &StoredBundle) -> Self {
         Self {
-            listeners: bundle.listeners.len(),
-            clusters: bundle.clusters.len(),
-            routes: bundle.routes.len(),
-            endpoints: bundle.endpoints.len(),
+            listeners: bundle.count(ResourceType::Listener),
+            clusters: bundle.count(ResourceType::Cluster),
+            routes: bundle.count(ResourceType::Route),
+            endpoints: bundle.count(ResourceType::Endpoint),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! From request bytes to a [`StoredBundle`]. The schema `sxds.v1.Bundle`
+//! From request bytes to a [`StoredBundle`], and back to JSON for GET. The schema `sxds.v1.Bundle`
 //! drives the parse: its fields name the top-level keys and the Envoy type of
 //! each list, so unknown fields, wrong value types and unknown `@type`s are
 //! all refused with the path of the offending field.
@@ -17,9 +17,22 @@ use sha2::{Digest, Sha256};
 
 use super::BundleError;
 use crate::{
-    schema::{self, Bundle, StoredBundle},
+    resource_type::ResourceType,
+    schema::{self, Bundle, StoredBundle, StoredResource},
     xds::codec::encode_bytes_field,
 };
+
+/// Longest accepted `version`: it is sent in every discovery response and
+/// printed in every log line about the bundle.
+pub const MAX_VERSION_LEN: usize = 128;
+
+/// A parsed bundle: the decoded messages, for validation only, and the
+/// encoded form the store keeps.
+#[derive(Debug)]
+pub struct Parsed {
+    pub bundle: Bundle,
+    pub stored: StoredBundle,
+}
 
 /// The body's syntax, from the request's `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +43,7 @@ pub enum Format {
 
 /// Parses a bundle and fills in what the store needs: the content hash and,
 /// when the body has none, a version derived from it.
-pub fn parse(body: &[u8], format: Format) -> Result<StoredBundle, BundleError> {
+pub fn parse(body: &[u8], format: Format) -> Result<Parsed, BundleError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BundleError::new("the request body is empty; expected a bundle"));
     }
@@ -54,14 +67,15 @@ struct RawResource<'a> {
     json: &'a RawValue,
 }
 
-/// The resources parsed on one core: their canonical digests, in order, and
-/// the part of the bundle they make.
+/// The resources parsed on one core: their canonical digests and encoded
+/// form, in order, and the part of the bundle they make.
 struct Part {
     digests: Vec<[u8; 32]>,
+    stored: Vec<StoredResource>,
     bundle: Bundle,
 }
 
-fn parse_json(body: &[u8]) -> Result<StoredBundle, BundleError> {
+fn parse_json(body: &[u8]) -> Result<Parsed, BundleError> {
     let envelope: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             BundleError::new(format!("a bundle is a JSON object: {e}"))
@@ -99,32 +113,58 @@ fn parse_json(body: &[u8]) -> Result<StoredBundle, BundleError> {
         hasher.update(digest);
     }
     let content_hash = hex(&hasher.finalize());
-    let mut bundle = Bundle::default();
+    let version = if version.is_empty() { derived_version(&content_hash) } else { check_version(version)? };
+    let mut bundle = Bundle { version: version.clone(), ..Bundle::default() };
+    let mut stored = StoredBundle { version, content_hash, resources: Vec::with_capacity(resources.len()) };
     for part in parts {
         bundle.listeners.extend(part.bundle.listeners);
         bundle.clusters.extend(part.bundle.clusters);
         bundle.routes.extend(part.bundle.routes);
         bundle.endpoints.extend(part.bundle.endpoints);
+        stored.resources.extend(part.stored);
     }
-    bundle.version = if version.is_empty() { derived_version(&content_hash) } else { version };
-    Ok(StoredBundle { bundle: Some(bundle), content_hash })
+    Ok(Parsed { bundle, stored })
+}
+
+/// A version is sent to Envoys and logged as is: printable ASCII only.
+fn check_version(version: String) -> Result<String, BundleError> {
+    if version.len() > MAX_VERSION_LEN {
+        return Err(BundleError::at("version", format!("version is {} bytes long; at most {MAX_VERSION_LEN} are allowed", version.len())));
+    }
+    if let Some(c) = version.chars().find(|c| !matches!(c, ' '..='~')) {
+        return Err(BundleError::at("version", format!("version contains {c:?}; only printable ASCII characters are allowed")));
+    }
+    Ok(version)
 }
 
 /// Parses a run of resources into a part of the bundle.
 fn parse_part(resources: &[RawResource<'_>]) -> Result<Part, BundleError> {
     let mut digests = Vec::with_capacity(resources.len());
+    let mut stored = Vec::with_capacity(resources.len());
     let mut encoded = Vec::new();
     for resource in resources {
-        let (digest, bytes) = parse_resource(resource)?;
-        digests.push(digest);
-        encoded.extend_from_slice(&encode_bytes_field(resource.field.number(), &bytes));
+        let parsed = parse_resource(resource)?;
+        let field = resource.field.number();
+        digests.push(parsed.digest);
+        encoded.extend_from_slice(&encode_bytes_field(field, &parsed.value));
+        stored.push(StoredResource { field, name: parsed.name, value: parsed.value.into() });
     }
+    // The decode is one level deeper than any later one (GET decodes each
+    // resource on its own; loading decodes none): whatever passes here can
+    // always be loaded and printed again.
     let bundle = Bundle::decode(encoded.as_slice()).map_err(|e| BundleError::new(format!("bundle does not decode: {e}")))?;
-    Ok(Part { digests, bundle })
+    Ok(Part { digests, stored, bundle })
 }
 
-/// Parses one resource: canonical digest and protobuf bytes.
-fn parse_resource(resource: &RawResource<'_>) -> Result<([u8; 32], Vec<u8>), BundleError> {
+/// One resource, parsed.
+struct ParsedResource {
+    digest: [u8; 32],
+    name: String,
+    value: Vec<u8>,
+}
+
+/// Parses one resource: canonical digest, name and protobuf bytes.
+fn parse_resource(resource: &RawResource<'_>) -> Result<ParsedResource, BundleError> {
     let mut de = serde_json::Deserializer::from_str(resource.json.get());
     let message = match resource.message.clone().deserialize(&mut de) {
         Ok(message) => message,
@@ -132,7 +172,11 @@ fn parse_resource(resource: &RawResource<'_>) -> Result<([u8; 32], Vec<u8>), Bun
     };
     let mut hasher = Sha256::new();
     hash_message(&message, &mut hasher);
-    Ok((hasher.finalize().into(), message.encode_to_vec()))
+    let name = ResourceType::from_bundle_field(resource.field.number())
+        .and_then(|ty| message.get_field_by_name(ty.name_field()))
+        .and_then(|name| name.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Ok(ParsedResource { digest: hasher.finalize().into(), name, value: message.encode_to_vec() })
 }
 
 /// Parses a refused resource again, tracking the path of the error. This
@@ -273,14 +317,32 @@ fn derived_version(content_hash: &str) -> String {
 }
 
 /// Prints a stored bundle as canonical proto3 JSON with Envoy's snake_case
-/// field names, the way users write it.
-pub fn to_json(bundle: &Bundle) -> Result<serde_json::Value, BundleError> {
-    let message = DynamicMessage::decode(schema::bundle_descriptor(), bundle.encode_to_vec().as_slice())
-        .map_err(|e| BundleError::new(format!("stored bundle does not decode: {e}")))?;
+/// field names, the way users write it. Written straight to bytes, one
+/// resource at a time: no JSON tree of the whole bundle is ever built.
+pub fn to_json(stored: &StoredBundle) -> Result<Vec<u8>, BundleError> {
+    let failed = |e: &dyn std::fmt::Display| BundleError::new(format!("stored bundle cannot be printed: {e}"));
     let options = SerializeOptions::new().use_proto_field_name(true);
-    message
-        .serialize_with_options(serde_json::value::Serializer, &options)
-        .map_err(|e| BundleError::new(format!("stored bundle cannot be printed: {e}")))
+    let mut out = Vec::with_capacity(2 * stored.resource_bytes() + 64);
+    out.extend_from_slice(b"{\"version\":");
+    serde_json::to_writer(&mut out, &stored.version).map_err(|e| failed(&e))?;
+    for field in schema::bundle_descriptor().fields() {
+        let Kind::Message(message) = field.kind() else { continue };
+        let mut resources = stored.resources.iter().filter(|r| r.field == field.number()).peekable();
+        if resources.peek().is_none() {
+            continue;
+        }
+        out.extend_from_slice(format!(",\"{}\":[", field.name()).as_bytes());
+        for (i, resource) in resources.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let decoded = DynamicMessage::decode(message.clone(), resource.value.clone()).map_err(|e| failed(&e))?;
+            decoded.serialize_with_options(&mut serde_json::Serializer::new(&mut out), &options).map_err(|e| failed(&e))?;
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -295,8 +357,8 @@ mod tests {
     #[test]
     fn large_bundles_are_parsed_on_every_core_in_order_and_errors_keep_their_index() {
         let mut body = many_clusters(1000);
-        let stored = parse(body.to_string().as_bytes(), Format::Json).unwrap();
-        let names: Vec<&str> = stored.contents().clusters.iter().map(|c| c.name.as_str()).collect();
+        let stored = parse(body.to_string().as_bytes(), Format::Json).unwrap().stored;
+        let names: Vec<&str> = stored.resources.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names.len(), 1000);
         assert!(names.iter().enumerate().all(|(i, name)| *name == format!("c{i}")), "order kept");
 
@@ -315,7 +377,7 @@ mod tests {
     }
 
     fn stored(body: &serde_json::Value) -> StoredBundle {
-        parse(body.to_string().as_bytes(), Format::Json).expect("parses")
+        parse(body.to_string().as_bytes(), Format::Json).expect("parses").stored
     }
 
     const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -396,11 +458,11 @@ mod tests {
         let camel_raw = r#"{"clusters": [{"type": "STATIC", "connectTimeout": "1.000s", "name": "a"}]}"#;
         let yaml = "clusters:\n- type: STATIC\n  connect_timeout: 1.0s\n  name: a\n";
         let a = stored(&snake);
-        let b = parse(camel_raw.as_bytes(), Format::Json).unwrap();
-        let c = parse(yaml.as_bytes(), Format::Yaml).unwrap();
+        let b = parse(camel_raw.as_bytes(), Format::Json).unwrap().stored;
+        let c = parse(yaml.as_bytes(), Format::Yaml).unwrap().stored;
         assert_eq!(a.content_hash, b.content_hash);
         assert_eq!(a.content_hash, c.content_hash);
-        assert_eq!(a.bundle.as_ref().unwrap().version, b.bundle.as_ref().unwrap().version);
+        assert_eq!(a.version, b.version);
 
         let other = stored(&json!({"clusters": [{"name": "a", "connect_timeout": "2s", "type": "STATIC"}]}));
         assert_ne!(a.content_hash, other.content_hash);
@@ -410,34 +472,83 @@ mod tests {
     fn map_order_inside_messages_does_not_change_the_hash() {
         let a = r#"{"clusters": [{"name": "a", "metadata": {"filter_metadata": {"x": {"k": 1}, "y": {"k": 2}}}}]}"#;
         let b = r#"{"clusters": [{"name": "a", "metadata": {"filter_metadata": {"y": {"k": 2}, "x": {"k": 1}}}}]}"#;
-        let (a, b) = (parse(a.as_bytes(), Format::Json).unwrap(), parse(b.as_bytes(), Format::Json).unwrap());
+        let (a, b) = (parse(a.as_bytes(), Format::Json).unwrap().stored, parse(b.as_bytes(), Format::Json).unwrap().stored);
         assert_eq!(a.content_hash, b.content_hash);
     }
 
     #[test]
     fn version_is_kept_or_derived_from_the_content_only() {
         let resources = json!({"clusters": [{"name": "a"}]});
-        let derived = stored(&resources).bundle.unwrap().version;
+        let derived = stored(&resources).version;
         assert!(derived.starts_with("sha256-") && derived.len() == "sha256-".len() + 16, "{derived}");
 
         let mut versioned = resources.clone();
         versioned["version"] = json!("v7");
         let explicit = stored(&versioned);
-        assert_eq!(explicit.bundle.as_ref().unwrap().version, "v7");
+        assert_eq!(explicit.version, "v7");
         // The version is not part of the content: the same resources hash alike.
         assert_eq!(explicit.content_hash, stored(&resources).content_hash);
     }
 
     #[test]
+    fn versions_are_short_printable_ascii() {
+        for bad in ["v1\u{0}", "v1\nINFO forged log line", "v\u{7f}", "vé", &"v".repeat(MAX_VERSION_LEN + 1)] {
+            let body = json!({"version": bad, "clusters": [{"name": "a"}]}).to_string();
+            let e = error(&body, Format::Json);
+            assert_eq!(e.path.as_deref(), Some("version"), "{bad:?}: {e:?}");
+        }
+        let e = error(&json!({"version": "x".repeat(1 << 20)}).to_string(), Format::Json);
+        assert!(e.message.contains("at most 128"), "{e:?}");
+        let fine = "release 2026-12-01 (build #7)";
+        assert_eq!(stored(&json!({"version": fine, "clusters": [{"name": "a"}]})).version, fine);
+    }
+
+    #[test]
+    fn resources_are_kept_encoded_with_their_names_in_bundle_order() {
+        let body = json!({
+            "endpoints": [{"cluster_name": "e1"}],
+            "clusters": [{"name": "c1"}, {"name": "c2"}],
+            "listeners": [{"name": "l1"}],
+        });
+        let parsed = parse(body.to_string().as_bytes(), Format::Json).unwrap();
+        let listed: Vec<(u32, &str)> = parsed.stored.resources.iter().map(|r| (r.field, r.name.as_str())).collect();
+        assert_eq!(listed, [(2, "l1"), (3, "c1"), (3, "c2"), (5, "e1")]);
+        let c2 = &parsed.stored.resources[2];
+        assert_eq!(&c2.value[..], parsed.bundle.clusters[1].encode_to_vec(), "the stored bytes are the checked message");
+    }
+
+    #[test]
+    fn what_is_accepted_at_the_decode_limit_prints_again() {
+        // Nest Struct lists until the parse refuses; the deepest accepted
+        // bundle must still print (GET) and parse back to the same content.
+        let nested = |depth: usize| {
+            let mut value = json!("leaf");
+            for _ in 0..depth {
+                value = json!([value]);
+            }
+            json!({"clusters": [{"name": "deep", "metadata": {"filter_metadata": {"x": {"k": value}}}}]}).to_string()
+        };
+        let deepest = (1..80).take_while(|depth| parse(nested(*depth).as_bytes(), Format::Json).is_ok()).last().unwrap();
+        assert!(deepest > 30 && deepest < 79, "the limit is somewhere in between: {deepest}");
+        let stored = parse(nested(deepest).as_bytes(), Format::Json).unwrap().stored;
+        let printed = to_json(&stored).unwrap();
+        assert_eq!(parse(&printed, Format::Json).unwrap().stored.content_hash, stored.content_hash);
+    }
+
+    #[test]
     fn printing_uses_proto_field_names_and_type_urls() {
         let body = listener_with_typed_config(json!({"@type": HCM, "statPrefix": "s"}));
-        let bundle = parse(body.as_bytes(), Format::Json).unwrap().bundle.unwrap();
-        let printed = to_json(&bundle).unwrap();
+        let parsed = parse(body.as_bytes(), Format::Json).unwrap();
+        let printed = to_json(&parsed.stored).unwrap();
+        let printed: serde_json::Value = serde_json::from_slice(&printed).unwrap();
         let typed_config = &printed["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
         assert_eq!(typed_config["@type"], HCM);
         assert_eq!(typed_config["stat_prefix"], "s");
+        assert_eq!(printed["version"], parsed.stored.version);
+        assert!(printed.get("clusters").is_none(), "empty lists are left out");
         // What GET prints parses back to the same content.
         let again = parse(printed.to_string().as_bytes(), Format::Json).unwrap();
-        assert_eq!(again.bundle.unwrap(), bundle);
+        assert_eq!(again.bundle, parsed.bundle);
+        assert_eq!(again.stored, parsed.stored);
     }
 }

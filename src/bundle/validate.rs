@@ -195,8 +195,8 @@ mod tests {
     const TCP_PROXY: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
     fn check(body: Value) -> Result<(), BundleError> {
-        let stored = parse(body.to_string().as_bytes(), Format::Json).expect("parses");
-        validate(stored.bundle.as_ref().unwrap())
+        let parsed = parse(body.to_string().as_bytes(), Format::Json).expect("parses");
+        validate(&parsed.bundle)
     }
 
     fn path(body: Value) -> String {
