@@ -21,5 +21,18 @@ version="$(envoy_version)"
 [[ "$version" == 1.40.* ]] || { echo "test.sh: envoy 1.40 is not on PATH after installing it" >&2; exit 1; }
 echo "test.sh: using envoy $version ($(command -v envoy))"
 
+# A small tmpfs for the disk-full test (tests/hardening.rs), where mounting is allowed.
+if [[ -z "${SXDS_TEST_TMPFS:-}" ]]; then
+  tmpfs_dir="$(mktemp -d "${TMPDIR:-/tmp}/sxds-tmpfs.XXXXXX")"
+  if mount -t tmpfs -o size=16m sxds-test "$tmpfs_dir" 2>/dev/null; then
+    export SXDS_TEST_TMPFS="$tmpfs_dir"
+    trap 'umount "$tmpfs_dir" 2>/dev/null; rmdir "$tmpfs_dir" 2>/dev/null' EXIT
+    echo "test.sh: a 16 MiB tmpfs at $tmpfs_dir for the disk-full test"
+  else
+    rmdir "$tmpfs_dir"
+    echo "test.sh: cannot mount a tmpfs here (not root?): the disk-full test will be skipped"
+  fi
+fi
+
 echo "test.sh: cargo test --locked --no-fail-fast $*"
-exec cargo test --locked --no-fail-fast "$@" </dev/null
+cargo test --locked --no-fail-fast "$@" </dev/null
