@@ -13,7 +13,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-SCENARIOS=${SCENARIOS:-"idle fanout ingest burst"}
+SCENARIOS=${SCENARIOS:-"idle fanout ingest burst memory"}
 SERVICE=${SERVICE:-ads}
 IDLE_LEVELS=${IDLE_LEVELS:-1000,5000,10000}
 FANOUT_STREAMS=${FANOUT_STREAMS:-10000}
@@ -57,6 +57,7 @@ for scenario in $SCENARIOS; do
         fanout) run fanout --scenario fanout --streams "$FANOUT_STREAMS" --updates "$FANOUT_UPDATES" ;;
         ingest) run ingest --scenario ingest --streams "$INGEST_STREAMS" ;;
         burst) run burst --scenario burst --streams "$BURST_STREAMS" ;;
+        memory) run memory --scenario memory ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;
     esac
 done
@@ -90,6 +91,9 @@ fi
 if [[ -f $OUT/burst.json ]]; then
     f=$OUT/burst.json
     jq -r --argjson n "$(jq .streams "$f")" '.rounds[] | "| burst round \(.round), \(.puts) PUTs in \(.puts_ms | round) ms, \($n) streams | streams on the last version / never / EDS responses per stream (mean, max) / unACKed | \(.ended_on_last) / \(.never) / \(.eds_responses_per_stream_mean * 10 | round / 10), \(.eds_responses_per_stream_max) / \(.unacked_responses) | all / 0 / < PUTs / 0 |\n| | daemon RSS before → after | \(.rss_before_kib) → \(.rss_after_kib) KiB | no growth |"' "$f"
+fi
+if [[ -f $OUT/memory.json ]]; then
+    jq -r '.bundles[] | "| memory, \(.bundle), \(.json_bytes / 1e6 * 10 | round / 10) MB JSON | RSS kept after the PUT / encoded size (\(.encoded_bytes / 1e6 * 10 | round / 10) MB) | \(.retained_bytes / 1e6 * 10 | round / 10) MB (\(.factor * 100 | round / 100)×) | a small factor |"' "$OUT/memory.json"
 fi
 echo
 echo "raw results: $OUT" >&2

@@ -134,8 +134,11 @@ async fn resources_are_listed_and_deleted() {
     assert_eq!(status, 200);
     let mut gateway = summary("gateway", "g7", false);
     let mut sidecar = summary("sidecar", "v1", false);
-    for entry in [&mut gateway, &mut sidecar] {
+    for (entry, listed) in [&mut gateway, &mut sidecar].into_iter().zip(listing["node_types"].as_array().unwrap()) {
         entry.as_object_mut().unwrap().remove("changed");
+        let bytes = listed["resource_bytes"].as_u64().expect("encoded size listed");
+        assert!(bytes > 200 && bytes < 2000, "{listed}");
+        entry["resource_bytes"] = bytes.into();
     }
     assert_eq!(listing, json!({"node_types": [gateway, sidecar], "quarantined": []}));
 

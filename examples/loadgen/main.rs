@@ -44,6 +44,9 @@ enum Scenario {
     Ingest,
     /// `--burst-puts` PUTs within `--burst-window-ms` against `--streams` nodes, `--burst-rounds` times.
     Burst,
+    /// Resident memory a stored bundle keeps, against its encoded size: `--memory-tiny-clusters`
+    /// tiny clusters, then the ingest mesh.
+    Memory,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -87,6 +90,12 @@ struct Args {
     /// 7 endpoints per ClusterLoadAssignment make the 10,000-cluster body ~10 MB.
     #[arg(long, default_value_t = 7)]
     ingest_endpoints_per_cluster: usize,
+    /// Tiny clusters (`{"name": ...}`) in the first bundle of the memory scenario.
+    #[arg(long, default_value_t = 100_000)]
+    memory_tiny_clusters: usize,
+    /// Encoded sizes of the memory scenario's bundles, for a daemon that does not list them.
+    #[arg(long, value_delimiter = ',')]
+    memory_encoded_bytes: Vec<u64>,
     #[arg(long, default_value_t = 100)]
     burst_puts: usize,
     #[arg(long, default_value_t = 1000)]
@@ -144,6 +153,7 @@ async fn run(args: &Args, daemon: &Daemon) -> anyhow::Result<Value> {
         Scenario::Idle => idle(&mut ctx, &mut fleet).await,
         Scenario::Fanout => fanout(&mut ctx, &mut fleet).await,
         Scenario::Ingest => ingest(&mut ctx, &mut fleet).await,
+        Scenario::Memory => memory(&mut ctx).await,
         Scenario::Burst => burst(&mut ctx, &mut fleet).await,
     };
     let errors: u32 = fleet.records().iter().map(|r| r.errors).sum();
@@ -300,6 +310,42 @@ async fn ingest(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
         "put_ms": put.as_secs_f64() * 1e3, "first_cds_ms": first,
         "update": report, "rss_before_kib": before.daemon.rss_kib, "peak_rss_kib": after.daemon.hwm_kib,
     }))
+}
+
+/// What the daemon keeps resident per stored bundle: RSS growth after the
+/// PUT has settled, against the encoded size the daemon reports.
+async fn memory(ctx: &mut Ctx<'_>) -> anyhow::Result<Value> {
+    let args = ctx.args;
+    let tiny: Vec<Value> = (0..args.memory_tiny_clusters).map(|i| json!({"name": format!("tiny_{i:06}")})).collect();
+    let bundles = [
+        ("tiny clusters", json!({"version": "tiny", "clusters": tiny})),
+        ("ingest mesh", Mesh::new(args.ingest_clusters, args.ingest_endpoints_per_cluster, 100).bundle("mesh")),
+    ];
+    let mut results = Vec::new();
+    for (i, (what, bundle)) in bundles.into_iter().enumerate() {
+        let body = serde_json::to_vec(&bundle)?;
+        ctx.settle().await;
+        let before = ctx.daemon.sample()?;
+        // Each under its own node type: both stay stored.
+        let url = format!("http://{}/resources/memory{i}", ctx.daemon.rest_addr);
+        let response = ctx.http.put(url).body(body.clone()).send().await?;
+        if !response.status().is_success() {
+            bail!("PUT answered {}", response.status());
+        }
+        ctx.settle().await;
+        let after = ctx.daemon.sample()?;
+        let listing: Value = ctx.http.get(format!("http://{}/resources", ctx.daemon.rest_addr)).send().await?.json().await?;
+        // Daemons before 0.2 do not report it: `--memory-encoded-bytes` gives it.
+        let listed = listing["node_types"][i]["resource_bytes"].as_u64();
+        let encoded = listed.or(args.memory_encoded_bytes.get(results.len()).copied()).context("resource_bytes in GET /resources")?;
+        let retained = after.rss_kib.saturating_sub(before.rss_kib) * 1024;
+        let factor = retained as f64 / encoded as f64;
+        println!("memory  {what}: JSON {:.1} MB, encoded {:.1} MB, RSS +{:.1} MB after settling ({factor:.2}× encoded), peak RSS {} MiB",
+            body.len() as f64 / 1e6, encoded as f64 / 1e6, retained as f64 / 1e6, after.hwm_kib / 1024);
+        results.push(json!({"bundle": what, "json_bytes": body.len(), "encoded_bytes": encoded, "retained_bytes": retained,
+            "factor": factor, "rss_before_kib": before.rss_kib, "rss_after_kib": after.rss_kib, "peak_rss_kib": after.hwm_kib}));
+    }
+    Ok(json!({ "bundles": results }))
 }
 
 async fn burst(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {

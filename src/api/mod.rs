@@ -203,7 +203,8 @@ async fn list_bundles(State(state): State<ApiState>) -> Json<serde_json::Value> 
     let node_types: Vec<serde_json::Value> = catalog
         .iter()
         .map(|(node_type, stored)| {
-            let mut entry = json!({ "node_type": node_type.as_str(), "version": stored.version });
+            let mut entry =
+                json!({ "node_type": node_type.as_str(), "version": stored.version, "resource_bytes": stored.resource_bytes() });
             if let (Some(entry), Ok(serde_json::Value::Object(counts))) = (entry.as_object_mut(), serde_json::to_value(Counts::of(stored))) {
                 entry.extend(counts);
             }

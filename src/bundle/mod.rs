@@ -6,7 +6,7 @@ mod parse;
 mod validate;
 
 pub use parse::{parse, to_json, Format, Parsed, MAX_VERSION_LEN};
-pub use validate::validate;
+pub use validate::{validate, Facts};
 
 use crate::{resource_type::ResourceType, schema::StoredBundle};
 
@@ -31,8 +31,8 @@ impl BundleError {
 
 /// Parses and validates a request body into the form the store keeps.
 pub fn accept(body: &[u8], format: Format) -> Result<StoredBundle, BundleError> {
-    let Parsed { bundle, stored } = parse(body, format)?;
-    validate(&bundle)?;
+    let Parsed { stored, facts } = parse(body, format)?;
+    validate(&stored, &facts)?;
     Ok(stored)
 }
 

@@ -15,23 +15,25 @@ use serde::de::DeserializeSeed;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use super::BundleError;
+use super::{
+    validate::{self, Facts},
+    BundleError,
+};
 use crate::{
     resource_type::ResourceType,
-    schema::{self, Bundle, StoredBundle, StoredResource},
-    xds::codec::encode_bytes_field,
+    schema::{self, StoredBundle, StoredResource},
 };
 
 /// Longest accepted `version`: it is sent in every discovery response and
 /// printed in every log line about the bundle.
 pub const MAX_VERSION_LEN: usize = 128;
 
-/// A parsed bundle: the decoded messages, for validation only, and the
-/// encoded form the store keeps.
+/// A parsed bundle: the encoded form the store keeps, and what each of its
+/// resources refers to, for validation.
 #[derive(Debug)]
 pub struct Parsed {
-    pub bundle: Bundle,
     pub stored: StoredBundle,
+    pub facts: Vec<Facts>,
 }
 
 /// The body's syntax, from the request's `Content-Type`.
@@ -67,12 +69,12 @@ struct RawResource<'a> {
     json: &'a RawValue,
 }
 
-/// The resources parsed on one core: their canonical digests and encoded
-/// form, in order, and the part of the bundle they make.
+/// The resources parsed on one core, in order: their canonical digests,
+/// encoded form and facts.
 struct Part {
     digests: Vec<[u8; 32]>,
     stored: Vec<StoredResource>,
-    bundle: Bundle,
+    facts: Vec<Facts>,
 }
 
 fn parse_json(body: &[u8]) -> Result<Parsed, BundleError> {
@@ -114,16 +116,13 @@ fn parse_json(body: &[u8]) -> Result<Parsed, BundleError> {
     }
     let content_hash = hex(&hasher.finalize());
     let version = if version.is_empty() { derived_version(&content_hash) } else { check_version(version)? };
-    let mut bundle = Bundle { version: version.clone(), ..Bundle::default() };
     let mut stored = StoredBundle { version, content_hash, resources: Vec::with_capacity(resources.len()) };
+    let mut facts = Vec::with_capacity(resources.len());
     for part in parts {
-        bundle.listeners.extend(part.bundle.listeners);
-        bundle.clusters.extend(part.bundle.clusters);
-        bundle.routes.extend(part.bundle.routes);
-        bundle.endpoints.extend(part.bundle.endpoints);
         stored.resources.extend(part.stored);
+        facts.extend(part.facts);
     }
-    Ok(Parsed { bundle, stored })
+    Ok(Parsed { stored, facts })
 }
 
 /// A version is sent to Envoys and logged as is: printable ASCII only.
@@ -139,21 +138,23 @@ fn check_version(version: String) -> Result<String, BundleError> {
 
 /// Parses a run of resources into a part of the bundle.
 fn parse_part(resources: &[RawResource<'_>]) -> Result<Part, BundleError> {
-    let mut digests = Vec::with_capacity(resources.len());
-    let mut stored = Vec::with_capacity(resources.len());
-    let mut encoded = Vec::new();
+    let mut part = Part {
+        digests: Vec::with_capacity(resources.len()),
+        stored: Vec::with_capacity(resources.len()),
+        facts: Vec::with_capacity(resources.len()),
+    };
     for resource in resources {
         let parsed = parse_resource(resource)?;
         let field = resource.field.number();
-        digests.push(parsed.digest);
-        encoded.extend_from_slice(&encode_bytes_field(field, &parsed.value));
-        stored.push(StoredResource { field, name: parsed.name, value: parsed.value.into() });
+        let ty = ResourceType::from_bundle_field(field).ok_or_else(|| BundleError::at(resource.field.name(), "not a resource list"))?;
+        // Decoding the stored bytes here is the deepest decode they will
+        // ever see (GET decodes each resource the same way; loading decodes
+        // none): whatever passes can always be loaded and printed again.
+        part.facts.push(validate::facts(ty, resource.index, &parsed.value)?);
+        part.digests.push(parsed.digest);
+        part.stored.push(StoredResource { field, name: parsed.name, value: parsed.value.into() });
     }
-    // The decode is one level deeper than any later one (GET decodes each
-    // resource on its own; loading decodes none): whatever passes here can
-    // always be loaded and printed again.
-    let bundle = Bundle::decode(encoded.as_slice()).map_err(|e| BundleError::new(format!("bundle does not decode: {e}")))?;
-    Ok(Part { digests, stored, bundle })
+    Ok(part)
 }
 
 /// One resource, parsed.
@@ -513,8 +514,8 @@ mod tests {
         let parsed = parse(body.to_string().as_bytes(), Format::Json).unwrap();
         let listed: Vec<(u32, &str)> = parsed.stored.resources.iter().map(|r| (r.field, r.name.as_str())).collect();
         assert_eq!(listed, [(2, "l1"), (3, "c1"), (3, "c2"), (5, "e1")]);
-        let c2 = &parsed.stored.resources[2];
-        assert_eq!(&c2.value[..], parsed.bundle.clusters[1].encode_to_vec(), "the stored bytes are the checked message");
+        let c2 = envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(parsed.stored.resources[2].value.clone()).unwrap();
+        assert_eq!(c2.name, "c2", "the stored bytes are the message");
     }
 
     #[test]
@@ -548,7 +549,6 @@ mod tests {
         assert!(printed.get("clusters").is_none(), "empty lists are left out");
         // What GET prints parses back to the same content.
         let again = parse(printed.to_string().as_bytes(), Format::Json).unwrap();
-        assert_eq!(again.bundle, parsed.bundle);
         assert_eq!(again.stored, parsed.stored);
     }
 }

@@ -2,12 +2,17 @@
 //! unique within a type, and every reference resolves inside the bundle
 //! (listener → route, route → cluster, EDS cluster → endpoints). Envoy would
 //! otherwise accept the config and leave listeners or clusters warming.
+//!
+//! Each resource is decoded once, on the parser's core, into the [`Facts`]
+//! the checks need; the decoded message is dropped at once, so no bundle is
+//! ever held decoded whole.
 
 use std::collections::HashMap;
 
 use envoy_types::pb::envoy::{
     config::{
         cluster::v3::{cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster},
+        endpoint::v3::ClusterLoadAssignment,
         listener::v3::{filter::ConfigType, Filter, FilterChain, Listener},
         route::v3::{route::Action, route_action::ClusterSpecifier, RouteConfiguration},
     },
@@ -20,34 +25,57 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
 use super::BundleError;
-use crate::schema::Bundle;
+use crate::{resource_type::ResourceType, schema::StoredBundle};
 
-/// Validates the cross-resource rules of a parsed bundle.
-pub fn validate(bundle: &Bundle) -> Result<(), BundleError> {
-    index("listeners", "name", bundle.listeners.iter().map(|l| l.name.as_str()))?;
-    let clusters = index("clusters", "name", bundle.clusters.iter().map(|c| c.name.as_str()))?;
-    let routes = index("routes", "name", bundle.routes.iter().map(|r| r.name.as_str()))?;
-    let endpoints = index("endpoints", "cluster_name", bundle.endpoints.iter().map(|e| e.cluster_name.as_str()))?;
-    let refs = References { clusters: &clusters, routes: &routes };
+/// What one resource says about the others: each name it refers to, with
+/// the path of the field that names it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Facts {
+    routes: Vec<(String, String)>,
+    clusters: Vec<(String, String)>,
+    /// An EDS cluster: the ClusterLoadAssignment it needs.
+    endpoints: Option<(String, String)>,
+}
 
-    for (i, listener) in bundle.listeners.iter().enumerate() {
-        refs.check_listener(&format!("listeners[{i}]"), listener)?;
+/// Decodes resource `index` of type `ty` and notes what it refers to.
+pub fn facts(ty: ResourceType, index: usize, value: &[u8]) -> Result<Facts, BundleError> {
+    let path = format!("{}[{index}]", ty.name());
+    let mut facts = Facts::default();
+    match ty {
+        ResourceType::Listener => facts.listener(&path, &decode(&path, value)?)?,
+        ResourceType::Route => facts.route_configuration(&path, &decode(&path, value)?),
+        ResourceType::Cluster => facts.cluster(&path, &decode(&path, value)?),
+        // Nothing to note, but it must decode like the others.
+        ResourceType::Endpoint => drop(decode::<ClusterLoadAssignment>(&path, value)?),
     }
-    for (i, route) in bundle.routes.iter().enumerate() {
-        refs.check_route_configuration(&format!("routes[{i}]"), route)?;
-    }
-    for (i, cluster) in bundle.clusters.iter().enumerate() {
-        if let Some(service) = eds_service_name(cluster) {
-            if !endpoints.contains_key(service) {
-                // Point at the field that names the missing entry.
-                let named_by = match &cluster.eds_cluster_config {
-                    Some(eds) if !eds.service_name.is_empty() => "eds_cluster_config.service_name",
-                    _ => "name",
-                };
-                return Err(BundleError::at(
-                    format!("clusters[{i}].{named_by}"),
-                    format!("EDS cluster {:?} has no endpoints entry with cluster_name {service:?}", cluster.name),
-                ));
+    Ok(facts)
+}
+
+fn decode<M: Message + Default>(path: &str, value: &[u8]) -> Result<M, BundleError> {
+    M::decode(value).map_err(|e| BundleError::at(path, format!("resource does not decode (nested too deeply?): {e}")))
+}
+
+/// Validates the cross-resource rules of a parsed bundle, given the facts
+/// of each of its resources, in order.
+pub fn validate(bundle: &StoredBundle, facts: &[Facts]) -> Result<(), BundleError> {
+    let names = ResourceType::ALL.map(|ty| index(ty, bundle.resources(ty).map(|r| r.name.as_str())));
+    let [clusters, endpoints, _listeners, routes] = names;
+    let (clusters, endpoints, routes) = (clusters?, endpoints?, routes?);
+    _listeners?;
+    for facts in facts {
+        for (path, name) in &facts.routes {
+            if !routes.contains_key(name.as_str()) {
+                return Err(BundleError::at(path, format!("route configuration {name:?} is not in the bundle's routes")));
+            }
+        }
+        for (path, name) in &facts.clusters {
+            if !clusters.contains_key(name.as_str()) {
+                return Err(BundleError::at(path, format!("cluster {name:?} is not in the bundle's clusters")));
+            }
+        }
+        if let Some((path, service)) = &facts.endpoints {
+            if !endpoints.contains_key(service.as_str()) {
+                return Err(BundleError::at(path, format!("EDS cluster has no endpoints entry with cluster_name {service:?}")));
             }
         }
     }
@@ -55,26 +83,23 @@ pub fn validate(bundle: &Bundle) -> Result<(), BundleError> {
 }
 
 /// Maps each name to its position, refusing empty and duplicate names.
-fn index<'a>(
-    kind: &str,
-    field: &str,
-    names: impl Iterator<Item = &'a str>,
-) -> Result<HashMap<&'a str, usize>, BundleError> {
+fn index<'a>(ty: ResourceType, names: impl Iterator<Item = &'a str>) -> Result<HashMap<&'a str, usize>, BundleError> {
+    let (kind, field) = (ty.name(), ty.name_field());
     let mut seen = HashMap::new();
     for (i, name) in names.enumerate() {
-        let path = format!("{kind}[{i}].{field}");
+        let path = || format!("{kind}[{i}].{field}");
         if name.is_empty() {
-            return Err(BundleError::at(path, format!("{field} is required")));
+            return Err(BundleError::at(path(), format!("{field} is required")));
         }
         if let Some(first) = seen.insert(name, i) {
-            return Err(BundleError::at(path, format!("duplicate name {name:?}: {kind}[{first}] has it too")));
+            return Err(BundleError::at(path(), format!("duplicate name {name:?}: {kind}[{first}] has it too")));
         }
     }
     Ok(seen)
 }
 
 /// The ClusterLoadAssignment name an EDS cluster asks for, if it is one.
-pub(crate) fn eds_service_name(cluster: &Cluster) -> Option<&str> {
+fn eds_service_name(cluster: &Cluster) -> Option<&str> {
     let is_eds = matches!(cluster.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32);
     if !is_eds {
         return None;
@@ -85,83 +110,76 @@ pub(crate) fn eds_service_name(cluster: &Cluster) -> Option<&str> {
     }
 }
 
-struct References<'a> {
-    clusters: &'a HashMap<&'a str, usize>,
-    routes: &'a HashMap<&'a str, usize>,
-}
+impl Facts {
+    fn cluster(&mut self, path: &str, cluster: &Cluster) {
+        if let Some(service) = eds_service_name(cluster) {
+            // Point at the field that names the missing entry.
+            let named_by = match &cluster.eds_cluster_config {
+                Some(eds) if !eds.service_name.is_empty() => "eds_cluster_config.service_name",
+                _ => "name",
+            };
+            self.endpoints = Some((format!("{path}.{named_by}"), service.to_owned()));
+        }
+    }
 
-impl References<'_> {
-    fn check_listener(&self, path: &str, listener: &Listener) -> Result<(), BundleError> {
+    fn listener(&mut self, path: &str, listener: &Listener) -> Result<(), BundleError> {
         let chains = listener.filter_chains.iter().enumerate().map(|(i, c)| (format!("{path}.filter_chains[{i}]"), c));
         let default_chain = listener.default_filter_chain.iter().map(|c| (format!("{path}.default_filter_chain"), c));
         for (chain_path, chain) in chains.chain(default_chain) {
-            self.check_filter_chain(&chain_path, chain)?;
+            self.filter_chain(&chain_path, chain)?;
         }
         Ok(())
     }
 
-    fn check_filter_chain(&self, path: &str, chain: &FilterChain) -> Result<(), BundleError> {
+    fn filter_chain(&mut self, path: &str, chain: &FilterChain) -> Result<(), BundleError> {
         for (i, filter) in chain.filters.iter().enumerate() {
             let filter_path = format!("{path}.filters[{i}].typed_config");
             if let Some(any) = typed_config(filter) {
                 if let Some(hcm) = decode_as::<HttpConnectionManager>(any, &filter_path)? {
-                    self.check_http_connection_manager(&filter_path, &hcm)?;
+                    self.http_connection_manager(&filter_path, &hcm);
                 } else if let Some(tcp) = decode_as::<TcpProxy>(any, &filter_path)? {
-                    self.check_tcp_proxy(&filter_path, &tcp)?;
+                    self.tcp_proxy(&filter_path, &tcp);
                 }
             }
         }
         Ok(())
     }
 
-    fn check_http_connection_manager(&self, path: &str, hcm: &HttpConnectionManager) -> Result<(), BundleError> {
+    fn http_connection_manager(&mut self, path: &str, hcm: &HttpConnectionManager) {
         match &hcm.route_specifier {
-            Some(RouteSpecifier::Rds(rds)) if !self.routes.contains_key(rds.route_config_name.as_str()) => Err(BundleError::at(
-                format!("{path}.rds.route_config_name"),
-                format!("route configuration {:?} is not in the bundle's routes", rds.route_config_name),
-            )),
-            Some(RouteSpecifier::RouteConfig(inline)) => self.check_route_configuration(&format!("{path}.route_config"), inline),
-            _ => Ok(()),
+            Some(RouteSpecifier::Rds(rds)) => self.routes.push((format!("{path}.rds.route_config_name"), rds.route_config_name.clone())),
+            Some(RouteSpecifier::RouteConfig(inline)) => self.route_configuration(&format!("{path}.route_config"), inline),
+            _ => {}
         }
     }
 
-    fn check_tcp_proxy(&self, path: &str, tcp: &TcpProxy) -> Result<(), BundleError> {
+    fn tcp_proxy(&mut self, path: &str, tcp: &TcpProxy) {
         match &tcp.cluster_specifier {
-            Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => self.check_cluster(&format!("{path}.cluster"), name),
+            Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => self.clusters.push((format!("{path}.cluster"), name.clone())),
             Some(tcp_proxy::ClusterSpecifier::WeightedClusters(weighted)) => {
                 for (i, cluster) in weighted.clusters.iter().enumerate() {
-                    self.check_cluster(&format!("{path}.weighted_clusters.clusters[{i}].name"), &cluster.name)?;
+                    self.clusters.push((format!("{path}.weighted_clusters.clusters[{i}].name"), cluster.name.clone()));
                 }
-                Ok(())
             }
-            None => Ok(()),
+            None => {}
         }
     }
 
-    fn check_route_configuration(&self, path: &str, config: &RouteConfiguration) -> Result<(), BundleError> {
+    fn route_configuration(&mut self, path: &str, config: &RouteConfiguration) {
         for (v, host) in config.virtual_hosts.iter().enumerate() {
             for (r, route) in host.routes.iter().enumerate() {
                 let Some(Action::Route(action)) = &route.action else { continue };
                 let route_path = format!("{path}.virtual_hosts[{v}].routes[{r}].route");
                 match &action.cluster_specifier {
-                    Some(ClusterSpecifier::Cluster(name)) => self.check_cluster(&format!("{route_path}.cluster"), name)?,
+                    Some(ClusterSpecifier::Cluster(name)) => self.clusters.push((format!("{route_path}.cluster"), name.clone())),
                     Some(ClusterSpecifier::WeightedClusters(weighted)) => {
                         for (i, cluster) in weighted.clusters.iter().enumerate() {
-                            self.check_cluster(&format!("{route_path}.weighted_clusters.clusters[{i}].name"), &cluster.name)?;
+                            self.clusters.push((format!("{route_path}.weighted_clusters.clusters[{i}].name"), cluster.name.clone()));
                         }
                     }
                     _ => {}
                 }
             }
-        }
-        Ok(())
-    }
-
-    fn check_cluster(&self, path: &str, name: &str) -> Result<(), BundleError> {
-        if self.clusters.contains_key(name) {
-            Ok(())
-        } else {
-            Err(BundleError::at(path, format!("cluster {name:?} is not in the bundle's clusters")))
         }
     }
 }
@@ -196,7 +214,7 @@ mod tests {
 
     fn check(body: Value) -> Result<(), BundleError> {
         let parsed = parse(body.to_string().as_bytes(), Format::Json).expect("parses");
-        validate(&parsed.bundle)
+        validate(&parsed.stored, &parsed.facts)
     }
 
     fn path(body: Value) -> String {
