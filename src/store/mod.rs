@@ -170,6 +170,12 @@ impl Store {
             }
         }
         let record = record::encode(&bundle);
+        // What is published is read back from the very bytes written, as a
+        // restart would read them (and its resources share one buffer).
+        let bundle = match record::decode(&record) {
+            Ok(record::Decoded::Current(bundle)) => bundle,
+            other => return Err(StoreError::Unavailable(format!("a record does not read back: {other:?}"))),
+        };
         let key = node_type.as_str().as_bytes();
         let version_key = version_key(&node_type, &bundle.version);
         self.write(&mut writer, |txn| {
