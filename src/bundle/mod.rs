@@ -3,6 +3,7 @@
 //! bundle's version.
 
 mod parse;
+mod strict;
 mod validate;
 
 pub use parse::{parse, to_json, Format};

@@ -1,0 +1,826 @@
+//! Strict reading of request bodies: what serde_json and serde_yaml_ng let
+//! through and a bundle must not carry.
+//!
+//! - A key given twice in one object, at any depth, is refused in JSON and
+//!   YAML alike; both parsers would silently keep the last one.
+//! - YAML is first read as a stream of events and refused when it nests
+//!   deeper than [`MAX_YAML_DEPTH`] or when its aliases repeat more than
+//!   [`yaml_alias_budget`] allows. Under serde_yaml_ng, libyaml's scanner does
+//!   work in proportion to the flow nesting for every token (200 KB of `[`
+//!   costs about 30 CPU-s), and an alias repeats its whole node: neither may
+//!   run on a body nobody has measured.
+//!
+//! The parser calls [`Object`] for the envelope, [`unique_keys`] at the
+//! start of every resource (on every core) and [`yaml_to_json`] for YAML.
+
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt::{self, Write},
+    io::BufReader,
+};
+
+use libyaml_safer::{EventData, Parser};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::BundleError;
+
+/// How deep YAML may nest: flow and block collections together, aliases
+/// expanded. Envoy configs rarely pass 20 levels and the protobuf decoder
+/// stops at 100. The bound is what keeps libyaml's per-token work (in
+/// proportion to the flow nesting) small, so reading YAML is linear.
+pub(super) const MAX_YAML_DEPTH: usize = 64;
+
+/// What aliases may repeat in all, counted as one per node plus the bytes of
+/// its scalars, is the body's own size but at least this much. An alias
+/// repeats its whole node, so a few KB could expand to gigabytes; within the
+/// budget a large body can at most double.
+pub(super) const MIN_YAML_ALIAS_BUDGET: usize = 1 << 20;
+
+/// Objects with up to this many keys are checked for a repeated key by a
+/// linear scan (nearly every object in a bundle); larger ones switch to a
+/// hash set, so that no object costs more than linear time.
+const LINEAR_SCAN_KEYS: usize = 16;
+
+/// The YAML events are read from the body in chunks this large: the parser
+/// decodes its input to `char`s, four bytes for each byte it is given.
+const YAML_READ_CHUNK: usize = 64 << 10;
+
+/// The alias budget for a YAML body of `len` bytes (see
+/// [`MIN_YAML_ALIAS_BUDGET`]).
+pub(super) fn yaml_alias_budget(len: usize) -> u64 {
+    len.max(MIN_YAML_ALIAS_BUDGET) as u64
+}
+
+/// A JSON object with its values left raw, that remembers the first key it
+/// saw twice instead of keeping the last value as a map would.
+pub(super) struct Object<'a> {
+    fields: BTreeMap<String, &'a RawValue>,
+    repeated: Option<String>,
+}
+
+impl<'a> Object<'a> {
+    /// The fields by key, or a refusal naming the first repeated key.
+    pub(super) fn into_fields(self) -> Result<BTreeMap<String, &'a RawValue>, BundleError> {
+        match self.repeated {
+            Some(key) => Err(BundleError::at(&key, duplicate_message(&key))),
+            None => Ok(self.fields),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> de::Deserialize<'de> for Object<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+        impl<'de: 'a, 'a> Visitor<'de> for ObjectVisitor<'a> {
+            type Value = Object<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object<'a>, A::Error> {
+                let mut object = Object { fields: BTreeMap::new(), repeated: None };
+                while let Some((key, value)) = map.next_entry::<String, &'a RawValue>()? {
+                    if object.fields.contains_key(&key) {
+                        object.repeated.get_or_insert(key);
+                    } else {
+                        object.fields.insert(key, value);
+                    }
+                }
+                Ok(object)
+            }
+        }
+
+        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+    }
+}
+
+/// Refuses a key given twice in one object anywhere in a resource's JSON.
+/// `resource` names the resource (`clusters[3]`) and is called only for a
+/// refusal. Anything else wrong with the JSON is left to the schema parse,
+/// which explains it better.
+///
+/// The walk borrows every key from the body and keeps the keys of the
+/// objects it is inside on one stack: it allocates once per resource.
+pub(super) fn unique_keys(json: &RawValue, resource: impl FnOnce() -> String) -> Result<(), BundleError> {
+    let mut walk = Walk { keys: Vec::new(), found: None };
+    let mut deserializer = serde_json::Deserializer::from_str(json.get());
+    if JsonNode(&mut walk).deserialize(&mut deserializer).is_err() {
+        if let Some(found) = walk.found {
+            return Err(found.into_error(&resource()));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a YAML body into JSON, refusing repeated keys, nesting deeper than
+/// [`MAX_YAML_DEPTH`] and aliases beyond their budget. The limits are
+/// checked on the body's events before serde_yaml_ng reads it.
+pub(super) fn yaml_to_json(body: &[u8]) -> Result<serde_json::Value, BundleError> {
+    yaml_shape(body)?;
+    let mut found = None;
+    YamlNode(&mut found).deserialize(serde_yaml_ng::Deserializer::from_slice(body)).map_err(|e| match found.take() {
+        Some(duplicate) => duplicate.into_error(""),
+        None => BundleError::new(format!("malformed YAML: {e}")),
+    })
+}
+
+/// What the YAML pre-check measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct YamlShape {
+    /// The deepest nesting of collections, aliases expanded.
+    depth: usize,
+    /// What aliases repeat: one per node plus the bytes of its scalars.
+    repeated: u64,
+}
+
+/// Reads the events of a YAML stream (every document of it) and stops at
+/// the first one past a limit, before the scanner is deeper than the limit
+/// plus the one line (at most 1,024 characters) libyaml looks ahead for a
+/// `:`. libyaml-safer is a port of the same libyaml that serde_yaml_ng runs,
+/// so both see the same nesting.
+fn yaml_shape(body: &[u8]) -> Result<YamlShape, BundleError> {
+    let mut parser = Parser::new();
+    parser.set_input(BufReader::with_capacity(YAML_READ_CHUNK, body));
+    let mut shape = ShapeWalk { budget: yaml_alias_budget(body.len()), ..ShapeWalk::default() };
+    loop {
+        let event = parser.parse().map_err(|e| malformed_yaml(&e))?;
+        match event.data {
+            EventData::StreamEnd => return Ok(YamlShape { depth: shape.deepest, repeated: shape.repeated }),
+            EventData::DocumentStart { .. } => shape.anchors.clear(),
+            EventData::SequenceStart { anchor, .. } | EventData::MappingStart { anchor, .. } => shape.open(anchor)?,
+            EventData::SequenceEnd | EventData::MappingEnd => shape.close(),
+            EventData::Scalar { anchor, value, .. } => shape.scalar(anchor, value.len()),
+            EventData::Alias { anchor } => shape.alias(&anchor)?,
+            _ => {}
+        }
+    }
+}
+
+/// The message serde_yaml_ng would give for the same libyaml error.
+fn malformed_yaml(e: &libyaml_safer::Error) -> BundleError {
+    let mut message = format!("malformed YAML: {}", e.problem());
+    let problem_mark = e.problem_mark();
+    if let Some(mark) = problem_mark {
+        let _ = write!(message, " at {mark}");
+    }
+    if let Some(context) = e.context() {
+        let _ = write!(message, ", {context}");
+        if let Some(mark) = e.context_mark().filter(|mark| Some(*mark) != problem_mark) {
+            let _ = write!(message, " at {mark}");
+        }
+    }
+    BundleError::new(message)
+}
+
+
+/// The nesting and alias count of a YAML stream so far.
+#[derive(Default)]
+struct ShapeWalk {
+    /// The collections not closed yet, outermost first.
+    open: Vec<OpenNode>,
+    anchors: HashMap<String, Anchored>,
+    /// The weight (one per node, plus the bytes of its scalars) read so far,
+    /// aliases expanded.
+    total: u64,
+    repeated: u64,
+    deepest: usize,
+    budget: u64,
+}
+
+struct OpenNode {
+    anchor: Option<String>,
+    /// [`ShapeWalk::total`] before this node.
+    total_before: u64,
+    /// The deepest nesting inside this node, counted from the document.
+    deepest: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Anchored {
+    /// A collection whose end has not been read (the one that opened at this
+    /// total): an alias to it would repeat it inside itself, without end.
+    Open { since: u64 },
+    /// A node's weight, and how many levels of collections it nests, its
+    /// own included.
+    Node { weight: u64, depth: usize },
+}
+
+impl ShapeWalk {
+    fn open(&mut self, anchor: Option<String>) -> Result<(), BundleError> {
+        let depth = self.open.len() + 1;
+        self.reach(depth)?;
+        if let Some(anchor) = &anchor {
+            self.anchors.insert(anchor.clone(), Anchored::Open { since: self.total });
+        }
+        self.open.push(OpenNode { anchor, total_before: self.total, deepest: depth });
+        self.total = self.total.saturating_add(1);
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        // The parser balances starts and ends; a stray end is its error to report.
+        let Some(node) = self.open.pop() else { return };
+        // Unless an inner node took the name over, as serde_yaml_ng sees it.
+        if let Some(anchor) = node.anchor {
+            if self.anchors.get(&anchor) == Some(&Anchored::Open { since: node.total_before }) {
+                let weight = self.total - node.total_before;
+                let depth = node.deepest - self.open.len();
+                self.anchors.insert(anchor, Anchored::Node { weight, depth });
+            }
+        }
+        if let Some(parent) = self.open.last_mut() {
+            parent.deepest = parent.deepest.max(node.deepest);
+        }
+    }
+
+    fn scalar(&mut self, anchor: Option<String>, len: usize) {
+        let weight = 1 + len as u64;
+        self.total = self.total.saturating_add(weight);
+        if let Some(anchor) = anchor {
+            self.anchors.insert(anchor, Anchored::Node { weight, depth: 0 });
+        }
+    }
+
+    fn alias(&mut self, anchor: &str) -> Result<(), BundleError> {
+        // An unknown anchor is left to serde_yaml_ng, which refuses it.
+        let Some(&anchored) = self.anchors.get(anchor) else { return Ok(()) };
+        let Anchored::Node { weight, depth } = anchored else {
+            return Err(BundleError::new(format!("YAML alias *{anchor} is inside the node it names")));
+        };
+        self.reach(self.open.len() + depth)?;
+        self.repeated = self.repeated.saturating_add(weight);
+        self.total = self.total.saturating_add(weight);
+        if self.repeated > self.budget {
+            return Err(BundleError::new(format!(
+                "YAML aliases repeat more than the limit of {} (nodes plus bytes of scalars: the body's size, at least {MIN_YAML_ALIAS_BUDGET})",
+                self.budget
+            )));
+        }
+        Ok(())
+    }
+
+    /// Notes that the stream nests `depth` levels here.
+    fn reach(&mut self, depth: usize) -> Result<(), BundleError> {
+        if depth > MAX_YAML_DEPTH {
+            return Err(BundleError::new(format!("YAML nests deeper than the limit of {MAX_YAML_DEPTH} levels")));
+        }
+        if let Some(node) = self.open.last_mut() {
+            node.deepest = node.deepest.max(depth);
+        }
+        self.deepest = self.deepest.max(depth);
+        Ok(())
+    }
+}
+
+fn duplicate_message(key: &str) -> String {
+    format!("duplicate key {key:?}")
+}
+
+/// A key found twice, and where. The path is collected innermost first
+/// while the error unwinds, so the walks pay nothing for it until then.
+#[derive(Debug)]
+struct Duplicate {
+    key: String,
+    within: Vec<Segment>,
+}
+
+#[derive(Debug)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+impl Duplicate {
+    fn new(key: impl Into<String>) -> Self {
+        Self { key: key.into(), within: Vec::new() }
+    }
+
+    /// The refusal, at `prefix` (may be empty) + the path + the key.
+    fn into_error(self, prefix: &str) -> BundleError {
+        let mut path = prefix.to_owned();
+        for segment in self.within.iter().rev() {
+            match segment {
+                Segment::Key(key) => push_key(&mut path, key),
+                Segment::Index(index) => {
+                    let _ = write!(path, "[{index}]");
+                }
+            }
+        }
+        push_key(&mut path, &self.key);
+        BundleError::at(path, duplicate_message(&self.key))
+    }
+}
+
+fn push_key(path: &mut String, key: &str) {
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(key);
+}
+
+/// Adds the segment the error is unwinding through, when it is a duplicate.
+fn unwinding(found: &mut Option<Duplicate>, segment: impl FnOnce() -> Segment) {
+    if let Some(duplicate) = found {
+        duplicate.within.push(segment());
+    }
+}
+
+/// The state of one resource's walk.
+struct Walk<'de> {
+    /// The keys seen so far in each object the walk is inside, outermost
+    /// first; an object larger than [`LINEAR_SCAN_KEYS`] keeps its own set.
+    keys: Vec<Cow<'de, str>>,
+    found: Option<Duplicate>,
+}
+
+/// A JSON value to walk for repeated keys.
+struct JsonNode<'w, 'de>(&'w mut Walk<'de>);
+
+impl<'de> DeserializeSeed<'de> for JsonNode<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for JsonNode<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let walk = self.0;
+        let mut index = 0;
+        loop {
+            match seq.next_element_seed(JsonNode(&mut *walk)) {
+                Ok(Some(())) => index += 1,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    unwinding(&mut walk.found, || Segment::Index(index));
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let walk = self.0;
+        let base = walk.keys.len();
+        let mut large: Option<HashSet<Cow<'de, str>>> = None;
+        while let Some(key) = map.next_key_seed(JsonKey)? {
+            let repeated = match &mut large {
+                Some(set) => !set.insert(key.clone()),
+                None => walk.keys[base..].contains(&key),
+            };
+            if repeated {
+                walk.found = Some(Duplicate::new(key));
+                return Err(de::Error::custom("duplicate key"));
+            }
+            if large.is_none() {
+                walk.keys.push(key.clone());
+                if walk.keys.len() - base > LINEAR_SCAN_KEYS {
+                    large = Some(walk.keys.drain(base..).collect());
+                }
+            }
+            if let Err(e) = map.next_value_seed(JsonNode(&mut *walk)) {
+                unwinding(&mut walk.found, || Segment::Key(key.into_owned()));
+                return Err(e);
+            }
+        }
+        walk.keys.truncate(base);
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the body unless it has escapes.
+struct JsonKey;
+
+impl<'de> DeserializeSeed<'de> for JsonKey {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for JsonKey {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(key))
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(key.to_owned()))
+    }
+}
+
+/// A YAML node read into JSON the way `serde_json::Value` reads it, except
+/// that a repeated key is refused (and noted in the slot) rather than
+/// replacing the first value.
+struct YamlNode<'f>(&'f mut Option<Duplicate>);
+
+impl<'de> DeserializeSeed<'de> for YamlNode<'_> {
+    type Value = serde_json::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for YamlNode<'_> {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Self::Value, E> {
+        de::Deserialize::deserialize(de::value::I128Deserializer::<E>::new(v)).map(serde_json::Value::Number)
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Self::Value, E> {
+        de::Deserialize::deserialize(de::value::U128Deserializer::<E>::new(v)).map(serde_json::Value::Number)
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        // Not finite (`.inf`, `.nan`): null, as serde_json::Value has it.
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        self.deserialize(deserializer)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let found = self.0;
+        let mut items = Vec::new();
+        loop {
+            match seq.next_element_seed(YamlNode(&mut *found)) {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => return Ok(serde_json::Value::Array(items)),
+                Err(e) => {
+                    unwinding(found, || Segment::Index(items.len()));
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let found = self.0;
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key_seed(YamlKey)? {
+            if object.contains_key(&key) {
+                *found = Some(Duplicate::new(key));
+                return Err(de::Error::custom("duplicate key"));
+            }
+            match map.next_value_seed(YamlNode(&mut *found)) {
+                Ok(value) => {
+                    object.insert(key, value);
+                }
+                Err(e) => {
+                    unwinding(found, || Segment::Key(key));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(serde_json::Value::Object(object))
+    }
+}
+
+/// A YAML mapping key, read as serde_json::Value reads keys.
+struct YamlKey;
+
+impl<'de> DeserializeSeed<'de> for YamlKey {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for YamlKey {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<String, E> {
+        Ok(key.to_owned())
+    }
+
+    fn visit_string<E>(self, key: String) -> Result<String, E> {
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::bundle::{parse, Format};
+
+    fn refusal(body: &str, format: Format) -> BundleError {
+        parse(body.as_bytes(), format).expect_err("refused")
+    }
+
+    /// CPU time of the calling thread (Linux schedstat), to bound work
+    /// without trusting the wall clock of a shared machine.
+    fn thread_cpu() -> Option<Duration> {
+        let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+        Some(Duration::from_nanos(stat.split_whitespace().next()?.parse().ok()?))
+    }
+
+    /// Runs `f` and asserts it used less than `bound` of CPU (where the
+    /// platform tells).
+    fn within_cpu<T>(bound: Duration, what: &str, f: impl FnOnce() -> T) -> T {
+        let before = thread_cpu();
+        let result = f();
+        if let (Some(before), Some(after)) = (before, thread_cpu()) {
+            let used = after - before;
+            assert!(used < bound, "{what}: {used:?} of CPU, bound {bound:?}");
+        }
+        result
+    }
+
+    fn depth(value: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+            serde_json::Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    // --- Repeated keys ---
+
+    #[test]
+    fn repeated_envelope_keys_are_refused_in_json_and_yaml() {
+        let cases = [
+            (r#"{"version": "a", "version": "b"}"#, "version\n", "version"),
+            (r#"{"clusters": [{"name": "a"}], "clusters": [{"name": "b"}]}"#, "", "clusters"),
+        ];
+        for (json, _, key) in cases {
+            let e = refusal(json, Format::Json);
+            assert_eq!(e.path.as_deref(), Some(key), "{json}: {e:?}");
+            assert_eq!(e.message, format!("duplicate key \"{key}\""));
+        }
+        for yaml in ["version: a\nversion: b\n", "{version: a, version: b}"] {
+            let e = refusal(yaml, Format::Yaml);
+            assert_eq!(e.path.as_deref(), Some("version"), "{yaml}: {e:?}");
+            assert_eq!(e.message, "duplicate key \"version\"");
+        }
+        let e = refusal("clusters:\n- name: a\nclusters:\n- name: b\n", Format::Yaml);
+        assert_eq!(e.path.as_deref(), Some("clusters"), "{e:?}");
+        // One spelling per key: the same key twice is the refusal, not the
+        // order or the spelling of different keys.
+        assert!(parse(br#"{"version": "a", "clusters": []}"#, Format::Json).is_ok());
+    }
+
+    /// The resources the finding named, each in JSON and in YAML, and the
+    /// path each refusal must carry.
+    fn repeated_keys_in_resources() -> Vec<(serde_json::Value, &'static str, &'static str, &'static str)> {
+        // (bundle without the repetition, where to splice the repeated key
+        // in as "<key>: <value>", the key, the expected path)
+        vec![
+            (
+                json!({"clusters": [{"name": "a"}, {"name": "b"}, {"name": "c"}, {"name": "d", "connect_timeout": "1s"}]}),
+                "/clusters/3",
+                "name",
+                "clusters[3].name",
+            ),
+            (
+                json!({"clusters": [{"name": "a", "metadata": {"filter_metadata": {"envoy.lb": {"canary": true}, "x": {}}}}]}),
+                "/clusters/0/metadata/filter_metadata",
+                "envoy.lb",
+                "clusters[0].metadata.filter_metadata.envoy.lb",
+            ),
+            (
+                json!({"clusters": [{"name": "a", "metadata": {"filter_metadata": {"x": {"k": 1, "list": [{"a": 1}, {"b": {"deep": 1}}]}}}}]}),
+                "/clusters/0/metadata/filter_metadata/x/list/1/b",
+                "deep",
+                "clusters[0].metadata.filter_metadata.x.list[1].b.deep",
+            ),
+            (
+                json!({"endpoints": [{"cluster_name": "e", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "10.0.0.1", "port_value": 80}}}},
+                    {"endpoint": {"address": {"socket_address": {"address": "10.0.0.2", "port_value": 80}}}}
+                ]}]}]}),
+                "/endpoints/0/endpoints/0/lb_endpoints/1/endpoint/address/socket_address",
+                "port_value",
+                "endpoints[0].endpoints[0].lb_endpoints[1].endpoint.address.socket_address.port_value",
+            ),
+        ]
+    }
+
+    /// `value` printed as JSON with `"key": <existing value>` added once more
+    /// at the start of the object at `pointer`.
+    fn json_with_repeat(value: &serde_json::Value, pointer: &str, key: &str) -> String {
+        let mut marked = value.clone();
+        let object = marked.pointer_mut(pointer).and_then(serde_json::Value::as_object_mut).expect("an object");
+        let repeated = object[key].clone();
+        object.insert("\u{0}REPEAT".into(), json!(null));
+        let printed = marked.to_string();
+        printed.replace(r#""\u0000REPEAT":null"#, &format!("{}:{repeated}", json!(key)))
+    }
+
+    #[test]
+    fn repeated_keys_inside_resources_are_refused_with_their_path() {
+        for (bundle, pointer, key, path) in repeated_keys_in_resources() {
+            assert!(parse(bundle.to_string().as_bytes(), Format::Json).is_ok(), "{bundle}");
+            let json = json_with_repeat(&bundle, pointer, key);
+            let e = refusal(&json, Format::Json);
+            assert_eq!(e.path.as_deref(), Some(path), "{json}: {e:?}");
+            assert_eq!(e.message, format!("duplicate key {key:?}"));
+            // JSON is YAML: the same body read as YAML is refused alike.
+            let e = refusal(&json, Format::Yaml);
+            assert_eq!(e.path.as_deref(), Some(path), "as YAML {json}: {e:?}");
+            assert_eq!(e.message, format!("duplicate key {key:?}"));
+        }
+    }
+
+    #[test]
+    fn repeated_keys_in_block_yaml_are_refused_with_their_path() {
+        let yaml = "clusters:\n- name: a\n- name: b\n  metadata:\n    filter_metadata:\n      x: {k: 1}\n      x: {k: 2}\n";
+        let e = refusal(yaml, Format::Yaml);
+        assert_eq!(e.path.as_deref(), Some("clusters[1].metadata.filter_metadata.x"), "{e:?}");
+        let e = refusal("clusters:\n- name: a\n  connect_timeout: 1s\n  name: b\n", Format::Yaml);
+        assert_eq!(e.path.as_deref(), Some("clusters[0].name"), "{e:?}");
+        // A YAML key is a string to JSON: `1` and "1" are the same key.
+        let yaml = "clusters:\n- name: a\n  metadata: {filter_metadata: {x: {1: a, '1': b}}}\n";
+        assert_eq!(refusal(yaml, Format::Yaml).path.as_deref(), Some("clusters[0].metadata.filter_metadata.x.1"));
+    }
+
+    #[test]
+    fn what_prost_reflect_refused_already_is_now_named_a_duplicate() {
+        // A oneof member twice and `@type` twice were refused, as "multiple
+        // fields for oneof" and "unrecognized field '@type'"; a plain field,
+        // a map key and a Struct key were silently last-wins.
+        let body = r#"{"clusters": [{"name": "a", "type": "STATIC", "type": "EDS"}]}"#;
+        let e = refusal(body, Format::Json);
+        assert_eq!((e.path.as_deref(), e.message.as_str()), (Some("clusters[0].type"), "duplicate key \"type\""));
+        let hcm = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+        let body = format!(
+            r#"{{"listeners": [{{"name": "l", "filter_chains": [{{"filters": [{{"name": "f", "typed_config": {{"@type": "{hcm}", "stat_prefix": "s", "@type": "{hcm}"}}}}]}}]}}]}}"#
+        );
+        let e = refusal(&body, Format::Json);
+        assert_eq!(e.path.as_deref(), Some("listeners[0].filter_chains[0].filters[0].typed_config.@type"), "{e:?}");
+        assert_eq!(e.message, "duplicate key \"@type\"");
+    }
+
+    #[test]
+    fn keys_are_compared_after_unescaping_and_large_objects_too() {
+        let e = refusal(r#"{"clusters": [{"name": "a", "na\u006de": "b"}]}"#, Format::Json);
+        assert_eq!(e.path.as_deref(), Some("clusters[0].name"), "{e:?}");
+
+        // Past the linear scan: a Struct of 100 keys whose last repeats the 50th.
+        let mut fields: Vec<String> = (0..100).map(|i| format!(r#""k{i}": {i}"#)).collect();
+        fields.push(r#""k50": 0"#.to_owned());
+        let body = format!(r#"{{"clusters": [{{"name": "a", "metadata": {{"filter_metadata": {{"x": {{{}}}}}}}}}]}}"#, fields.join(","));
+        let e = refusal(&body, Format::Json);
+        assert_eq!(e.path.as_deref(), Some("clusters[0].metadata.filter_metadata.x.k50"), "{e:?}");
+        fields.pop();
+        let body = body.replace(r#","k50": 0"#, "");
+        assert!(parse(body.as_bytes(), Format::Json).is_ok());
+    }
+
+    #[test]
+    fn the_same_key_in_different_objects_is_not_a_repetition() {
+        let body = json!({"clusters": [
+            {"name": "a", "metadata": {"filter_metadata": {"name": {"name": [{"name": 1}, {"name": 2}]}}}},
+            {"name": "b"}
+        ]});
+        assert!(parse(body.to_string().as_bytes(), Format::Json).is_ok());
+        let json = RawValue::from_string(body["clusters"][0].to_string()).unwrap();
+        assert!(unique_keys(&json, || unreachable!("no refusal")).is_ok());
+    }
+
+    #[test]
+    fn a_huge_object_is_checked_in_linear_time() {
+        // 300,000 distinct keys: a linear scan per key would take minutes.
+        let fields: Vec<String> = (0..300_000).map(|i| format!(r#""key_{i}": {i}"#)).collect();
+        let json = RawValue::from_string(format!("{{{}}}", fields.join(","))).unwrap();
+        within_cpu(Duration::from_secs(5), "300,000 keys", || assert!(unique_keys(&json, || unreachable!()).is_ok()));
+        let repeated = RawValue::from_string(format!("{{{}, \"key_7\": 0}}", fields.join(","))).unwrap();
+        let e = unique_keys(&repeated, || "clusters[0]".to_owned()).unwrap_err();
+        assert_eq!(e.path.as_deref(), Some("clusters[0].key_7"));
+    }
+
+    /// A bundle like the load generator's ingest: 10,000 clusters and as
+    /// many endpoint sets of 7 endpoints, about 10 MB of JSON.
+    fn ten_mb_bundle() -> String {
+        let eds = json!({"ads": {}, "resource_api_version": "V3"});
+        let clusters: Vec<_> = (0..10_000)
+            .map(|i| json!({"name": format!("cluster_{i:05}"), "type": "EDS", "connect_timeout": "1s", "eds_cluster_config": {"eds_config": eds}}))
+            .collect();
+        let endpoints: Vec<_> = (0..10_000)
+            .map(|i| {
+                let lb_endpoints: Vec<_> = (0..7)
+                    .map(|e| {
+                        let address = format!("10.{}.{}.{}", (i >> 8) & 0xff, i & 0xff, e + 1);
+                        json!({"endpoint": {"address": {"socket_address": {"address": address, "port_value": 8000}}}, "load_balancing_weight": 1})
+                    })
+                    .collect();
+                json!({"cluster_name": format!("cluster_{i:05}"), "endpoints": [{"lb_endpoints": lb_endpoints}]})
+            })
+            .collect();
+        json!({"version": "v1", "clusters": clusters, "endpoints": endpoints}).to_string()
+    }
+
+    #[test]
+    #[ignore = "measurement: cargo test --release --lib bundle::strict -- --ignored --nocapture"]
+    fn cost_of_the_repeated_key_check_on_a_10_mb_bundle() {
+        let body = ten_mb_bundle();
+        assert!(body.len() > 9_000_000, "{}", body.len());
+        let envelope: BTreeMap<String, &RawValue> = serde_json::from_str::<Object<'_>>(&body).unwrap().into_fields().unwrap();
+        let resources: Vec<&RawValue> =
+            ["clusters", "endpoints"].iter().flat_map(|key| serde_json::from_str::<Vec<&RawValue>>(envelope[*key].get()).unwrap()).collect();
+        assert_eq!(resources.len(), 20_000);
+        let median = |f: &dyn Fn()| {
+            let mut runs: Vec<Duration> = (0..7)
+                .map(|_| {
+                    let start = Instant::now();
+                    f();
+                    start.elapsed()
+                })
+                .collect();
+            runs.sort();
+            runs[runs.len() / 2]
+        };
+        let check = median(&|| resources.iter().for_each(|json| unique_keys(json, || unreachable!()).unwrap()));
+        let whole = median(&|| assert_eq!(parse(body.as_bytes(), Format::Json).unwrap().contents().clusters.len(), 10_000));
+        println!(
+            "{:.1} MB, 20,000 resources: check alone on one core {check:.2?} (~{:.2?} per core on {} cores); parse() with the check {whole:.2?}",
+            body.len() as f64 / 1e6,
+            check / std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        );
+    }
+}
