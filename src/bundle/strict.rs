@@ -15,9 +15,9 @@
 
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{btree_map::Entry, BTreeMap, HashMap, HashSet},
     fmt::{self, Write},
-    io::BufReader,
+    io::{BufReader, Read},
 };
 
 use libyaml_safer::{EventData, Parser};
@@ -84,10 +84,13 @@ impl<'de: 'a, 'a> de::Deserialize<'de> for Object<'a> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object<'a>, A::Error> {
                 let mut object = Object { fields: BTreeMap::new(), repeated: None };
                 while let Some((key, value)) = map.next_entry::<String, &'a RawValue>()? {
-                    if object.fields.contains_key(&key) {
-                        object.repeated.get_or_insert(key);
-                    } else {
-                        object.fields.insert(key, value);
+                    match object.fields.entry(key) {
+                        Entry::Vacant(slot) => {
+                            slot.insert(value);
+                        }
+                        Entry::Occupied(slot) => {
+                            object.repeated.get_or_insert_with(|| slot.key().clone());
+                        }
                     }
                 }
                 Ok(object)
@@ -143,8 +146,18 @@ struct YamlShape {
 /// `:`. libyaml-safer is a port of the same libyaml that serde_yaml_ng runs,
 /// so both see the same nesting.
 fn yaml_shape(body: &[u8]) -> Result<YamlShape, BundleError> {
+    // libyaml-safer panics where libyaml stops at the end of its buffer
+    // (a block scalar or an escape at the very end of the body): a line
+    // break after the body, which changes no structure, keeps it from
+    // there. Any other panic (a tag followed by `,` in a flow collection)
+    // is a refusal too.
+    std::panic::catch_unwind(|| read_shape(body)).unwrap_or_else(|_| Err(BundleError::new("malformed YAML: the YAML reader failed")))
+}
+
+fn read_shape(body: &[u8]) -> Result<YamlShape, BundleError> {
     let mut parser = Parser::new();
-    parser.set_input(BufReader::with_capacity(YAML_READ_CHUNK, body));
+    let line_break: &[u8] = if body.ends_with(b"\n") || body.ends_with(b"\r") { b"" } else { b"\n" };
+    parser.set_input(BufReader::with_capacity(YAML_READ_CHUNK, body.chain(line_break)));
     let mut shape = ShapeWalk { budget: yaml_alias_budget(body.len()), ..ShapeWalk::default() };
     loop {
         let event = parser.parse().map_err(|e| malformed_yaml(&e))?;
@@ -169,7 +182,8 @@ fn malformed_yaml(e: &libyaml_safer::Error) -> BundleError {
     }
     if let Some(context) = e.context() {
         let _ = write!(message, ", {context}");
-        if let Some(mark) = e.context_mark().filter(|mark| Some(*mark) != problem_mark) {
+        // serde_yaml_ng leaves out a mark at the very start, or the same as the problem's.
+        if let Some(mark) = e.context_mark().filter(|mark| (mark.line, mark.column) != (0, 0) && Some(*mark) != problem_mark) {
             let _ = write!(message, " at {mark}");
         }
     }
@@ -773,6 +787,207 @@ mod tests {
         assert_eq!(e.path.as_deref(), Some("clusters[0].key_7"));
     }
 
+    // --- YAML depth ---
+
+    fn nested(open: &str, close: &str, levels: usize) -> String {
+        format!("{}{}", open.repeat(levels), close.repeat(levels))
+    }
+
+    fn assert_too_deep(body: &str) {
+        let e = yaml_shape(body.as_bytes()).expect_err("too deep");
+        assert_eq!(e.path, None, "{e:?}");
+        assert!(e.message.contains("deeper than the limit of 64 levels"), "{e:?}");
+    }
+
+    #[test]
+    fn deep_yaml_is_refused_before_the_quadratic_work() {
+        // libyaml rescans one simple key per flow level for every token:
+        // 200 KB of brackets took about 30 CPU-s in serde_yaml_ng, 2 MB
+        // would take about 3,000.
+        for (open, close) in [("[", "]"), ("{", "}"), ("[\n", "]\n"), ("{a: ", "}"), ("[a, ", "]")] {
+            for bytes in [200_000, 2_000_000] {
+                let levels = bytes / (open.len() + close.len());
+                let body = nested(open, close, levels);
+                let e = within_cpu(Duration::from_secs(2), &format!("{bytes} bytes of {open:?}"), || {
+                    parse(body.as_bytes(), Format::Yaml).expect_err("refused")
+                });
+                assert!(e.message.contains("64 levels") && e.path.is_none(), "{e:?}");
+            }
+        }
+        // Unbalanced and invalid after the brackets: refused all the same,
+        // libyaml scans before it finds the error.
+        within_cpu(Duration::from_secs(2), "unclosed", || assert_too_deep(&"[".repeat(2_000_000)));
+    }
+
+    #[test]
+    fn block_nesting_counts_too_and_the_limit_is_exact() {
+        let block_sequence = |levels: usize| format!("{}x\n", "- ".repeat(levels));
+        let block_mapping = |levels: usize| (0..levels).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect::<String>() + &" ".repeat(levels) + "x\n";
+        for body in [nested("[", "]", 64), block_sequence(64), block_mapping(64), format!("a:\n  b: {}", nested("[", "]", 62))] {
+            let shape = yaml_shape(body.as_bytes()).expect("at the limit");
+            assert_eq!(shape.depth, 64, "{body}");
+        }
+        for body in [nested("[", "]", 65), block_sequence(65), block_mapping(65), format!("a:\n  b: {}", nested("[", "]", 63))] {
+            assert_too_deep(&body);
+        }
+        within_cpu(Duration::from_secs(2), "2 MB of block sequence", || assert_too_deep(&block_sequence(1_000_000)));
+    }
+
+    #[test]
+    fn brackets_in_scalars_and_comments_do_not_count() {
+        let many = "[".repeat(200);
+        let closes = "]".repeat(200);
+        for body in [
+            format!("a: \"{many}\"\nb: '{closes}'\n"),
+            format!("a: x{many}\nb: y{closes}\n"),
+            format!("# {many}\na: 1 # {closes}\n"),
+            format!("a: |\n  {many}\n  {closes}\nb: >\n  {many}\n"),
+            format!("a: [\"{many}\", '{closes}', 'don''t']\n"),
+            format!("a: !<t{closes}> x\n"),
+        ] {
+            let shape = yaml_shape(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e:?}"));
+            assert!(shape.depth <= 2, "{body}: {shape:?}");
+            assert!(yaml_to_json(body.as_bytes()).is_ok(), "{body}");
+        }
+    }
+
+    /// Bodies that try to hide deep flow nesting from a scanner that gets a
+    /// quote, comment or block scalar wrong. Each must still be refused at
+    /// 65 levels and, with 60, read as serde_yaml_ng reads it.
+    #[test]
+    fn nesting_hidden_behind_quotes_comments_and_block_scalars_is_still_counted() {
+        type Disguise = (&'static str, fn(usize) -> String);
+        let disguises: [Disguise; 10] = [
+            // An apostrophe in a plain scalar opens no quote.
+            ("apostrophe", |n| format!("a: don't\nb: {}\n", nested("[", "]", n))),
+            ("apostrophe in flow", |n| format!("[don't, {}, 'x']\n", nested("[", "]", n - 1))),
+            // Closing brackets inside quotes close nothing.
+            ("quoted closers", |n| format!("{}{}\n", "[ \"]]]]\", ".repeat(n), "]".repeat(n))),
+            ("single-quoted closers", |n| format!("{}{}\n", "[ ']]'']]', ".repeat(n), "]".repeat(n))),
+            ("escaped quote", |n| format!("a: \"x\\\" ]]]]\"\nb: {}\n", nested("[", "]", n))),
+            // A `#` inside a plain scalar starts no comment.
+            ("hash in a scalar", |n| format!("a: x#{}\nb: {}\n", "]".repeat(70), nested("[", "]", n))),
+            ("comment", |n| format!("# ]]]]]]]]\na: {} # ]]]]\n", nested("[", "]", n))),
+            // A block scalar ends where its indentation does.
+            ("block scalar", |n| format!("a: |\n  ]]]]]]]]\n  '\nb: {}\n", nested("[", "]", n))),
+            // Closing brackets in a plain scalar of block context and in a verbatim tag.
+            ("plain closers", |n| format!("a: x]]]]]]]]\nb: {}\n", nested("[", "]", n))),
+            ("tag closers", |n| format!("{}{}\n", "[ !<t]]]]> ".repeat(n), "]".repeat(n))),
+        ];
+        for (name, body) in disguises {
+            let deep = body(65);
+            assert_too_deep(&deep);
+            let shallow = body(60);
+            let expected: Result<serde_json::Value, _> = serde_yaml_ng::from_slice(shallow.as_bytes());
+            let shape = yaml_shape(shallow.as_bytes());
+            match expected {
+                Ok(value) => {
+                    assert_eq!(shape.map(|s| s.depth).ok(), Some(depth(&value)), "{name}: {shallow}");
+                    assert_eq!(yaml_to_json(shallow.as_bytes()).ok(), Some(value), "{name}");
+                }
+                // Not valid YAML, but not refused for its depth either.
+                Err(_) => assert!(shape.is_err_and(|e| e.message.starts_with("malformed YAML:")), "{name}: {shallow}"),
+            }
+        }
+    }
+
+    /// Tiny pseudo-random YAML made of the characters that matter to the
+    /// scanner: wherever serde_yaml_ng (libyaml) reads a value, the
+    /// pre-check measures its depth exactly and the strict conversion gives
+    /// the same value; wherever the pre-check finds a syntax error,
+    /// serde_yaml_ng does too.
+    #[test]
+    fn the_depth_check_agrees_with_serde_yaml_ng_on_random_yaml() {
+        const PIECES: [&str; 28] = [
+            "[", "]", "{", "}", ",", ", ", ":", ": ", " ", "\n", "\n  ", "- ", "? ", "a", "b", "'", "\"", "# ", "#", "|\n", ">\n", "&x ",
+            "*x", "!t ", "\\", "\t", "[[", "]]",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut read, mut malformed) = (0, 0);
+        for _ in 0..20_000 {
+            let len = 1 + next() % 24;
+            let body: String = (0..len).map(|_| PIECES[(next() % PIECES.len() as u64) as usize]).collect();
+            let expected: Result<serde_json::Value, _> = serde_yaml_ng::from_slice(body.as_bytes());
+            match yaml_shape(body.as_bytes()) {
+                Ok(shape) => {
+                    if let Ok(value) = expected {
+                        read += 1;
+                        assert_eq!(shape.depth, depth(&value), "{body:?}");
+                        match yaml_to_json(body.as_bytes()) {
+                            Ok(strict) => assert_eq!(strict, value, "{body:?}"),
+                            Err(e) => assert!(e.message.starts_with("duplicate key"), "{body:?}: {e:?}"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    malformed += 1;
+                    assert!(expected.is_err(), "{body:?} refused by the pre-check only: {e:?}");
+                }
+            }
+        }
+        // The generator reaches both sides.
+        assert!(read > 1_000 && malformed > 1_000, "{read} read, {malformed} malformed");
+    }
+
+    #[test]
+    fn syntax_errors_read_as_serde_yaml_ng_wrote_them() {
+        for body in ["clusters: [1\n", "a: 'x\n", "a: b: c\n", "- a\nb: c\n", "a:\n\t- b\n"] {
+            let ours = yaml_shape(body.as_bytes()).expect_err("malformed").message;
+            let theirs = serde_yaml_ng::from_slice::<serde_json::Value>(body.as_bytes()).expect_err("malformed").to_string();
+            assert_eq!(ours, format!("malformed YAML: {theirs}"), "{body:?}");
+        }
+    }
+
+    // --- YAML aliases ---
+
+    #[test]
+    fn aliases_are_read_as_written_out_within_the_budget() {
+        let aliased = "eds: &eds {eds_config: {ads: {}, resource_api_version: V3}}\nclusters:\n- {name: a, type: EDS, eds_cluster_config: *eds}\n- {name: b, type: EDS, eds_cluster_config: *eds}\n";
+        let value = yaml_to_json(aliased.as_bytes()).unwrap();
+        assert_eq!(value["clusters"][1]["eds_cluster_config"], json!({"eds_config": {"ads": {}, "resource_api_version": "V3"}}));
+        assert_eq!(value, serde_yaml_ng::from_slice::<serde_json::Value>(aliased.as_bytes()).unwrap());
+        let shape = yaml_shape(aliased.as_bytes()).unwrap();
+        // Two repetitions of 7 nodes and their scalars.
+        assert_eq!(shape.repeated, 2 * (7 + "eds_config".len() + "ads".len() + "resource_api_version".len() + "V3".len()) as u64);
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_quickly() {
+        // Billion laughs: nine levels of ten aliases each, 10^9 strings.
+        let mut laughs = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let aliases = vec![format!("*a{}", i - 1); 10].join(", ");
+            laughs.push_str(&format!("a{i}: &a{i} [{aliases}]\n"));
+        }
+        // Quadratic: one anchor of 100,000 nodes and 100,000 aliases to it.
+        let big = format!("big: &big [{}]\nuse: [{}]\n", vec!["x"; 100_000].join(", "), vec!["*big"; 100_000].join(", "));
+        for body in [laughs, big] {
+            let e = within_cpu(Duration::from_secs(2), "alias bomb", || parse(body.as_bytes(), Format::Yaml).expect_err("refused"));
+            assert!(e.message.contains("YAML aliases repeat more than the limit of 1048576"), "{e:?}");
+            assert_eq!(e.path, None);
+        }
+    }
+
+    #[test]
+    fn aliases_count_for_depth_and_may_not_contain_themselves() {
+        // 40 levels anchored, used 30 levels down: 70 in the value.
+        let body = format!("a: &deep {}\nb: {}*deep{}\n", nested("[", "]", 40), "[".repeat(29), "]".repeat(29));
+        assert_too_deep(&body);
+        let body = format!("a: &deep {}\nb: {}*deep{}\n", nested("[", "]", 30), "[".repeat(29), "]".repeat(29));
+        assert_eq!(yaml_shape(body.as_bytes()).unwrap().depth, 60);
+        let e = refusal("a: &a [1, *a]\n", Format::Yaml);
+        assert!(e.message.contains("alias *a is inside the node it names"), "{e:?}");
+        // The name taken over inside the node, as serde_yaml_ng resolves it.
+        let body = "a: &a [&a x, *a]\nb: *a\n";
+        assert_eq!(yaml_to_json(body.as_bytes()).unwrap(), serde_yaml_ng::from_slice::<serde_json::Value>(body.as_bytes()).unwrap());
+    }
+
     /// A bundle like the load generator's ingest: 10,000 clusters and as
     /// many endpoint sets of 7 endpoints, about 10 MB of JSON.
     fn ten_mb_bundle() -> String {
@@ -821,6 +1036,42 @@ mod tests {
             body.len() as f64 / 1e6,
             check / std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        );
+    }
+
+    #[test]
+    #[ignore = "measurement: cargo test --release --lib bundle::strict -- --ignored --nocapture"]
+    fn cost_of_the_yaml_limits() {
+        let cpu = |f: &dyn Fn()| {
+            let before = thread_cpu().expect("Linux schedstat");
+            f();
+            thread_cpu().expect("Linux schedstat") - before
+        };
+        for bytes in [200_000, 2_000_000] {
+            let body = nested("[", "]", bytes / 2);
+            let used = cpu(&|| assert_too_deep(&body));
+            println!("{bytes} bytes of nested flow sequences: refused after {used:.2?} of CPU");
+        }
+        // What serde_yaml_ng alone costs on smaller ones: the quadratic curve.
+        for bytes in [10_000, 20_000, 40_000] {
+            let body = nested("[", "]", bytes / 2);
+            let used = cpu(&|| assert!(serde_yaml_ng::from_slice::<serde_json::Value>(body.as_bytes()).is_err()));
+            println!("{bytes} bytes of nested flow sequences, serde_yaml_ng alone: {used:.2?} of CPU");
+        }
+        let laughs = (1..10).fold(String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"), |body, i| {
+            body + &format!("a{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 10].join(", "))
+        });
+        let used = cpu(&|| assert!(yaml_shape(laughs.as_bytes()).is_err()));
+        println!("billion laughs: refused after {used:.2?} of CPU");
+
+        let json: serde_json::Value = serde_json::from_str(&ten_mb_bundle()).unwrap();
+        let yaml = serde_yaml_ng::to_string(&json).unwrap();
+        let check = cpu(&|| assert!(yaml_shape(yaml.as_bytes()).unwrap().depth > 5));
+        let convert = cpu(&|| assert!(serde_yaml_ng::from_slice::<serde_json::Value>(yaml.as_bytes()).is_ok()));
+        let strict = cpu(&|| assert!(yaml_to_json(yaml.as_bytes()).is_ok()));
+        println!(
+            "{:.1} MB of YAML: the event pre-check {check:.2?}, serde_yaml_ng to a value {convert:.2?}, both with repeated-key check {strict:.2?} (CPU)",
+            yaml.len() as f64 / 1e6
         );
     }
 }
