@@ -1,6 +1,7 @@
 //! Bundles: what a PUT carries. Parsing (JSON or YAML, canonical proto3 JSON
-//! for every Envoy type), validation (names, duplicates, references) and the
-//! bundle's version.
+//! for every Envoy type), strict reading (no key twice, YAML depth and alias
+//! limits), validation (names, duplicates, references) and the bundle's
+//! version.
 
 mod parse;
 mod strict;
