@@ -1,8 +1,10 @@
 //! Bundles: what a PUT carries. Parsing (JSON or YAML, canonical proto3 JSON
-//! for every Envoy type), validation (names, duplicates, references) and the
-//! bundle's version.
+//! for every Envoy type), strict reading (no key twice, YAML depth and alias
+//! limits), validation (names, duplicates, references) and the bundle's
+//! version.
 
 mod parse;
+mod strict;
 mod validate;
 
 pub use parse::{parse, to_json, Format, Parsed, MAX_VERSION_LEN};

@@ -52,8 +52,7 @@ pub fn parse(body: &[u8], format: Format) -> Result<Parsed, BundleError> {
     match format {
         Format::Json => parse_json(body),
         Format::Yaml => {
-            let value: serde_json::Value =
-                serde_yaml_ng::from_slice(body).map_err(|e| BundleError::new(format!("malformed YAML: {e}")))?;
+            let value = super::strict::yaml_to_json(body)?;
             let json = serde_json::to_vec(&value).map_err(|e| BundleError::new(format!("YAML does not map to JSON: {e}")))?;
             parse_json(&json)
         }
@@ -78,13 +77,14 @@ struct Part {
 }
 
 fn parse_json(body: &[u8]) -> Result<Parsed, BundleError> {
-    let envelope: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|e| {
+    let envelope: super::strict::Object<'_> = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             BundleError::new(format!("a bundle is a JSON object: {e}"))
         } else {
             malformed_json(e)
         }
     })?;
+    let envelope: BTreeMap<String, &RawValue> = envelope.into_fields()?;
     let descriptor = schema::bundle_descriptor();
     let mut version = String::new();
     let mut resources = Vec::new();
@@ -166,6 +166,7 @@ struct ParsedResource {
 
 /// Parses one resource: canonical digest, name and protobuf bytes.
 fn parse_resource(resource: &RawResource<'_>) -> Result<ParsedResource, BundleError> {
+    super::strict::unique_keys(resource.json, || format!("{}[{}]", resource.field.name(), resource.index))?;
     let mut de = serde_json::Deserializer::from_str(resource.json.get());
     let message = match resource.message.clone().deserialize(&mut de) {
         Ok(message) => message,
