@@ -235,3 +235,26 @@ async fn a_full_disk_fails_writes_until_space_returns_then_writes_heal_by_themse
     assert_eq!(stored["version"], "v2", "the write after healing is durable");
     daemon.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn repeated_keys_and_deep_yaml_are_refused_over_rest_and_change_nothing() {
+    let daemon = TestDaemon::start().await;
+    assert_eq!(daemon.put("sidecar", sidecar_bundle("v1", 10000, 10001).to_string()).await.0, 200);
+    let http = reqwest::Client::new();
+    let url = daemon.url("/resources/sidecar");
+    let yaml = |body: String| http.put(&url).header("content-type", "application/yaml").body(body);
+    let deep_yaml = format!("clusters:\n- name: a\n  metadata: {}{}", "{a: ".repeat(30_000), "}".repeat(30_000));
+    let cases = [
+        (send(http.put(&url).body(r#"{"version": "v2", "version": "v3", "clusters": [{"name": "a"}]}"#)).await, Some("version")),
+        (send(http.put(&url).body(r#"{"version": "v2", "clusters": [{"name": "a", "name": "b"}]}"#)).await, Some("clusters[0].name")),
+        (send(yaml("version: v2\nclusters:\n- name: a\n  name: b\n".into())).await, Some("clusters[0].name")),
+        (send(yaml(deep_yaml)).await, None),
+    ];
+    for ((status, body), path) in cases {
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["path"].as_str(), path, "{body}");
+    }
+    let (_, stored) = get(&daemon, "/resources/sidecar").await;
+    assert_eq!(stored["version"], "v1");
+    daemon.stop().await.unwrap();
+}
