@@ -48,9 +48,9 @@ pub struct Config {
 
     /// Most REST connections open at once. At the cap sxds stops accepting and
     /// newcomers wait in the kernel's listen backlog until a connection closes.
-    /// A fixed 512, far below the open-file limit sxds raises itself to (the
-    /// hard limit, usually 524288 or more), so idle REST clients can never use
-    /// up the file descriptors xDS needs.
+    /// A fixed 512: far below the open-file limit sxds raises itself to (the
+    /// hard limit, 524288 on systemd hosts), so idle REST clients cannot use
+    /// up the descriptors xDS needs. Lower it where that limit is a few thousand.
     #[arg(long, env = "SXDS_REST_MAX_CONNECTIONS", default_value = "512")]
     pub rest_max_connections: NonZeroUsize,
 
@@ -68,7 +68,7 @@ pub struct Config {
     #[arg(long, env = "SXDS_REST_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     pub rest_idle_timeout: Duration,
 
-    /// How often an xDS connection that sent nothing is pinged (HTTP/2 PING).
+    /// An xDS connection that sent nothing for this long is pinged (HTTP/2 PING).
     #[arg(long, env = "SXDS_XDS_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_timeout)]
     pub xds_keepalive_interval: Duration,
 

@@ -17,7 +17,7 @@ use support::{
     xds_client::{ack, nack, names, request, XdsClient, CDS, EDS},
     TestDaemon,
 };
-use sxds::xds::codec::{MAX_NODE_ID_BYTES, MAX_REQUEST_BYTES, MAX_RESOURCE_NAMES, MAX_RESOURCE_NAME_BYTES};
+use sxds::xds::limits::{MAX_NODE_ID_BYTES, MAX_REQUEST_BYTES, MAX_RESOURCE_NAMES, MAX_RESOURCE_NAME_BYTES};
 use tokio::net::TcpStream;
 
 /// How long "nothing is sent" is observed (as in xds_protocol.rs).

@@ -1,6 +1,6 @@
-//! Discovery streams on the wire: requests are checked against the limits
-//! below, then decoded with prost (through tonic's `Streaming`); responses
-//! are framed from bytes encoded once per snapshot.
+//! Discovery streams on the wire: requests are checked against the
+//! [`limits`], then decoded with prost (through tonic's `Streaming`);
+//! responses are framed from bytes encoded once per snapshot.
 //!
 //! A protobuf message may be written as the concatenation of its fields, so a
 //! `DiscoveryResponse` is assembled from shared chunks (each resource's
@@ -26,7 +26,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
 use prost::{
-    encoding::{decode_key, decode_varint, encode_key, encode_varint, WireType},
+    encoding::{encode_key, encode_varint, WireType},
     Message,
 };
 use tokio::{sync::mpsc, time::Instant};
@@ -37,31 +37,7 @@ use tonic::{
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
-// Limits on what one client may send. A request is checked on its wire bytes
-// before prost allocates anything for it: a 4 MiB request of 700,000 short
-// names otherwise costs 58 MB and most of a CPU-second to decode and
-// subscribe to.
-
-/// Largest request message (tonic's default). Envoy's requests are a type,
-/// names, a nonce and, once, the node: kilobytes.
-pub const MAX_REQUEST_BYTES: usize = 4 << 20;
-
-/// Most resource names (and xdstp resource locators) in one request. The
-/// largest real subscriptions are EDS or RDS for every cluster or route of a
-/// big mesh: tens of thousands. With names of 40 bytes or more, the 4 MiB
-/// message limit binds first; this bounds the degenerate case of many tiny
-/// names, whose decoded form costs 30 times their wire size.
-pub const MAX_RESOURCE_NAMES: usize = 100_000;
-
-/// Longest resource name. Cluster, route and listener names are short;
-/// the longest in use are xdstp:// URLs with context parameters, a few
-/// hundred bytes. Every stream keeps the names it subscribes to.
-pub const MAX_RESOURCE_NAME_BYTES: usize = 4 << 10;
-
-/// Longest node id. Node ids such as Istio's `sidecar~IP~pod.namespace~domain`
-/// stay under 700 bytes with every part at its Kubernetes maximum. The id is
-/// kept per stream, shown by `GET /nodes` and written into log lines.
-pub const MAX_NODE_ID_BYTES: usize = 1 << 10;
+use super::limits;
 
 /// Largest piece of a response handed to hyper at once. h2 takes a whole
 /// piece into its send buffer as soon as the stream has any window left, so
@@ -74,13 +50,6 @@ const PIECE_BYTES: usize = 16 << 10;
 /// otherwise be 3,000 frames). Larger chunks go out as slices of the
 /// shared bytes.
 const COALESCE_BELOW: usize = 4 << 10;
-
-// DiscoveryRequest and Node field numbers, for the checks on the wire bytes.
-const REQUEST_NODE: u32 = 2;
-const REQUEST_RESOURCE_NAMES: u32 = 3;
-const REQUEST_RESOURCE_LOCATORS: u32 = 7;
-const NODE_ID: u32 = 1;
-const LOCATOR_NAME: u32 = 1;
 
 /// A response message as a list of already encoded protobuf fields.
 #[derive(Debug, Clone, Default)]
@@ -132,15 +101,15 @@ pub fn encode_bytes_field(tag: u32, payload: &[u8]) -> Bytes {
     buf.into()
 }
 
-/// Decodes the request body of a discovery stream. A request over a limit
-/// comes out as an `INVALID_ARGUMENT` status naming it; one over
-/// [`MAX_REQUEST_BYTES`] as tonic's `OUT_OF_RANGE`.
+/// Decodes the request body of a discovery stream. A request over one of
+/// the [`limits`] comes out as an `INVALID_ARGUMENT` status naming it; one
+/// over [`limits::MAX_REQUEST_BYTES`] as tonic's `OUT_OF_RANGE`.
 pub fn requests<B>(body: B) -> Streaming<DiscoveryRequest>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<tonic::codegen::StdError>,
 {
-    Streaming::new_request(RequestDecoder, body, None, Some(MAX_REQUEST_BYTES))
+    Streaming::new_request(RequestDecoder, body, None, Some(limits::MAX_REQUEST_BYTES))
 }
 
 /// Checks a request's wire bytes against the limits, then decodes it.
@@ -153,7 +122,7 @@ impl Decoder for RequestDecoder {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DiscoveryRequest>, Status> {
         // The whole message is buffered by now; taking it is not a copy.
         let message = src.copy_to_bytes(src.remaining());
-        check_request(&message)?;
+        limits::check_request(&message)?;
         DiscoveryRequest::decode(message)
             .map(Some)
             .map_err(|error| Status::invalid_argument(format!("not a DiscoveryRequest: {error}")))
@@ -164,80 +133,6 @@ impl Decoder for RequestDecoder {
         // small buffer, since every idle stream keeps one.
         BufferSettings::new(1024, 32 << 10)
     }
-}
-
-/// Walks the top-level fields of an encoded DiscoveryRequest (and into its
-/// node and locators), counting names and measuring ids. Allocates nothing.
-fn check_request(mut message: &[u8]) -> Result<(), Status> {
-    let mut names = 0usize;
-    while !message.is_empty() {
-        let (field, value) = next_field(&mut message)?;
-        let Some(value) = value else { continue };
-        match field {
-            REQUEST_RESOURCE_NAMES | REQUEST_RESOURCE_LOCATORS => {
-                names += 1;
-                if names > MAX_RESOURCE_NAMES {
-                    return Err(Status::invalid_argument(format!(
-                        "a discovery request may name at most {MAX_RESOURCE_NAMES} resources"
-                    )));
-                }
-                let name_len = if field == REQUEST_RESOURCE_NAMES { value.len() } else { longest_field(value, LOCATOR_NAME)? };
-                if name_len > MAX_RESOURCE_NAME_BYTES {
-                    return Err(Status::invalid_argument(format!(
-                        "a resource name of {name_len} bytes is longer than the limit of {MAX_RESOURCE_NAME_BYTES} bytes"
-                    )));
-                }
-            }
-            REQUEST_NODE => {
-                let id_len = longest_field(value, NODE_ID)?;
-                if id_len > MAX_NODE_ID_BYTES {
-                    return Err(Status::invalid_argument(format!(
-                        "a node.id of {id_len} bytes is longer than the limit of {MAX_NODE_ID_BYTES} bytes"
-                    )));
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// The longest length-delimited `field` of an encoded message.
-fn longest_field(mut message: &[u8], field: u32) -> Result<usize, Status> {
-    let mut longest = 0;
-    while !message.is_empty() {
-        if let (number, Some(value)) = next_field(&mut message)? {
-            if number == field {
-                longest = longest.max(value.len());
-            }
-        }
-    }
-    Ok(longest)
-}
-
-/// Takes one field off the front of `message`: its number and, when it is
-/// length-delimited, its payload. Groups (which no xDS message uses) and
-/// malformed input are refused, so nothing can hide behind them.
-fn next_field<'a>(message: &mut &'a [u8]) -> Result<(u32, Option<&'a [u8]>), Status> {
-    let malformed = || Status::invalid_argument("not a DiscoveryRequest: malformed protobuf");
-    let (number, wire_type) = decode_key(message).map_err(|_| malformed())?;
-    let skip = match wire_type {
-        WireType::Varint => {
-            decode_varint(message).map_err(|_| malformed())?;
-            0
-        }
-        WireType::SixtyFourBit => 8,
-        WireType::ThirtyTwoBit => 4,
-        WireType::LengthDelimited => {
-            let len = usize::try_from(decode_varint(message).map_err(|_| malformed())?).map_err(|_| malformed())?;
-            let value = message.get(..len).ok_or_else(malformed)?;
-            *message = &message[len..];
-            return Ok((number, Some(value)));
-        }
-        WireType::StartGroup | WireType::EndGroup => return Err(malformed()),
-    };
-    *message = message.get(skip..).ok_or_else(malformed)?;
-    Ok((number, None))
 }
 
 /// What a stream's task and its response body share.
@@ -416,7 +311,6 @@ impl Outgoing {
 mod tests {
     use std::future::poll_fn;
 
-    use envoy_types::pb::envoy::config::core::v3::Node;
     use http_body::Body as _;
 
     use super::*;
@@ -515,33 +409,5 @@ mod tests {
         let trailers = trailers.unwrap();
         assert_eq!(trailers["grpc-status"], "4");
         assert!(trailers["grpc-message"].to_str().unwrap().starts_with("too"));
-    }
-
-    fn encoded(request: &DiscoveryRequest) -> Vec<u8> {
-        request.encode_to_vec()
-    }
-
-    #[test]
-    fn requests_within_the_limits_pass_and_others_name_the_limit() {
-        let node = |id: &str| Some(Node { id: id.to_owned(), cluster: "c".to_owned(), ..Default::default() });
-        let names = |n: usize, len: usize| (0..n).map(|i| format!("{i:0len$}")).collect::<Vec<_>>();
-        let ok = DiscoveryRequest { node: node(&"n".repeat(MAX_NODE_ID_BYTES)), resource_names: names(10, MAX_RESOURCE_NAME_BYTES), ..Default::default() };
-        check_request(&encoded(&ok)).unwrap();
-        let ok = DiscoveryRequest { resource_names: names(MAX_RESOURCE_NAMES, 6), ..Default::default() };
-        check_request(&encoded(&ok)).unwrap();
-
-        let cases = [
-            (DiscoveryRequest { resource_names: names(MAX_RESOURCE_NAMES + 1, 1), ..Default::default() }, "100000 resources"),
-            (DiscoveryRequest { resource_names: names(1, MAX_RESOURCE_NAME_BYTES + 1), ..Default::default() }, "4096 bytes"),
-            (DiscoveryRequest { node: node(&"n".repeat(MAX_NODE_ID_BYTES + 1)), ..Default::default() }, "1024 bytes"),
-        ];
-        for (request, limit) in cases {
-            let status = check_request(&encoded(&request)).unwrap_err();
-            assert_eq!(status.code(), tonic::Code::InvalidArgument);
-            assert!(status.message().contains(limit), "{:?} does not name {limit}", status.message());
-        }
-        // A group, which no xDS message has, cannot hide names behind it.
-        assert!(check_request(&[0x0b, 0x0c]).is_err());
-        assert!(check_request(&[0x12, 0x05, b'a']).is_err(), "a truncated field is refused");
     }
 }
