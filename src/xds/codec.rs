@@ -51,6 +51,9 @@ const PIECE_BYTES: usize = 16 << 10;
 /// shared bytes.
 const COALESCE_BELOW: usize = 4 << 10;
 
+// A small chunk always fits in an empty piece, so every piece has bytes.
+const _: () = assert!(COALESCE_BELOW <= PIECE_BYTES);
+
 /// A response message as a list of already encoded protobuf fields.
 #[derive(Debug, Clone, Default)]
 pub struct EncodedResponse {
@@ -377,6 +380,37 @@ mod tests {
         assert!(sender.oldest_untaken().is_some(), "taken only once hyper asks for more");
         assert!(next_frame(&mut body).await.is_none(), "nothing else queued");
         assert!(sender.oldest_untaken().is_none(), "hyper asked past the last piece: the response is taken");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_response_goes_out_from_the_snapshot_own_bytes() {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+        use crate::{
+            cache::{Selection, Snapshot},
+            resource_type::ResourceType,
+            schema::{Bundle, StoredBundle},
+        };
+
+        let clusters = (0..3000).map(|i| Cluster { name: format!("cluster-{i:05}"), ..Default::default() }).collect();
+        let bundle = Bundle { version: "v1".into(), clusters, ..Default::default() };
+        let stored = Arc::new(StoredBundle { bundle: Some(bundle), content_hash: String::new() });
+        let snapshot = Snapshot::build(1, stored, None);
+        let response = snapshot.response(ResourceType::Cluster, &Selection::All, "1");
+        let (mut sender, mut body) = response_channel(4);
+        sender.try_send(response.clone()).unwrap();
+        let (pieces, _) = drain(&mut body).await;
+
+        // Every large chunk of the response (the wildcard set, shared by
+        // every stream) is sent from the snapshot's allocation.
+        let large: Vec<&Bytes> = response.chunks().iter().filter(|chunk| chunk.len() >= COALESCE_BELOW).collect();
+        assert!(!large.is_empty());
+        for chunk in large {
+            let range = chunk.as_ptr() as usize..chunk.as_ptr() as usize + chunk.len();
+            let sent_from_it: usize =
+                pieces.iter().filter(|piece| range.contains(&(piece.as_ptr() as usize))).map(|piece| piece.len()).sum();
+            assert_eq!(sent_from_it, chunk.len(), "a stream copied the snapshot's bytes");
+        }
     }
 
     #[tokio::test]
