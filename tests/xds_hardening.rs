@@ -169,3 +169,24 @@ async fn r7_r8_r10_a_nack_or_an_ack_repeated_a_thousand_times_is_answered_by_not
     let update = client.recv().await;
     assert_eq!(update.version_info, "v2");
 }
+
+#[tokio::test]
+async fn a_stream_that_never_sends_its_first_request_does_not_hold_up_shutdown() {
+    // A grace period far beyond TestDaemon::stop's 20 s bound: only a drain
+    // that does not wait for the silent stream stops in time.
+    let daemon = TestDaemon::start_with(|config| config.shutdown_grace = Duration::from_secs(120)).await;
+    let tcp = TcpStream::connect(daemon.xds_addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let path = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+    let silent = http::Request::post(format!("http://{}{path}", daemon.xds_addr))
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let (_response, _send) = client.send_request(silent, false).unwrap();
+    // A REST round trip after the request was written lets the daemon take
+    // the stream in (nothing else shows it: it has no node yet).
+    assert!(reqwest::get(daemon.url("/healthz")).await.unwrap().status().is_success());
+    daemon.stop().await.expect("a clean stop");
+}

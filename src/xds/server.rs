@@ -100,10 +100,12 @@ impl XdsServer {
         mut inbound: Streaming<DiscoveryRequest>,
         closer: Option<ConnectionCloser>,
     ) -> Result<ResponseBody, Status> {
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("stream closed before its first request"))?;
+        let first = tokio::select! {
+            first = inbound.message() => first?,
+            // Nothing to drain yet: do not hold the shutdown open.
+            () = self.shutdown.cancelled() => return Err(Status::unavailable("sxds is shutting down")),
+        };
+        let first = first.ok_or_else(|| Status::invalid_argument("stream closed before its first request"))?;
         let node_id = match &first.node {
             Some(node) if !node.id.is_empty() => node.id.clone(),
             _ => return Err(Status::invalid_argument("the first discovery request must carry node.id")),
