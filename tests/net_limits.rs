@@ -259,4 +259,7 @@ async fn at_the_open_file_limit_the_daemon_backs_off_says_so_once_and_recovers()
     .await;
     assert_eq!(served.expect("a new xDS client is served after the connections closed"), ["backend"]);
     wait_for("the recovery to be logged", Duration::from_secs(10), || async { count(&log, "accepting connections again") == 1 }).await;
+    // While the held connections closed, the limit came and went with each
+    // freed descriptor: still one warning (at most one a minute).
+    assert_eq!(count(&log, limit_line), 1);
 }

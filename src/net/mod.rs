@@ -3,7 +3,8 @@
 //!
 //! - Accepting: at a resource limit (EMFILE, ENFILE, ENOBUFS, ENOMEM) a loop
 //!   backs off, 10 ms doubling up to 1 s, instead of retrying at once; it
-//!   says so once at WARN, and once at INFO when accepting works again.
+//!   says so once at WARN, and once at INFO when accepting works again (at
+//!   most once a minute: the limit comes and goes as connections close).
 //!   Errors that concern one connection only (ECONNABORTED and the like) are
 //!   skipped.
 //! - REST (HTTP/1.1, and HTTP/2 with prior knowledge): at most
@@ -46,8 +47,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// what it can (a final status, GOAWAY) before it is dropped.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// How often the "connection cap reached" warning may repeat.
-const CAP_WARNING_EVERY: Duration = Duration::from_secs(60);
+/// How often a warning about a limit may repeat. At the open-file limit,
+/// every closing connection lets one accept succeed before the next fails:
+/// without this, a busy daemon would log a pair of lines per connection.
+const WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// The REST server's limits; see [`Config`] for each.
 #[derive(Debug, Clone, Copy)]
@@ -153,12 +156,12 @@ where
     F: FnMut(TcpStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut acceptor = Acceptor { listener, server, backoff: None };
+    let mut acceptor = Acceptor::new(listener, server);
     let mut connections = JoinSet::new();
     let mut cap_warned: Option<Instant> = None;
     loop {
         let room = connections.len() < max_connections;
-        if !room && cap_warned.is_none_or(|at| at.elapsed() >= CAP_WARNING_EVERY) {
+        if !room && cap_warned.is_none_or(|at| at.elapsed() >= WARNING_EVERY) {
             tracing::warn!(server, max_connections, "connection cap reached; new connections wait in the listen backlog");
             cap_warned = Some(Instant::now());
         }
@@ -186,43 +189,49 @@ struct Acceptor {
     listener: TcpListener,
     server: &'static str,
     /// The current pause, while accepting fails.
-    backoff: Option<Duration>,
+    pause: Option<Duration>,
+    /// The current failure was logged (so its end will be).
+    told: bool,
+    warned_at: Option<Instant>,
 }
 
 impl Acceptor {
+    fn new(listener: TcpListener, server: &'static str) -> Self {
+        Self { listener, server, pause: None, told: false, warned_at: None }
+    }
+
     /// The next connection. Cancel-safe: a pause cut short by another
     /// branch of a `select!` (a connection closing frees a descriptor)
     /// retries at once on the next call.
     async fn next(&mut self) -> TcpStream {
         let server = self.server;
         loop {
-            match self.listener.accept().await {
+            let error = match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    if self.backoff.take().is_some() {
+                    if self.pause.take().is_some() && std::mem::take(&mut self.told) {
                         tracing::info!(server, "accepting connections again");
                     }
                     return stream;
                 }
                 Err(error) if is_per_connection(&error) => {
                     tracing::debug!(server, %error, "a connection failed before it was accepted");
+                    continue;
                 }
-                Err(error) => {
-                    let pause = match self.backoff {
-                        Some(pause) => (pause * 2).min(BACKOFF_MAX),
-                        None if is_resource_limit(&error) => {
-                            tracing::warn!(server, %error,
-                                "open-file or memory limit reached: cannot accept connections; retrying with backoff until it clears");
-                            BACKOFF_FIRST
-                        }
-                        None => {
-                            tracing::warn!(server, %error, "cannot accept connections; retrying with backoff");
-                            BACKOFF_FIRST
-                        }
-                    };
-                    self.backoff = Some(pause);
-                    tokio::time::sleep(pause).await;
+                Err(error) => error,
+            };
+            let pause = self.pause.map_or(BACKOFF_FIRST, |pause| (pause * 2).min(BACKOFF_MAX));
+            self.pause = Some(pause);
+            if !self.told && self.warned_at.is_none_or(|at| at.elapsed() >= WARNING_EVERY) {
+                if is_resource_limit(&error) {
+                    tracing::warn!(server, %error,
+                        "open-file or memory limit reached: cannot accept connections; retrying with backoff until it clears");
+                } else {
+                    tracing::warn!(server, %error, "cannot accept connections; retrying with backoff");
                 }
+                self.told = true;
+                self.warned_at = Some(Instant::now());
             }
+            tokio::time::sleep(pause).await;
         }
     }
 }
