@@ -2,7 +2,7 @@
 //! sxds variables (`SXDS_XDS_PORT`, `SXDS_CACHER_PORT`, `SXDS_ADS_MODE`,
 //! `SXDS_PRODUCTION`) keep their meaning.
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{net::IpAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use clap::{builder::BoolishValueParser, ArgAction, Parser};
 
@@ -45,6 +45,44 @@ pub struct Config {
     /// How long shutdown waits for open streams and requests, e.g. `10s`, `500ms`.
     #[arg(long, env = "SXDS_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Most REST connections open at once. At the cap sxds stops accepting and
+    /// newcomers wait in the kernel's listen backlog until a connection closes.
+    /// A fixed 512: far below the open-file limit sxds raises itself to (the
+    /// hard limit, 524288 on systemd hosts), so idle REST clients cannot use
+    /// up the descriptors xDS needs. Lower it where that limit is a few thousand.
+    #[arg(long, env = "SXDS_REST_MAX_CONNECTIONS", default_value = "512")]
+    pub rest_max_connections: NonZeroUsize,
+
+    /// How long a REST client may take to send a request's headers, counted
+    /// from its first byte. Slower clients are disconnected.
+    #[arg(long, env = "SXDS_REST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub rest_header_timeout: Duration,
+
+    /// How long a REST client may take to send a whole request body, counted
+    /// from the end of its headers; slower bodies are answered 408.
+    #[arg(long, env = "SXDS_REST_BODY_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub rest_body_timeout: Duration,
+
+    /// A REST connection with no request in progress for this long is closed.
+    #[arg(long, env = "SXDS_REST_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub rest_idle_timeout: Duration,
+
+    /// An xDS connection that sent nothing for this long is pinged (HTTP/2 PING).
+    #[arg(long, env = "SXDS_XDS_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_timeout)]
+    pub xds_keepalive_interval: Duration,
+
+    /// How long an xDS client has to answer a ping before its connection is closed.
+    #[arg(long, env = "SXDS_XDS_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_timeout)]
+    pub xds_keepalive_timeout: Duration,
+
+    /// How long an xDS client may take to take in one response (it grants
+    /// HTTP/2 flow-control window as it reads). A stream whose client takes
+    /// longer ends with DEADLINE_EXCEEDED and its connection is closed, which
+    /// frees what was buffered for it. Raise it for very large bundles over
+    /// slow links: 60s is 10 MB at 170 KB/s.
+    #[arg(long, env = "SXDS_SEND_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub send_timeout: Duration,
 
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `sxds=debug`.
     #[arg(long, env = "SXDS_LOG", default_value = "info")]
@@ -97,6 +135,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Like [`parse_duration`], refusing zero: a zero timeout would cut every client.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    parse_duration(text).and_then(|d| if d.is_zero() { Err(format!("{text:?}: a timeout must be longer than zero")) } else { Ok(d) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +154,17 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_timeout("0s").is_err());
+    }
+
+    #[test]
+    fn connection_limits_default_well_below_the_file_limit_and_refuse_zero() {
+        let config = Config::try_parse_from(["sxds"]).unwrap();
+        assert_eq!(config.rest_max_connections.get(), 512);
+        assert_eq!((config.rest_header_timeout, config.send_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
+        assert!(Config::try_parse_from(["sxds", "--rest-max-connections=0"]).is_err());
+        assert!(Config::try_parse_from(["sxds", "--send-timeout=0ms"]).is_err());
     }
 
     #[test]

@@ -21,16 +21,14 @@ pub mod api;
 pub mod bundle;
 pub mod cache;
 pub mod config;
+pub mod net;
 pub mod node_type;
 pub mod resource_type;
 pub mod schema;
 pub mod store;
 pub mod xds;
 
-use std::time::Duration;
-
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -42,8 +40,6 @@ use crate::{api::ApiState, cache::Cache, store::Store, xds::status::Registry};
 pub enum RunError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("xDS server: {0}")]
-    Xds(#[from] tonic::transport::Error),
     #[error("REST server: {0}")]
     Rest(#[from] std::io::Error),
 }
@@ -64,27 +60,22 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
     let healer = tokio::spawn(store.clone().heal(shutdown.clone()));
 
     let registry = Registry::default();
-    let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone());
-    let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_routes(xds_server.routes())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(xds), shutdown.clone().cancelled_owned());
+    let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone(), config.send_timeout);
+    let grpc = net::serve_xds(xds, xds_server.router(), config.into(), shutdown.clone());
 
     let app = api::router(ApiState::new(store, registry), config.body_limit);
-    let http = axum::serve(rest, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let http = net::serve_rest(rest, app, config.into(), shutdown.clone());
 
     let grace = config.shutdown_grace;
-    let servers = async { tokio::try_join!(async { grpc.await.map_err(RunError::from) }, async { http.await.map_err(RunError::from) }) };
+    let servers = async { tokio::join!(grpc, http) };
     tokio::pin!(servers);
-    let result = tokio::select! {
-        result = &mut servers => result.map(|_| ()),
+    tokio::select! {
+        _ = &mut servers => {}
         () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "shutdown grace period over; closing what is still open");
-            Ok(())
         }
     };
     follower.abort();
     healer.abort();
-    result
+    Ok(())
 }

@@ -30,6 +30,20 @@ pub fn bundle_descriptor() -> MessageDescriptor {
 }
 
 impl StoredBundle {
+    /// The stored form of decoded messages (stores before 0.2 kept those).
+    pub fn from_bundle(bundle: Bundle, content_hash: String) -> Self {
+        use prost::Message;
+        let mut resources = Vec::new();
+        let mut add = |ty: ResourceType, name: &str, value: Vec<u8>| {
+            resources.push(StoredResource { field: ty.bundle_field(), name: name.to_owned(), value: value.into() });
+        };
+        bundle.listeners.iter().for_each(|r| add(ResourceType::Listener, &r.name, r.encode_to_vec()));
+        bundle.clusters.iter().for_each(|r| add(ResourceType::Cluster, &r.name, r.encode_to_vec()));
+        bundle.routes.iter().for_each(|r| add(ResourceType::Route, &r.name, r.encode_to_vec()));
+        bundle.endpoints.iter().for_each(|r| add(ResourceType::Endpoint, &r.cluster_name, r.encode_to_vec()));
+        Self { version: bundle.version, content_hash, resources }
+    }
+
     /// The resources of `ty`, in bundle order.
     pub fn resources(&self, ty: ResourceType) -> impl Iterator<Item = &StoredResource> {
         let field = ty.bundle_field();

@@ -33,6 +33,13 @@ fn help_documents_every_option_with_its_variable() {
         ("--body-limit", "SXDS_BODY_LIMIT"),
         ("--shutdown-grace", "SXDS_SHUTDOWN_GRACE"),
         ("--log", "SXDS_LOG"),
+        ("--rest-max-connections", "SXDS_REST_MAX_CONNECTIONS"),
+        ("--rest-header-timeout", "SXDS_REST_HEADER_TIMEOUT"),
+        ("--rest-body-timeout", "SXDS_REST_BODY_TIMEOUT"),
+        ("--rest-idle-timeout", "SXDS_REST_IDLE_TIMEOUT"),
+        ("--xds-keepalive-interval", "SXDS_XDS_KEEPALIVE_INTERVAL"),
+        ("--xds-keepalive-timeout", "SXDS_XDS_KEEPALIVE_TIMEOUT"),
+        ("--send-timeout", "SXDS_SEND_TIMEOUT"),
     ] {
         assert!(help.contains(flag) && help.contains(variable), "{flag} / {variable} missing from --help");
     }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     resource_type::ResourceType,
-    schema::{LegacyStoredBundle, StoredBundle, StoredResource},
+    schema::{LegacyStoredBundle, StoredBundle},
 };
 
 const MAGIC: &[u8; 4] = b"SXD2";
@@ -82,16 +82,7 @@ fn check(bundle: &StoredBundle) -> Result<(), RecordError> {
 
 fn decode_legacy(record: &[u8]) -> Result<StoredBundle, RecordError> {
     let legacy = LegacyStoredBundle::decode(record).map_err(|e| RecordError::Decode(e.to_string()))?;
-    let bundle = legacy.bundle.unwrap_or_default();
-    let mut resources = Vec::new();
-    let mut add = |ty: ResourceType, name: &str, value: Vec<u8>| {
-        resources.push(StoredResource { field: ty.bundle_field(), name: name.to_owned(), value: value.into() });
-    };
-    bundle.listeners.iter().for_each(|r| add(ResourceType::Listener, &r.name, r.encode_to_vec()));
-    bundle.clusters.iter().for_each(|r| add(ResourceType::Cluster, &r.name, r.encode_to_vec()));
-    bundle.routes.iter().for_each(|r| add(ResourceType::Route, &r.name, r.encode_to_vec()));
-    bundle.endpoints.iter().for_each(|r| add(ResourceType::Endpoint, &r.cluster_name, r.encode_to_vec()));
-    let upgraded = StoredBundle { version: bundle.version, content_hash: legacy.content_hash, resources };
+    let upgraded = StoredBundle::from_bundle(legacy.bundle.unwrap_or_default(), legacy.content_hash);
     check(&upgraded)?;
     Ok(upgraded)
 }
@@ -101,7 +92,7 @@ mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 
     use super::*;
-    use crate::schema::Bundle;
+    use crate::schema::{Bundle, StoredResource};
 
     fn bundle() -> StoredBundle {
         let value = Cluster { name: "a".into(), ..Default::default() }.encode_to_vec().into();

@@ -1,31 +1,58 @@
-//! Discovery streams on the wire: requests are decoded with prost (through
-//! tonic's `Streaming`), responses are framed from bytes encoded once per
-//! snapshot.
+//! Discovery streams on the wire: requests are checked against the
+//! [`limits`], then decoded with prost (through tonic's `Streaming`);
+//! responses are framed from bytes encoded once per snapshot.
 //!
 //! A protobuf message may be written as the concatenation of its fields, so a
 //! `DiscoveryResponse` is assembled from shared chunks (each resource's
 //! encoded `resources` entry, built once per version) plus a few small
-//! per-stream fields (`nonce`). Per-stream work is copying bytes into one
-//! gRPC frame, which is freed once written: no stream keeps a buffer.
+//! per-stream fields (`nonce`). The response body hands hyper the 5-byte gRPC
+//! prefix and then slices of those shared chunks: no stream holds a private
+//! copy of a response, however slowly its client reads. Only chunks smaller
+//! than [`COALESCE_BELOW`] are copied, into one piece of at most
+//! [`PIECE_BYTES`].
 
 use std::{
+    collections::VecDeque,
     convert::Infallible,
     pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     task::{ready, Context, Poll},
 };
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
-use prost::encoding::{encode_key, encode_varint, WireType};
-use tokio::sync::mpsc;
-use tonic::codec::{BufferSettings, Streaming};
-use tonic_prost::ProstDecoder;
+use prost::{
+    encoding::{encode_key, encode_varint, WireType},
+    Message,
+};
+use tokio::{sync::mpsc, time::Instant};
+use tonic::{
+    codec::{BufferSettings, DecodeBuf, Decoder, Streaming},
+    Status,
+};
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
-/// Largest request accepted from a client (tonic's default).
-const MAX_REQUEST_BYTES: usize = 4 << 20;
+use super::limits;
+
+/// Largest piece of a response handed to hyper at once. h2 takes a whole
+/// piece into its send buffer as soon as the stream has any window left, so
+/// this bounds what it holds beyond the window of a client that stops
+/// reading. 16 KiB is HTTP/2's default frame size: one piece, one frame.
+const PIECE_BYTES: usize = 16 << 10;
+
+/// Chunks smaller than this are copied together into one piece rather than
+/// sent as a frame each (a response naming 3,000 small clusters would
+/// otherwise be 3,000 frames). Larger chunks go out as slices of the
+/// shared bytes.
+const COALESCE_BELOW: usize = 4 << 10;
+
+// A small chunk always fits in an empty piece, so every piece has bytes.
+const _: () = assert!(COALESCE_BELOW <= PIECE_BYTES);
 
 /// A response message as a list of already encoded protobuf fields.
 #[derive(Debug, Clone, Default)]
@@ -66,17 +93,6 @@ impl EncodedResponse {
         self.chunks.iter().for_each(|chunk| out.put_slice(chunk));
         out.freeze()
     }
-
-    /// The message as one gRPC length-prefixed frame: a zero "compressed"
-    /// flag, the big-endian length, then the message.
-    fn into_grpc_frame(self) -> Bytes {
-        let len = self.len();
-        let mut frame = BytesMut::with_capacity(5 + len);
-        frame.put_u8(0);
-        frame.put_u32(len as u32);
-        self.chunks.iter().for_each(|chunk| frame.put_slice(chunk));
-        frame.freeze()
-    }
 }
 
 /// Encodes one length-delimited field (`tag`, then `payload`) as a chunk.
@@ -88,29 +104,108 @@ pub fn encode_bytes_field(tag: u32, payload: &[u8]) -> Bytes {
     buf.into()
 }
 
-/// Decodes the request body of a discovery stream.
+/// Decodes the request body of a discovery stream. A request over one of
+/// the [`limits`] comes out as an `INVALID_ARGUMENT` status naming it; one
+/// over [`limits::MAX_REQUEST_BYTES`] as tonic's `OUT_OF_RANGE`.
 pub fn requests<B>(body: B) -> Streaming<DiscoveryRequest>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<tonic::codegen::StdError>,
 {
-    // Requests are small (a type, some names, a nonce): start with a small
-    // buffer, since every idle stream keeps one.
-    let decoder = ProstDecoder::new(BufferSettings::new(1024, 32 << 10));
-    Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES))
+    Streaming::new_request(RequestDecoder, body, None, Some(limits::MAX_REQUEST_BYTES))
 }
 
-/// The response body of a discovery stream: one gRPC frame per response,
-/// then the OK trailers when the stream's task ends.
+/// Checks a request's wire bytes against the limits, then decodes it.
+struct RequestDecoder;
+
+impl Decoder for RequestDecoder {
+    type Item = DiscoveryRequest;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DiscoveryRequest>, Status> {
+        // The whole message is buffered by now; taking it is not a copy.
+        let message = src.copy_to_bytes(src.remaining());
+        limits::check_request(&message)?;
+        DiscoveryRequest::decode(message)
+            .map(Some)
+            .map_err(|error| Status::invalid_argument(format!("not a DiscoveryRequest: {error}")))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        // Requests are small (a type, some names, a nonce): start with a
+        // small buffer, since every idle stream keeps one.
+        BufferSettings::new(1024, 32 << 10)
+    }
+}
+
+/// What a stream's task and its response body share.
+#[derive(Default)]
+struct Shared {
+    /// Responses the body has handed to hyper in full.
+    taken: AtomicU64,
+    /// The status the stream ends with; `None` is OK. Set before the
+    /// sender drops, read by the body once the channel is closed.
+    end: Mutex<Option<Status>>,
+}
+
+/// The two ends of a stream's responses: its task queues on the sender,
+/// hyper sends the body. `depth` responses may wait.
+pub fn response_channel(depth: usize) -> (ResponseSender, ResponseBody) {
+    let (tx, rx) = mpsc::channel(depth);
+    let shared = Arc::new(Shared::default());
+    let sender = ResponseSender { tx, shared: shared.clone(), queued_at: VecDeque::new(), taken_seen: 0 };
+    let body = ResponseBody { responses: rx, shared, current: None, finished: false };
+    (sender, body)
+}
+
+/// Where a stream's task queues its responses.
+pub struct ResponseSender {
+    tx: mpsc::Sender<EncodedResponse>,
+    shared: Arc<Shared>,
+    /// When each response the client has not taken yet was queued.
+    queued_at: VecDeque<Instant>,
+    /// How many taken responses `queued_at` no longer lists.
+    taken_seen: u64,
+}
+
+impl ResponseSender {
+    /// Queues a response without waiting.
+    pub fn try_send(&mut self, response: EncodedResponse) -> Result<(), mpsc::error::TrySendError<EncodedResponse>> {
+        self.tx.try_send(response)?;
+        self.queued_at.push_back(Instant::now());
+        Ok(())
+    }
+
+    /// Completes once the body is gone: the client left.
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
+
+    /// When the oldest response that the client has not taken in full was
+    /// queued; `None` when it has taken them all.
+    pub fn oldest_untaken(&mut self) -> Option<Instant> {
+        let taken = self.shared.taken.load(Ordering::Acquire);
+        while self.taken_seen < taken && self.queued_at.pop_front().is_some() {
+            self.taken_seen += 1;
+        }
+        self.queued_at.front().copied()
+    }
+
+    /// Makes the stream end with `status` in its trailers instead of OK,
+    /// after whatever is queued, once this sender drops.
+    pub fn end_with(&self, status: Status) {
+        *self.shared.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+}
+
+/// The response body of a discovery stream: each response as its gRPC
+/// prefix and then its chunks, in pieces of at most [`PIECE_BYTES`]; then
+/// the trailers when the stream's task ends.
 pub struct ResponseBody {
     responses: mpsc::Receiver<EncodedResponse>,
+    shared: Arc<Shared>,
+    current: Option<Outgoing>,
     finished: bool,
-}
-
-impl ResponseBody {
-    pub fn new(responses: mpsc::Receiver<EncodedResponse>) -> Self {
-        Self { responses, finished: false }
-    }
 }
 
 impl http_body::Body for ResponseBody {
@@ -121,13 +216,23 @@ impl http_body::Body for ResponseBody {
         if self.finished {
             return Poll::Ready(None);
         }
-        match ready!(self.responses.poll_recv(cx)) {
-            Some(response) => Poll::Ready(Some(Ok(Frame::data(response.into_grpc_frame())))),
-            None => {
-                self.finished = true;
-                let mut trailers = HeaderMap::new();
-                trailers.insert("grpc-status", HeaderValue::from_static("0"));
-                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+        loop {
+            if let Some(outgoing) = &mut self.current {
+                if let Some(piece) = outgoing.next_piece() {
+                    return Poll::Ready(Some(Ok(Frame::data(piece))));
+                }
+                // hyper asks for more only once it has sent (or buffered) the
+                // last piece: the response is taken.
+                self.current = None;
+                self.shared.taken.fetch_add(1, Ordering::Release);
+            }
+            match ready!(self.responses.poll_recv(cx)) {
+                Some(response) => self.current = Some(Outgoing::new(response)),
+                None => {
+                    self.finished = true;
+                    let status = self.shared.end.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers(status)))));
+                }
             }
         }
     }
@@ -137,18 +242,206 @@ impl http_body::Body for ResponseBody {
     }
 }
 
+fn trailers(status: Option<Status>) -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    let written = status.is_some_and(|status| status.add_header(&mut trailers).is_ok());
+    if !written {
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    }
+    trailers
+}
+
+/// One response on its way out.
+struct Outgoing {
+    /// The gRPC prefix, until it is sent: a zero "compressed" flag and the
+    /// big-endian message length.
+    prefix: Option<[u8; 5]>,
+    /// What is left of the chunk being sent (empty between chunks).
+    partial: Bytes,
+    /// `partial` is a large chunk going out in slices, its tail included.
+    slicing: bool,
+    chunks: std::vec::IntoIter<Bytes>,
+}
+
+impl Outgoing {
+    fn new(response: EncodedResponse) -> Self {
+        let mut prefix = [0; 5];
+        // A response is at most a bundle's size, which is far below 4 GiB.
+        prefix[1..].copy_from_slice(&(response.len() as u32).to_be_bytes());
+        Self { prefix: Some(prefix), partial: Bytes::new(), slicing: false, chunks: response.chunks.into_iter() }
+    }
+
+    /// The next piece: a slice of a large chunk, or the prefix and a run of
+    /// small chunks copied together; `None` once all is handed out.
+    fn next_piece(&mut self) -> Option<Bytes> {
+        if self.partial.is_empty() {
+            self.partial = self.chunks.next().unwrap_or_default();
+        }
+        let prefix = self.prefix.take();
+        if prefix.is_none() {
+            if self.partial.is_empty() {
+                return None;
+            }
+            if self.slicing || self.partial.len() >= COALESCE_BELOW {
+                let piece = self.partial.split_to(self.partial.len().min(PIECE_BYTES));
+                self.slicing = !self.partial.is_empty();
+                return Some(piece);
+            }
+        }
+        // How many small chunks fit in one piece after the prefix.
+        let mut len = prefix.map_or(0, |prefix| prefix.len());
+        let mut count = 0;
+        for chunk in std::iter::once(&self.partial).chain(self.chunks.as_slice()) {
+            if chunk.len() >= COALESCE_BELOW || len + chunk.len() > PIECE_BYTES {
+                break;
+            }
+            len += chunk.len();
+            count += 1;
+        }
+        let mut piece = BytesMut::with_capacity(len);
+        if let Some(prefix) = prefix {
+            piece.put_slice(&prefix);
+        }
+        for i in 0..count {
+            let chunk = if i == 0 { std::mem::take(&mut self.partial) } else { self.chunks.next().unwrap_or_default() };
+            piece.put_slice(&chunk);
+        }
+        Some(piece.freeze())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::future::poll_fn;
+
+    use http_body::Body as _;
+
     use super::*;
 
-    #[test]
-    fn a_grpc_frame_is_the_length_prefix_then_the_chunks() {
+    /// The body's next frame, or `None` if it would wait.
+    async fn next_frame(body: &mut ResponseBody) -> Option<Frame<Bytes>> {
+        poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Pending => Poll::Ready(None),
+            Poll::Ready(frame) => Poll::Ready(frame.map(|frame| frame.unwrap_or_else(|never| match never {}))),
+        })
+        .await
+    }
+
+    /// Every frame the body yields until it would wait: data pieces, then
+    /// the trailers if it ended.
+    async fn drain(body: &mut ResponseBody) -> (Vec<Bytes>, Option<HeaderMap>) {
+        let mut pieces = Vec::new();
+        while let Some(frame) = next_frame(body).await {
+            match frame.into_data() {
+                Ok(data) => pieces.push(data),
+                Err(frame) => return (pieces, frame.into_trailers().ok()),
+            }
+        }
+        (pieces, None)
+    }
+
+    fn response_with(shared_chunk: &Bytes) -> EncodedResponse {
         let mut response = EncodedResponse::default();
         response.push_string(1, "v1");
+        response.push_encoded(shared_chunk.clone());
+        response.push_string(4, "type.googleapis.com/envoy.config.cluster.v3.Cluster");
         response.push_string(5, "7");
-        let frame = response.clone().into_grpc_frame();
-        assert_eq!(frame[0], 0, "not compressed");
-        assert_eq!(u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize, response.len());
-        assert_eq!(&frame[5..], &response.to_bytes()[..]);
+        response
+    }
+
+    #[tokio::test]
+    async fn a_response_is_its_grpc_prefix_then_slices_of_the_shared_chunks() {
+        // A snapshot's wildcard chunk: every resource entry of a type.
+        let all = encode_bytes_field(2, &vec![7u8; 100_000]);
+        let response = response_with(&all);
+        let (mut sender, mut body) = response_channel(4);
+        sender.try_send(response.clone()).unwrap();
+
+        // Exactly the response's bytes, as hyper would take them.
+        let mut pieces = Vec::new();
+        while pieces.iter().map(Bytes::len).sum::<usize>() < 5 + response.len() {
+            let frame = next_frame(&mut body).await.expect("a piece is ready");
+            pieces.push(frame.into_data().expect("data"));
+        }
+        assert!(pieces.iter().all(|piece| piece.len() <= PIECE_BYTES), "no piece is larger than {PIECE_BYTES}");
+        let joined: Vec<u8> = pieces.iter().flat_map(|piece| piece.iter().copied()).collect();
+        assert_eq!(joined[0], 0, "not compressed");
+        assert_eq!(u32::from_be_bytes(joined[1..5].try_into().unwrap()) as usize, response.len());
+        assert_eq!(&joined[5..], &response.to_bytes()[..]);
+
+        // Every byte of the shared chunk goes out from the chunk's own
+        // allocation: no stream copies it.
+        let range = all.as_ptr() as usize..all.as_ptr() as usize + all.len();
+        let from_chunk: usize =
+            pieces.iter().filter(|piece| range.contains(&(piece.as_ptr() as usize))).map(|piece| piece.len()).sum();
+        assert_eq!(from_chunk, all.len(), "the shared chunk was copied");
+        assert!(pieces[0].len() < COALESCE_BELOW + 5, "the prefix and the small version field come first, copied together");
+
+        assert!(sender.oldest_untaken().is_some(), "taken only once hyper asks for more");
+        assert!(next_frame(&mut body).await.is_none(), "nothing else queued");
+        assert!(sender.oldest_untaken().is_none(), "hyper asked past the last piece: the response is taken");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_response_goes_out_from_the_snapshot_own_bytes() {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+        use crate::{
+            cache::{Selection, Snapshot},
+            resource_type::ResourceType,
+            schema::{Bundle, StoredBundle},
+        };
+
+        let clusters = (0..3000).map(|i| Cluster { name: format!("cluster-{i:05}"), ..Default::default() }).collect();
+        let bundle = Bundle { version: "v1".into(), clusters, ..Default::default() };
+        let stored = Arc::new(StoredBundle::from_bundle(bundle, String::new()));
+        let snapshot = Snapshot::build(1, stored, None);
+        let response = snapshot.response(ResourceType::Cluster, &Selection::All, "1");
+        let (mut sender, mut body) = response_channel(4);
+        sender.try_send(response.clone()).unwrap();
+        let (pieces, _) = drain(&mut body).await;
+
+        // Every large chunk of the response (the wildcard set, shared by
+        // every stream) is sent from the snapshot's allocation.
+        let large: Vec<&Bytes> = response.chunks().iter().filter(|chunk| chunk.len() >= COALESCE_BELOW).collect();
+        assert!(!large.is_empty());
+        for chunk in large {
+            let range = chunk.as_ptr() as usize..chunk.as_ptr() as usize + chunk.len();
+            let sent_from_it: usize =
+                pieces.iter().filter(|piece| range.contains(&(piece.as_ptr() as usize))).map(|piece| piece.len()).sum();
+            assert_eq!(sent_from_it, chunk.len(), "a stream copied the snapshot's bytes");
+        }
+    }
+
+    #[tokio::test]
+    async fn small_chunks_are_coalesced_into_bounded_pieces() {
+        let mut response = EncodedResponse::default();
+        for i in 0..3000 {
+            response.push_encoded(encode_bytes_field(2, format!("cluster-{i:05}").as_bytes()));
+        }
+        let (mut sender, mut body) = response_channel(4);
+        sender.try_send(response.clone()).unwrap();
+        let (pieces, _) = drain(&mut body).await;
+        assert!(pieces.len() < 10, "3000 small chunks went out as {} pieces", pieces.len());
+        assert!(pieces.iter().all(|piece| piece.len() <= PIECE_BYTES));
+        let joined: Vec<u8> = pieces.iter().flat_map(|piece| piece.iter().copied()).collect();
+        assert_eq!(&joined[5..], &response.to_bytes()[..]);
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_with_ok_or_with_the_status_it_was_given() {
+        let (sender, mut body) = response_channel(4);
+        drop(sender);
+        let (_, trailers) = drain(&mut body).await;
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        assert!(body.is_end_stream());
+
+        let (sender, mut body) = response_channel(4);
+        sender.end_with(Status::deadline_exceeded("too slow"));
+        drop(sender);
+        let (_, trailers) = drain(&mut body).await;
+        let trailers = trailers.unwrap();
+        assert_eq!(trailers["grpc-status"], "4");
+        assert!(trailers["grpc-message"].to_str().unwrap().starts_with("too"));
     }
 }

@@ -1,7 +1,9 @@
-//! xDS over gRPC: the codec that writes pre-encoded responses, the stream
-//! state machine, the services, and the status of every connected Envoy.
+//! xDS over gRPC: the codec that writes pre-encoded responses, the limits
+//! on what a client may send, the stream state machine, the services, and
+//! the status of every connected Envoy.
 
 pub mod codec;
+pub mod limits;
 pub mod server;
 pub mod status;
 pub mod stream;

@@ -2,10 +2,14 @@
 //! same stream loop; only the [`StreamKind`] differs.
 //!
 //! The endpoints are plain HTTP/2 handlers rather than generated tonic
-//! services: a response is one gRPC frame assembled from shared pre-encoded
-//! bytes (see `codec`), and no stream keeps an encode buffer of its own.
+//! services: a response is framed from shared pre-encoded bytes (see
+//! `codec`), and no stream keeps an encode buffer of its own. The loop
+//! also watches that its client takes what it is sent: one that stops
+//! (grants no HTTP/2 window) is cut off after `--send-timeout`, its whole
+//! connection closed through the [`ConnectionCloser`] the connection task
+//! put in the request, since only that frees what h2 buffered for it.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::Body,
@@ -16,17 +20,18 @@ use axum::{
 };
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use http::header::CONTENT_TYPE;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
+use tonic::{Code, Status, Streaming};
 
 use super::{
-    codec::{self, EncodedResponse, ResponseBody},
+    codec::{self, ResponseBody, ResponseSender},
     status::{Registry, StreamHandle},
     stream::{Received, StreamKind, StreamState},
 };
 use crate::{
     cache::{Cache, Snapshot, SnapshotWatch},
+    net::ConnectionCloser,
     node_type::NodeType,
     resource_type::ResourceType,
 };
@@ -50,47 +55,57 @@ pub struct XdsServer {
     cache: Cache,
     registry: Registry,
     shutdown: CancellationToken,
+    send_timeout: Duration,
 }
 
 impl XdsServer {
-    pub fn new(cache: Cache, registry: Registry, shutdown: CancellationToken) -> Self {
-        Self { cache, registry, shutdown }
+    /// `send_timeout`: how long a client may take to take in one response.
+    pub fn new(cache: Cache, registry: Registry, shutdown: CancellationToken, send_timeout: Duration) -> Self {
+        Self { cache, registry, shutdown, send_timeout }
     }
 
     /// The gRPC routes of every discovery method sxds answers; any other
     /// method is answered `UNIMPLEMENTED`.
-    pub fn routes(&self) -> tonic::service::Routes {
+    pub fn router(&self) -> Router {
         let mut router = Router::new();
         for (path, kind) in METHODS {
             router = router.route(path, post(move |State(server): State<XdsServer>, request: Request| server.serve(kind, request)));
         }
-        let router = router
+        router
             .fallback(|| async { Status::unimplemented("sxds serves state-of-the-world ADS, LDS, CDS, RDS and EDS").into_http::<Body>() })
-            .with_state(self.clone());
-        tonic::service::Routes::from(router)
+            .with_state(self.clone())
     }
 
     async fn serve(self, kind: StreamKind, request: Request) -> Response {
-        match self.open(kind, codec::requests(request.into_body())).await {
-            Ok(responses) => {
+        let closer = request.extensions().get::<ConnectionCloser>().cloned();
+        match self.open(kind, codec::requests(request.into_body()), closer).await {
+            Ok(body) => {
                 let headers = [(CONTENT_TYPE, "application/grpc")];
-                (headers, Body::new(ResponseBody::new(responses))).into_response()
+                (headers, Body::new(body)).into_response()
             }
-            Err(status) => status.into_http::<Body>(),
+            Err(status) => {
+                if is_refusal(&status) {
+                    tracing::warn!(service = kind.service_name(), %status, "discovery stream refused");
+                }
+                status.into_http::<Body>()
+            }
         }
     }
 
     /// Reads the first request (it must carry the node, R2) and starts the
-    /// stream's loop; its responses come out of the returned channel.
+    /// stream's loop; its responses come out of the returned body.
     async fn open(
         &self,
         kind: StreamKind,
         mut inbound: Streaming<DiscoveryRequest>,
-    ) -> Result<mpsc::Receiver<EncodedResponse>, Status> {
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("stream closed before its first request"))?;
+        closer: Option<ConnectionCloser>,
+    ) -> Result<ResponseBody, Status> {
+        let first = tokio::select! {
+            first = inbound.message() => first?,
+            // Nothing to drain yet: do not hold the shutdown open.
+            () = self.shutdown.cancelled() => return Err(Status::unavailable("sxds is shutting down")),
+        };
+        let first = first.ok_or_else(|| Status::invalid_argument("stream closed before its first request"))?;
         let node_id = match &first.node {
             Some(node) if !node.id.is_empty() => node.id.clone(),
             _ => return Err(Status::invalid_argument("the first discovery request must carry node.id")),
@@ -99,7 +114,7 @@ impl XdsServer {
         let handle = self.registry.open(&node_id, &node_type, kind.service_name());
         tracing::info!(node_id, %node_type, service = kind.service_name(), stream = handle.id(), "stream opened");
 
-        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        let (responses, body) = codec::response_channel(RESPONSE_BUFFER);
         let mut stream = XdsStream {
             state: StreamState::new(kind),
             snapshots: self.cache.subscribe(&node_type),
@@ -107,15 +122,34 @@ impl XdsServer {
             node_id,
             node_type,
             handle,
-            tx,
+            responses,
+            send_timeout: self.send_timeout,
         };
         stream.receive(&first);
         // The first request carries the node's metadata: it is not kept.
         drop(first);
-        stream.send_due(); // were the client gone already, `run` ends at once
-        tokio::spawn(stream.run(inbound, self.shutdown.clone()));
-        Ok(rx)
+        let early = stream.send_due().err(); // were the client gone already, `run` ends at once
+        tokio::spawn(stream.run(inbound, self.shutdown.clone(), closer, early));
+        Ok(body)
     }
+}
+
+/// Whether a status from decoding a request is the client's fault (a limit,
+/// a malformed message) rather than the stream going away.
+fn is_refusal(status: &Status) -> bool {
+    matches!(status.code(), Code::InvalidArgument | Code::OutOfRange)
+}
+
+/// Why a stream's loop ended.
+enum Ending {
+    /// The client left or the daemon shuts down: OK, if anyone listens.
+    Closed,
+    /// A request was refused (a limit, a malformed message): the stream
+    /// ends with that status.
+    Refused(Status),
+    /// The client stopped taking its responses: the stream ends with this
+    /// status where it can still be delivered, and its connection is closed.
+    Stalled(Status),
 }
 
 /// One open stream: its protocol state and its channels.
@@ -126,34 +160,85 @@ struct XdsStream {
     node_id: String,
     node_type: NodeType,
     handle: StreamHandle,
-    tx: mpsc::Sender<EncodedResponse>,
+    responses: ResponseSender,
+    send_timeout: Duration,
 }
 
 impl XdsStream {
-    async fn run(mut self, mut inbound: Streaming<DiscoveryRequest>, shutdown: CancellationToken) {
-        let mut open = true;
-        while open {
-            open = tokio::select! {
-                () = shutdown.cancelled() => false,
-                () = self.tx.closed() => false,
-                changed = self.snapshots.changed() => changed.is_ok() && self.send_due(),
-                message = inbound.message() => match message {
-                    Ok(Some(request)) => {
-                        self.receive(&request);
-                        self.send_due()
-                    }
-                    Ok(None) => false,
-                    Err(status) => {
-                        tracing::debug!(node_id = self.node_id, %status, "stream ended by the client");
-                        false
-                    }
-                },
-            };
+    async fn run(
+        mut self,
+        inbound: Streaming<DiscoveryRequest>,
+        shutdown: CancellationToken,
+        closer: Option<ConnectionCloser>,
+        early: Option<Ending>,
+    ) {
+        let ending = match early {
+            Some(ending) => ending,
+            None => self.serve(inbound, shutdown).await,
+        };
+        match ending {
+            Ending::Closed => {}
+            Ending::Refused(status) => self.responses.end_with(status),
+            Ending::Stalled(status) => {
+                self.responses.end_with(status);
+                if let Some(closer) = closer {
+                    closer.close();
+                }
+            }
         }
         tracing::info!(node_id = self.node_id, node_type = %self.node_type, stream = self.handle.id(), "stream closed");
         let (cache, node_type) = (self.cache.clone(), self.node_type.clone());
         drop(self);
         cache.release(&node_type);
+    }
+
+    async fn serve(&mut self, mut inbound: Streaming<DiscoveryRequest>, shutdown: CancellationToken) -> Ending {
+        loop {
+            // The oldest response the client has not taken in full, if any,
+            // must be taken by this deadline.
+            let deadline = self.responses.oldest_untaken().map(|queued| queued + self.send_timeout);
+            let step = tokio::select! {
+                () = shutdown.cancelled() => Err(Ending::Closed),
+                () = self.responses.closed() => Err(Ending::Closed),
+                () = sleep_until(deadline), if deadline.is_some() => self.check_taken(),
+                changed = self.snapshots.changed() => match changed {
+                    Ok(()) => self.send_due(),
+                    Err(_) => Err(Ending::Closed),
+                },
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => {
+                        self.receive(&request);
+                        self.send_due()
+                    }
+                    Ok(None) => Err(Ending::Closed),
+                    Err(status) if is_refusal(&status) => {
+                        tracing::warn!(node_id = self.node_id, node_type = %self.node_type, %status, "discovery request refused; ending the stream");
+                        Err(Ending::Refused(status))
+                    }
+                    Err(status) => {
+                        tracing::debug!(node_id = self.node_id, %status, "stream ended by the client");
+                        Err(Ending::Closed)
+                    }
+                },
+            };
+            if let Err(ending) = step {
+                return ending;
+            }
+        }
+    }
+
+    /// At a send deadline: has the client taken its responses since?
+    fn check_taken(&mut self) -> Result<(), Ending> {
+        let Some(queued) = self.responses.oldest_untaken() else { return Ok(()) };
+        if queued.elapsed() < self.send_timeout {
+            return Ok(());
+        }
+        let timeout = self.send_timeout;
+        tracing::warn!(node_id = self.node_id, node_type = %self.node_type, stream = self.handle.id(), ?timeout,
+            "the client did not take its response within --send-timeout; closing its connection");
+        Err(Ending::Stalled(Status::deadline_exceeded(format!(
+            "the response was not taken within {timeout:?} (--send-timeout): the client stopped reading"
+        ))))
     }
 
     fn receive(&mut self, request: &DiscoveryRequest) {
@@ -175,28 +260,44 @@ impl XdsStream {
             Received::Stale { ty } => {
                 tracing::debug!(node_id, %ty, nonce = request.response_nonce, "stale nonce ignored");
             }
+            Received::Repeat { ty } => {
+                tracing::debug!(node_id, %ty, nonce = request.response_nonce, "repeated request, nothing changed; ignored");
+            }
             Received::Unknown { type_url } => {
                 tracing::debug!(node_id, type_url, "type not served by sxds; ignored");
             }
         }
     }
 
-    /// Queues every response now due; `false` once the stream must end.
+    /// Queues every response now due; an `Err` once the stream must end.
     /// Never waits: each type has at most one unanswered response, so the
     /// channel (one slot per type) always has room for a well-behaved client.
-    fn send_due(&mut self) -> bool {
+    fn send_due(&mut self) -> Result<(), Ending> {
         let snapshot: Option<Arc<Snapshot>> = self.snapshots.borrow_and_update().clone();
-        let Some(snapshot) = snapshot else { return true };
+        let Some(snapshot) = snapshot else { return Ok(()) };
         for (ty, response) in self.state.due(&snapshot) {
             self.handle.sent(ty, snapshot.shared_version());
             tracing::debug!(node_id = self.node_id, %ty, version = snapshot.version(), bytes = response.len(), "response sent");
-            if let Err(error) = self.tx.try_send(response) {
-                if matches!(error, mpsc::error::TrySendError::Full(_)) {
-                    tracing::warn!(node_id = self.node_id, "client is not reading its responses; closing the stream");
+            match self.responses.try_send(response) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!(node_id = self.node_id, node_type = %self.node_type, stream = self.handle.id(),
+                        "the client is not taking its responses; closing its connection");
+                    return Err(Ending::Stalled(Status::resource_exhausted(
+                        "responses are not being taken: the client stopped reading",
+                    )));
                 }
-                return false;
+                Err(TrySendError::Closed(_)) => return Err(Ending::Closed),
             }
         }
-        true
+        Ok(())
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -15,6 +15,12 @@
 //!   response: Envoy re-requests when a cluster or listener starts warming
 //!   and needs a fresh answer even if nothing changed (R21, R22).
 //!
+//! A request that is neither a reply nor a change (the client repeats an ACK
+//! or NACK it already sent, same nonce, same names) is answered only if the
+//! node type's snapshot moved since the type's last response: that is
+//! Envoy's warming re-request after a CDS or LDS update. Anything else a
+//! client repeats, however often, gets nothing (R7, R8, R10).
+//!
 //! On ADS, clusters that a new bundle drops are removed last (R23): the
 //! first CDS response of the update still carries them, so routes that point
 //! at them keep working until the new listeners and routes are in; a final
@@ -22,7 +28,7 @@
 
 use std::{
     hash::{Hash, Hasher},
-    sync::Arc,
+    sync::{Arc, Weak},
 };
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
@@ -65,6 +71,9 @@ pub enum Received<'a> {
     Nack { ty: ResourceType, nonce: &'a str, error: &'a str },
     /// A nonce other than our latest for the type: ignored (R10).
     Stale { ty: ResourceType },
+    /// The client repeated itself and nothing changed since: ignored
+    /// (R7, R8).
+    Repeat { ty: ResourceType },
     /// A type sxds does not serve (secrets, runtime, ...), or the wrong type
     /// on a per-type service.
     Unknown { type_url: &'a str },
@@ -95,6 +104,10 @@ struct TypeState {
     /// The snapshot the last response came from: what the client holds for
     /// every subscribed name.
     sent: Option<Arc<Snapshot>>,
+    /// The snapshot the last response was actually built from (`sent`
+    /// moves on without a response when nothing the client holds changed).
+    /// Weak: a stream must not keep old bundles alive.
+    answered_from: Weak<Snapshot>,
     /// CDS only: clusters of an older bundle the client keeps for make
     /// before break, and the snapshot they come from; a final response
     /// removes them.
@@ -134,17 +147,26 @@ impl StreamState {
         }
 
         let is_reply = !nonce.is_empty() && state.awaiting_reply;
-        state.awaiting_reply = false;
-        if !is_reply {
-            state.refresh = true;
-        }
-        update_subscription(ty, state, &request.resource_names, snapshot);
+        let first = !state.requested;
+        let names_changed = update_subscription(ty, state, &request.resource_names, snapshot);
         state.requested = true;
-
-        match (&request.error_detail, is_reply) {
-            (Some(error), true) => Received::Nack { ty, nonce, error: &error.message },
-            (None, true) => Received::Ack { ty, version: &request.version_info },
-            _ => Received::Request { ty },
+        if is_reply {
+            state.awaiting_reply = false;
+            return match &request.error_detail {
+                Some(error) => Received::Nack { ty, nonce, error: &error.message },
+                None => Received::Ack { ty, version: &request.version_info },
+            };
+        }
+        // Not a reply to our latest response. A new subscription supersedes
+        // it (R9) and gets a fresh answer; so does a repeat once the
+        // snapshot moved: Envoy's warming re-request (R21, R22).
+        let snapshot_moved = snapshot.is_some_and(|snapshot| !std::ptr::eq(state.answered_from.as_ptr(), snapshot));
+        if first || names_changed || snapshot_moved {
+            state.awaiting_reply = false;
+            state.refresh = true;
+            Received::Request { ty }
+        } else {
+            Received::Repeat { ty }
         }
     }
 
@@ -226,6 +248,7 @@ impl TypeState {
         self.nonce = nonce;
         self.awaiting_reply = true;
         self.sent = Some(snapshot.clone());
+        self.answered_from = Arc::downgrade(snapshot);
         self.newly_named = Names::default();
         self.refresh = false;
     }
@@ -244,14 +267,15 @@ fn waits_for(ty: ResourceType) -> &'static [ResourceType] {
     }
 }
 
-/// Applies a request's `resource_names` to the subscription (R14, R15, R17).
-fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: &[String], snapshot: Option<&Snapshot>) {
+/// Applies a request's `resource_names` to the subscription (R14, R15, R17);
+/// `false` when they are the last request's names.
+fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: &[String], snapshot: Option<&Snapshot>) -> bool {
     // Most requests are ACKs repeating the last one's names: a 64-bit digest
     // of the list spots them without a lookup per name (two different lists
     // colliding is a 2^-64 event).
     let digest = names_digest(resource_names);
     if state.requested && digest == state.last_names_digest {
-        return;
+        return false;
     }
     state.last_names_digest = digest;
     let star = resource_names.iter().any(|name| name == "*");
@@ -268,6 +292,7 @@ fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: 
     let added = names.iter().filter(|name| !state.names.contains(name));
     state.newly_named = Names::new(still_new.chain(added).map(|name| names.shared(name)));
     state.names = names;
+    true
 }
 
 /// A set of resource names: sorted, each shared with the snapshot that has
@@ -365,5 +390,97 @@ fn existing<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Snapshot) 
         Box::new(snapshot.names(ty))
     } else {
         Box::new(state.names.iter().filter(move |name| snapshot.contains(ty, name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::{
+        envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment},
+        google::{protobuf::Duration as ProtoDuration, rpc::Status as RpcStatus},
+    };
+
+    use super::*;
+    use crate::schema::{Bundle, StoredBundle};
+
+    /// A snapshot with one EDS cluster `a` (connect timeout `timeout_s`) and
+    /// its endpoints, built after `previous`.
+    fn snapshot(id: u64, version: &str, timeout_s: i64, previous: Option<&Snapshot>) -> Arc<Snapshot> {
+        let cluster = Cluster {
+            name: "a".into(),
+            connect_timeout: Some(ProtoDuration { seconds: timeout_s, nanos: 0 }),
+            ..Default::default()
+        };
+        let bundle = Bundle {
+            version: version.to_owned(),
+            clusters: vec![cluster],
+            endpoints: vec![ClusterLoadAssignment { cluster_name: "a".into(), ..Default::default() }],
+            ..Default::default()
+        };
+        let stored = Arc::new(StoredBundle::from_bundle(bundle, version.to_owned()));
+        Arc::new(Snapshot::build(id, stored, previous))
+    }
+
+    fn request(ty: ResourceType, names: &[&str], nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: ty.type_url().to_owned(),
+            resource_names: names.iter().map(|name| (*name).to_owned()).collect(),
+            response_nonce: nonce.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn nack(ty: ResourceType, nonce: &str) -> DiscoveryRequest {
+        let error = RpcStatus { code: 3, message: "rejected".into(), details: vec![] };
+        DiscoveryRequest { error_detail: Some(error), ..request(ty, &[], nonce) }
+    }
+
+    /// Takes in `request` and returns the types of the responses due.
+    fn answer(state: &mut StreamState, request: &DiscoveryRequest, snapshot: &Arc<Snapshot>) -> Vec<ResourceType> {
+        state.on_request(request, Some(snapshot));
+        state.due(snapshot).into_iter().map(|(ty, _)| ty).collect()
+    }
+
+    #[test]
+    fn r7_r8_a_repeated_nack_or_ack_is_not_answered_while_nothing_changed() {
+        let v1 = snapshot(1, "v1", 1, None);
+        let mut state = StreamState::new(StreamKind::Aggregated);
+        assert_eq!(answer(&mut state, &request(ResourceType::Cluster, &[], ""), &v1), [ResourceType::Cluster]);
+        assert_eq!(state.on_request(&nack(ResourceType::Cluster, "1"), Some(&v1)), Received::Nack { ty: ResourceType::Cluster, nonce: "1", error: "rejected" });
+        assert!(state.due(&v1).is_empty(), "R7: a NACK is not answered with the same config");
+        for _ in 0..1000 {
+            assert_eq!(state.on_request(&nack(ResourceType::Cluster, "1"), Some(&v1)), Received::Repeat { ty: ResourceType::Cluster });
+            assert!(state.due(&v1).is_empty(), "a repeated NACK is answered");
+        }
+
+        assert_eq!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], ""), &v1), [ResourceType::Endpoint]);
+        assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "2"), &v1).is_empty(), "the ACK");
+        for _ in 0..1000 {
+            assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "2"), &v1).is_empty(), "a repeated ACK is answered");
+        }
+    }
+
+    #[test]
+    fn r11_r21_a_repeat_with_new_names_or_after_the_snapshot_moved_is_answered() {
+        let v1 = snapshot(1, "v1", 1, None);
+        let mut state = StreamState::new(StreamKind::Aggregated);
+        answer(&mut state, &request(ResourceType::Cluster, &[], ""), &v1);
+        answer(&mut state, &request(ResourceType::Cluster, &[], "1"), &v1);
+        assert_eq!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], ""), &v1), [ResourceType::Endpoint]);
+        assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "2"), &v1).is_empty());
+
+        // R11: the same nonce again, with a name added, is a new subscription.
+        assert_eq!(answer(&mut state, &request(ResourceType::Endpoint, &["a", "b"], "2"), &v1), [ResourceType::Endpoint]);
+        assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a", "b"], "3"), &v1).is_empty());
+
+        // R21: cluster a changes, its endpoints do not. CDS is sent; when the
+        // warming cluster repeats the EDS request, it gets a fresh answer.
+        let v2 = snapshot(2, "v2", 2, Some(&v1));
+        assert_eq!(state.due(&v2).into_iter().map(|(ty, _)| ty).collect::<Vec<_>>(), [ResourceType::Cluster]);
+        assert!(answer(&mut state, &request(ResourceType::Cluster, &[], "4"), &v2).is_empty());
+        assert_eq!(answer(&mut state, &request(ResourceType::Endpoint, &["a", "b"], "3"), &v2), [ResourceType::Endpoint]);
+        // ...once: repeating the ACK of that answer gets nothing more.
+        assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a", "b"], "5"), &v2).is_empty());
+        assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a", "b"], "5"), &v2).is_empty());
     }
 }

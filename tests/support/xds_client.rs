@@ -71,6 +71,17 @@ impl XdsClient {
         }
     }
 
+    /// The status the stream ends with (`Code::Ok` for a clean end); panics
+    /// if a response comes instead, or nothing within the bound.
+    pub async fn expect_end(&mut self) -> tonic::Status {
+        match tokio::time::timeout(RESPONSE_BOUND, self.responses.message()).await {
+            Ok(Err(status)) => status,
+            Ok(Ok(None)) => tonic::Status::ok(""),
+            Ok(Ok(Some(response))) => panic!("expected the stream to end, got a response: {response:?}"),
+            Err(_) => panic!("the stream did not end within {RESPONSE_BOUND:?}"),
+        }
+    }
+
     /// Takes the next response and ACKs it, keeping `names` subscribed.
     pub async fn recv_acked(&mut self, names: &[&str]) -> DiscoveryResponse {
         let response = self.recv().await;

@@ -1,0 +1,277 @@
+//! The two listeners, served from sxds's own accept loops so that nothing a
+//! client does with connections can take the daemon down.
+//!
+//! - Accepting: at a resource limit (EMFILE, ENFILE, ENOBUFS, ENOMEM) a loop
+//!   backs off, 10 ms doubling up to 1 s, instead of retrying at once; it
+//!   says so once at WARN, and once at INFO when accepting works again (at
+//!   most once a minute: the limit comes and goes as connections close).
+//!   Errors that concern one connection only (ECONNABORTED and the like) are
+//!   skipped.
+//! - REST (HTTP/1.1, and HTTP/2 with prior knowledge): at most
+//!   `--rest-max-connections` at once; at the cap the loop stops accepting and
+//!   newcomers wait in the kernel's backlog. Every connection is timed: its
+//!   request headers from their first byte (`--rest-header-timeout`), a
+//!   request body (`--rest-body-timeout`, answered 408) and the time without
+//!   a request (`--rest-idle-timeout`).
+//! - xDS (HTTP/2): TCP_NODELAY; keepalive pings close peers that stopped
+//!   answering; every request carries a [`ConnectionCloser`], with which a
+//!   stream whose client stopped reading closes its connection.
+//! - Shutdown: the loops stop accepting and each connection finishes
+//!   gracefully (HTTP/2 GOAWAY, HTTP/1.1 close once idle); `run` bounds the
+//!   drain by `--shutdown-grace`. Connection tasks belong to their loop's
+//!   `JoinSet`, so dropping the loop aborts them.
+
+mod rest;
+
+use std::{future::Future, io, time::Duration};
+
+use axum::Router;
+use http::Request;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::JoinSet,
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::Config;
+
+/// First and longest pause of an accept loop at a resource limit.
+const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How long a connection closed by its [`ConnectionCloser`] may still flush
+/// what it can (a final status, GOAWAY) before it is dropped.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// How often a warning about a limit may repeat. At the open-file limit,
+/// every closing connection lets one accept succeed before the next fails:
+/// without this, a busy daemon would log a pair of lines per connection.
+const WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// The REST server's limits; see [`Config`] for each.
+#[derive(Debug, Clone, Copy)]
+pub struct RestLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl From<&Config> for RestLimits {
+    fn from(config: &Config) -> Self {
+        Self {
+            max_connections: config.rest_max_connections.get(),
+            header_timeout: config.rest_header_timeout,
+            body_timeout: config.rest_body_timeout,
+            idle_timeout: config.rest_idle_timeout,
+        }
+    }
+}
+
+/// The xDS server's HTTP/2 keepalive; see [`Config`].
+#[derive(Debug, Clone, Copy)]
+pub struct XdsKeepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl From<&Config> for XdsKeepalive {
+    fn from(config: &Config) -> Self {
+        Self { interval: config.xds_keepalive_interval, timeout: config.xds_keepalive_timeout }
+    }
+}
+
+/// Closes the xDS connection a request came in on. hyper polls a response
+/// body only while its stream has flow-control window, so a stream whose
+/// client grants none cannot end itself: its handler finds this in the
+/// request's extensions and has the connection task drop the connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionCloser(CancellationToken);
+
+impl ConnectionCloser {
+    pub fn close(&self) {
+        self.0.cancel();
+    }
+}
+
+/// Serves the xDS router over HTTP/2 until `shutdown` is cancelled and every
+/// connection has finished.
+pub async fn serve_xds(listener: TcpListener, router: Router, keepalive: XdsKeepalive, shutdown: CancellationToken) {
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new()).keep_alive_interval(keepalive.interval).keep_alive_timeout(keepalive.timeout);
+    accept_loop(listener, "xds", usize::MAX, &shutdown, |stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let close = CancellationToken::new();
+        let closer = ConnectionCloser(close.clone());
+        let router = router.clone();
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(closer.clone());
+            router.clone().oneshot(request)
+        });
+        let connection = http2.serve_connection(TokioIo::new(stream), service);
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::pin!(connection);
+            let closing = tokio::select! {
+                result = connection.as_mut() => return finished("xds", result),
+                () = shutdown.cancelled() => false,
+                () = close.cancelled() => true,
+            };
+            connection.as_mut().graceful_shutdown();
+            if !closing {
+                // Draining: the streams end as they see the shutdown too.
+                tokio::select! {
+                    result = connection.as_mut() => return finished("xds", result),
+                    () = close.cancelled() => {}
+                }
+            }
+            // A stalled stream will never finish: flush what can be, then drop.
+            if let Ok(result) = tokio::time::timeout(CLOSE_LINGER, connection).await {
+                finished("xds", result);
+            }
+        }
+    })
+    .await;
+}
+
+/// Serves the REST router until `shutdown` is cancelled and every
+/// connection has finished.
+pub async fn serve_rest(listener: TcpListener, router: Router, limits: RestLimits, shutdown: CancellationToken) {
+    accept_loop(listener, "rest", limits.max_connections, &shutdown, |stream| {
+        rest::serve_connection(stream, router.clone(), limits, shutdown.clone())
+    })
+    .await;
+}
+
+/// Accepts connections and runs `connect`'s future for each, at most
+/// `max_connections` at once, until `shutdown`; then waits for them all.
+async fn accept_loop<F, Fut>(listener: TcpListener, server: &'static str, max_connections: usize, shutdown: &CancellationToken, mut connect: F)
+where
+    F: FnMut(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut acceptor = Acceptor::new(listener, server);
+    let mut connections = JoinSet::new();
+    let mut cap_warned: Option<Instant> = None;
+    loop {
+        let room = connections.len() < max_connections;
+        if !room && cap_warned.is_none_or(|at| at.elapsed() >= WARNING_EVERY) {
+            tracing::warn!(server, max_connections, "connection cap reached; new connections wait in the listen backlog");
+            cap_warned = Some(Instant::now());
+        }
+        tokio::select! {
+            stream = acceptor.next(), if room => {
+                connections.spawn(connect(stream));
+            }
+            Some(done) = connections.join_next() => {
+                if let Err(error) = done {
+                    if error.is_panic() {
+                        tracing::error!(server, %error, "a connection task panicked");
+                    }
+                }
+            }
+            () = shutdown.cancelled() => break,
+        }
+    }
+    // Stop listening: new connections are refused while the others drain.
+    drop(acceptor);
+    while connections.join_next().await.is_some() {}
+}
+
+/// A listener with the accept error policy.
+struct Acceptor {
+    listener: TcpListener,
+    server: &'static str,
+    /// The current pause, while accepting fails.
+    pause: Option<Duration>,
+    /// The current failure was logged (so its end will be).
+    told: bool,
+    warned_at: Option<Instant>,
+}
+
+impl Acceptor {
+    fn new(listener: TcpListener, server: &'static str) -> Self {
+        Self { listener, server, pause: None, told: false, warned_at: None }
+    }
+
+    /// The next connection. Cancel-safe: a pause cut short by another
+    /// branch of a `select!` (a connection closing frees a descriptor)
+    /// retries at once on the next call.
+    async fn next(&mut self) -> TcpStream {
+        let server = self.server;
+        loop {
+            let error = match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    if self.pause.take().is_some() && std::mem::take(&mut self.told) {
+                        tracing::info!(server, "accepting connections again");
+                    }
+                    return stream;
+                }
+                Err(error) if is_per_connection(&error) => {
+                    tracing::debug!(server, %error, "a connection failed before it was accepted");
+                    continue;
+                }
+                Err(error) => error,
+            };
+            let pause = self.pause.map_or(BACKOFF_FIRST, |pause| (pause * 2).min(BACKOFF_MAX));
+            self.pause = Some(pause);
+            if !self.told && self.warned_at.is_none_or(|at| at.elapsed() >= WARNING_EVERY) {
+                if is_resource_limit(&error) {
+                    tracing::warn!(server, %error,
+                        "open-file or memory limit reached: cannot accept connections; retrying with backoff until it clears");
+                } else {
+                    tracing::warn!(server, %error, "cannot accept connections; retrying with backoff");
+                }
+                self.told = true;
+                self.warned_at = Some(Instant::now());
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// The process or system ran out of something a new connection needs.
+fn is_resource_limit(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// An error about the one connection being accepted, not about the listener
+/// (accept(2) passes pending network errors on this way).
+fn is_per_connection(error: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(error.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock | TimedOut)
+        || matches!(
+            error.raw_os_error(),
+            Some(
+                libc::EPROTO
+                    | libc::EPERM
+                    | libc::ENETDOWN
+                    | libc::ENETUNREACH
+                    | libc::ENOPROTOOPT
+                    | libc::EHOSTDOWN
+                    | libc::EHOSTUNREACH
+                    | libc::ENONET
+                    | libc::EOPNOTSUPP
+            )
+        )
+}
+
+fn finished<E: std::fmt::Display>(server: &'static str, result: Result<(), E>) {
+    if let Err(error) = result {
+        tracing::debug!(server, %error, "connection ended with an error");
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,146 @@
+//! Limits on what one xDS client may send, and the check that enforces
+//! them. A request is checked on its wire bytes before prost allocates
+//! anything for it: a 4 MiB request of 700,000 short names otherwise costs
+//! 58 MB and most of a CPU-second to decode and subscribe to. A request over
+//! a limit ends its stream with `INVALID_ARGUMENT` naming the limit.
+
+use prost::encoding::{decode_key, decode_varint, WireType};
+use tonic::Status;
+
+/// Largest request message (tonic's default). Envoy's requests are a type,
+/// names, a nonce and, once, the node: kilobytes.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// Most resource names (and xdstp resource locators) in one request. The
+/// largest real subscriptions are EDS or RDS for every cluster or route of a
+/// big mesh: tens of thousands. With names of 40 bytes or more, the 4 MiB
+/// message limit binds first; this bounds the degenerate case of many tiny
+/// names, whose decoded form costs about 14 times their wire size.
+pub const MAX_RESOURCE_NAMES: usize = 100_000;
+
+/// Longest resource name. Cluster, route and listener names are short;
+/// the longest in use are xdstp:// URLs with context parameters, a few
+/// hundred bytes. Every stream keeps the names it subscribes to.
+pub const MAX_RESOURCE_NAME_BYTES: usize = 4 << 10;
+
+/// Longest node id. Node ids such as Istio's `sidecar~IP~pod.namespace~domain`
+/// stay under 700 bytes with every part at its Kubernetes maximum. The id is
+/// kept per stream, shown by `GET /nodes` and written into log lines.
+pub const MAX_NODE_ID_BYTES: usize = 1 << 10;
+
+// DiscoveryRequest and Node field numbers, for the checks on the wire bytes.
+const REQUEST_NODE: u32 = 2;
+const REQUEST_RESOURCE_NAMES: u32 = 3;
+const REQUEST_RESOURCE_LOCATORS: u32 = 7;
+const NODE_ID: u32 = 1;
+const LOCATOR_NAME: u32 = 1;
+
+/// Walks the top-level fields of an encoded DiscoveryRequest (and into its
+/// node and locators), counting names and measuring ids. Allocates nothing.
+pub(super) fn check_request(mut message: &[u8]) -> Result<(), Status> {
+    let mut names = 0usize;
+    while !message.is_empty() {
+        let (field, value) = next_field(&mut message)?;
+        let Some(value) = value else { continue };
+        match field {
+            REQUEST_RESOURCE_NAMES | REQUEST_RESOURCE_LOCATORS => {
+                names += 1;
+                if names > MAX_RESOURCE_NAMES {
+                    return Err(Status::invalid_argument(format!(
+                        "a discovery request may name at most {MAX_RESOURCE_NAMES} resources"
+                    )));
+                }
+                let name_len = if field == REQUEST_RESOURCE_NAMES { value.len() } else { longest_field(value, LOCATOR_NAME)? };
+                if name_len > MAX_RESOURCE_NAME_BYTES {
+                    return Err(Status::invalid_argument(format!(
+                        "a resource name of {name_len} bytes is longer than the limit of {MAX_RESOURCE_NAME_BYTES} bytes"
+                    )));
+                }
+            }
+            REQUEST_NODE => {
+                let id_len = longest_field(value, NODE_ID)?;
+                if id_len > MAX_NODE_ID_BYTES {
+                    return Err(Status::invalid_argument(format!(
+                        "a node.id of {id_len} bytes is longer than the limit of {MAX_NODE_ID_BYTES} bytes"
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The longest length-delimited `field` of an encoded message.
+fn longest_field(mut message: &[u8], field: u32) -> Result<usize, Status> {
+    let mut longest = 0;
+    while !message.is_empty() {
+        if let (number, Some(value)) = next_field(&mut message)? {
+            if number == field {
+                longest = longest.max(value.len());
+            }
+        }
+    }
+    Ok(longest)
+}
+
+/// Takes one field off the front of `message`: its number and, when it is
+/// length-delimited, its payload. Groups (which no xDS message uses) and
+/// malformed input are refused, so nothing can hide behind them.
+fn next_field<'a>(message: &mut &'a [u8]) -> Result<(u32, Option<&'a [u8]>), Status> {
+    let malformed = || Status::invalid_argument("not a DiscoveryRequest: malformed protobuf");
+    let (number, wire_type) = decode_key(message).map_err(|_| malformed())?;
+    let skip = match wire_type {
+        WireType::Varint => {
+            decode_varint(message).map_err(|_| malformed())?;
+            0
+        }
+        WireType::SixtyFourBit => 8,
+        WireType::ThirtyTwoBit => 4,
+        WireType::LengthDelimited => {
+            let len = usize::try_from(decode_varint(message).map_err(|_| malformed())?).map_err(|_| malformed())?;
+            let value = message.get(..len).ok_or_else(malformed)?;
+            *message = &message[len..];
+            return Ok((number, Some(value)));
+        }
+        WireType::StartGroup | WireType::EndGroup => return Err(malformed()),
+    };
+    *message = message.get(skip..).ok_or_else(malformed)?;
+    Ok((number, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::{config::core::v3::Node, service::discovery::v3::DiscoveryRequest};
+    use prost::Message;
+
+    use super::*;
+
+    fn encoded(request: &DiscoveryRequest) -> Vec<u8> {
+        request.encode_to_vec()
+    }
+
+    #[test]
+    fn requests_within_the_limits_pass_and_others_name_the_limit() {
+        let node = |id: &str| Some(Node { id: id.to_owned(), cluster: "c".to_owned(), ..Default::default() });
+        let names = |n: usize, len: usize| (0..n).map(|i| format!("{i:0len$}")).collect::<Vec<_>>();
+        let ok = DiscoveryRequest { node: node(&"n".repeat(MAX_NODE_ID_BYTES)), resource_names: names(10, MAX_RESOURCE_NAME_BYTES), ..Default::default() };
+        check_request(&encoded(&ok)).unwrap();
+        let ok = DiscoveryRequest { resource_names: names(MAX_RESOURCE_NAMES, 6), ..Default::default() };
+        check_request(&encoded(&ok)).unwrap();
+
+        let cases = [
+            (DiscoveryRequest { resource_names: names(MAX_RESOURCE_NAMES + 1, 1), ..Default::default() }, "100000 resources"),
+            (DiscoveryRequest { resource_names: names(1, MAX_RESOURCE_NAME_BYTES + 1), ..Default::default() }, "4096 bytes"),
+            (DiscoveryRequest { node: node(&"n".repeat(MAX_NODE_ID_BYTES + 1)), ..Default::default() }, "1024 bytes"),
+        ];
+        for (request, limit) in cases {
+            let status = check_request(&encoded(&request)).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains(limit), "{:?} does not name {limit}", status.message());
+        }
+        // A group, which no xDS message has, cannot hide names behind it.
+        assert!(check_request(&[0x0b, 0x0c]).is_err());
+        assert!(check_request(&[0x12, 0x05, b'a']).is_err(), "a truncated field is refused");
+    }
+}
