@@ -5,8 +5,9 @@
 //! 1. [`api`] takes `PUT /resources/{node_type}`; [`bundle`] parses the JSON
 //!    or YAML against [`schema`] (every Envoy v3 type, `@type` included) and
 //!    validates names and references. Bad input is a 4xx naming the field.
-//! 2. [`store`] writes it durably (redb) and publishes the new catalog on its
-//!    change feed. Only then does the PUT answer 200.
+//! 2. [`store`] writes it durably (redb, one checksummed record of encoded
+//!    resources) and publishes the new catalog on its change feed. Only then
+//!    does the PUT answer 200.
 //! 3. [`cache`] follows the feed and encodes each resource once per version
 //!    into a [`cache::Snapshot`] per node type.
 //! 4. [`xds`] streams (ADS and LDS/CDS/RDS/EDS) watch their node type's
@@ -14,8 +15,9 @@
 //!    the codec writes the shared bytes. ACKs and NACKs land in
 //!    [`xds::status`], which `GET /nodes` shows.
 //!
-//! [`run`] wires it together on listeners the caller binds, so tests start
-//! the real daemon on port 0.
+//! [`net`] serves both listeners (limits, timeouts, back-off); [`run`] wires
+//! it together on listeners the caller binds, so tests start the real daemon
+//! on port 0.
 
 pub mod api;
 pub mod bundle;
