@@ -37,13 +37,12 @@ pub use config::Config;
 
 use crate::{api::ApiState, cache::Cache, store::Store, xds::status::Registry};
 
-/// Why the daemon could not start or stopped.
+/// Why the daemon could not start. Once serving, nothing a client does
+/// stops it: only `shutdown` does.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("REST server: {0}")]
-    Rest(#[from] std::io::Error),
 }
 
 /// Serves xDS on `xds` and the REST API on `rest` until `shutdown` is
