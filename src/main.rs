@@ -50,6 +50,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         logs.init();
     }
+    // A panic (a task's, or one a parser guard catches) is a log line like
+    // any other, JSON in production, not raw text on stderr.
+    std::panic::set_hook(Box::new(|panic| tracing::error!(%panic, "panic")));
 
     // Every Envoy holds a connection open: raise the open-file limit to the hard limit.
     match rlimit::increase_nofile_limit(u64::MAX) {
