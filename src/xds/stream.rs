@@ -112,6 +112,9 @@ struct TypeState {
     /// before break, and the snapshot they come from; a final response
     /// removes them.
     retiring: Option<(Arc<Snapshot>, Vec<Arc<str>>)>,
+    /// ADS CDS only: the named subscription the last response answered
+    /// (`None` for a wildcard one). With `sent`, what the client holds.
+    sent_names: Option<Names>,
 }
 
 /// Per-stream protocol state.
@@ -197,9 +200,10 @@ impl StreamState {
             let kept = retiring.as_ref().map(|(from, names)| (from.as_ref(), names.as_slice()));
             let response = snapshot.response_keeping(ty, &names, kept, &nonce);
             self.nonces += 1;
+            let remember_names = ty == ResourceType::Cluster && self.kind == StreamKind::Aggregated;
             let state = &mut self.types[ty.index()];
             state.retiring = retiring;
-            state.mark_sent(nonce, snapshot);
+            state.mark_sent(nonce, snapshot, remember_names);
             responses.push((ty, response));
         }
         // Everything else is answered: drop the clusters kept for make before break.
@@ -210,7 +214,7 @@ impl StreamState {
             self.nonces += 1;
             let cds = &mut self.types[ResourceType::Cluster.index()];
             cds.retiring = None;
-            cds.mark_sent(nonce, snapshot);
+            cds.mark_sent(nonce, snapshot, true);
             responses.push((ResourceType::Cluster, response));
         }
         responses
@@ -234,17 +238,24 @@ impl StreamState {
             Some((from, names)) => (from.clone(), names.clone()),
             None => {
                 let sent = state.sent.clone()?;
-                let names = sent.names(ty).filter_map(|name| sent.shared_name(ty, name)).collect();
+                let held = sent.names(ty).filter(|name| state.sent_names.as_ref().is_none_or(|names| names.contains(name)));
+                let names = held.filter_map(|name| sent.shared_name(ty, name)).collect();
                 (sent, names)
             }
         };
-        let retired: Vec<Arc<str>> = candidates.into_iter().filter(|name| !snapshot.contains(ty, name)).collect();
+        // Only what the client still subscribes to: a name it never asked
+        // for, or has unsubscribed since, is not sent (R17).
+        let retired: Vec<Arc<str>> = candidates
+            .into_iter()
+            .filter(|name| !snapshot.contains(ty, name) && (state.wildcard || state.names.contains(name)))
+            .collect();
         (routing_follows && !retired.is_empty()).then_some((from, retired))
     }
 }
 
 impl TypeState {
-    fn mark_sent(&mut self, nonce: String, snapshot: &Arc<Snapshot>) {
+    fn mark_sent(&mut self, nonce: String, snapshot: &Arc<Snapshot>, remember_names: bool) {
+        self.sent_names = (remember_names && !self.wildcard).then(|| self.names.clone());
         self.nonce = nonce;
         self.awaiting_reply = true;
         self.sent = Some(snapshot.clone());
@@ -298,7 +309,7 @@ fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: 
 /// A set of resource names: sorted, each shared with the snapshot that has
 /// it. A stream subscribed to 100 clusters holds 100 pointers, not 100
 /// strings.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Names(Box<[Arc<str>]>);
 
 impl Names {
@@ -396,12 +407,16 @@ fn existing<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Snapshot) 
 #[cfg(test)]
 mod tests {
     use envoy_types::pb::{
-        envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment},
+        envoy::{
+            config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment},
+            service::discovery::v3::DiscoveryResponse,
+        },
         google::{protobuf::Duration as ProtoDuration, rpc::Status as RpcStatus},
     };
+    use prost::Message;
 
     use super::*;
-    use crate::schema::{Bundle, StoredBundle};
+    use crate::schema::{Bundle, StoredBundle, StoredResource};
 
     /// A snapshot with one EDS cluster `a` (connect timeout `timeout_s`) and
     /// its endpoints, built after `previous`.
@@ -419,6 +434,20 @@ mod tests {
         };
         let stored = Arc::new(StoredBundle::from_bundle(bundle, version.to_owned()));
         Arc::new(Snapshot::build(id, stored, previous))
+    }
+
+    /// A snapshot of plain clusters named `clusters`, built after `previous`.
+    fn clusters_snapshot(id: u64, version: &str, clusters: &[&str], previous: Option<&Snapshot>) -> Arc<Snapshot> {
+        let resources = clusters
+            .iter()
+            .map(|name| StoredResource {
+                field: ResourceType::Cluster.bundle_field(),
+                name: (*name).to_owned(),
+                value: Cluster { name: (*name).to_owned(), ..Default::default() }.encode_to_vec().into(),
+            })
+            .collect();
+        let stored = StoredBundle { version: version.to_owned(), content_hash: version.to_owned(), resources };
+        Arc::new(Snapshot::build(id, Arc::new(stored), previous))
     }
 
     fn request(ty: ResourceType, names: &[&str], nonce: &str) -> DiscoveryRequest {
@@ -482,5 +511,57 @@ mod tests {
         // ...once: repeating the ACK of that answer gets nothing more.
         assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a", "b"], "5"), &v2).is_empty());
         assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a", "b"], "5"), &v2).is_empty());
+    }
+
+    /// The one response of `due`: its type, nonce and resource names.
+    fn only(responses: Vec<(ResourceType, EncodedResponse)>) -> (ResourceType, String, Vec<String>) {
+        let [(ty, response)] = <[_; 1]>::try_from(responses).expect("one response");
+        let decoded = DiscoveryResponse::decode(response.to_bytes()).unwrap();
+        let names = decoded.resources.iter().map(|any| Cluster::decode(any.value.as_slice()).unwrap().name).collect();
+        (ty, decoded.nonce, names)
+    }
+
+    /// Found by the xds_requests fuzz target: on ADS, the clusters kept for
+    /// make before break (R23) were every cluster of the old snapshot, so a
+    /// client naming its clusters was sent ones it never asked for or had
+    /// just unsubscribed from.
+    #[test]
+    fn clusters_kept_for_make_before_break_are_only_those_still_subscribed() {
+        let v1 = clusters_snapshot(1, "v1", &["a", "b", "c"], None);
+        let mut stream = StreamState::new(StreamKind::Aggregated);
+        stream.on_request(&request(ResourceType::Cluster, &["a", "b"], ""), Some(&v1));
+        stream.on_request(&request(ResourceType::Listener, &[], ""), Some(&v1));
+        assert_eq!(only(stream.due(&v1)), (ResourceType::Cluster, "1".into(), vec!["a".into(), "b".into()]));
+        stream.on_request(&request(ResourceType::Cluster, &["a", "b"], "1"), Some(&v1));
+        assert_eq!(only(stream.due(&v1)).0, ResourceType::Listener, "routing follows the clusters");
+        stream.on_request(&request(ResourceType::Listener, &[], "2"), Some(&v1));
+
+        // b and c are dropped: b is kept a while, c was never asked for.
+        let v2 = clusters_snapshot(2, "v2", &["a"], Some(&v1));
+        assert_eq!(only(stream.due(&v2)), (ResourceType::Cluster, "3".into(), vec!["a".into(), "b".into()]));
+        // The client unsubscribes from b, and asks for d, which does not exist.
+        stream.on_request(&request(ResourceType::Cluster, &["a", "d"], "3"), Some(&v2));
+        assert_eq!(only(stream.due(&v2)), (ResourceType::Cluster, "4".into(), vec!["a".into()]));
+    }
+
+    /// Also found by the fuzz target: a client that named only `a` turns to
+    /// the wildcard just as a bundle without `b` arrives. It never held `b`:
+    /// nothing is kept, and no final CDS response follows.
+    #[test]
+    fn clusters_never_sent_are_not_kept_when_the_subscription_grows() {
+        let v1 = clusters_snapshot(1, "v1", &["a", "b"], None);
+        let mut stream = StreamState::new(StreamKind::Aggregated);
+        stream.on_request(&request(ResourceType::Cluster, &["a"], ""), Some(&v1));
+        stream.on_request(&request(ResourceType::Listener, &[], ""), Some(&v1));
+        assert_eq!(only(stream.due(&v1)), (ResourceType::Cluster, "1".into(), vec!["a".into()]));
+        stream.on_request(&request(ResourceType::Cluster, &["a"], "1"), Some(&v1));
+        assert_eq!(only(stream.due(&v1)).0, ResourceType::Listener);
+        stream.on_request(&request(ResourceType::Listener, &[], "2"), Some(&v1));
+
+        let v2 = clusters_snapshot(2, "v2", &["a"], Some(&v1));
+        stream.on_request(&request(ResourceType::Cluster, &["*"], "1"), Some(&v2));
+        assert_eq!(only(stream.due(&v2)), (ResourceType::Cluster, "3".into(), vec!["a".into()]));
+        stream.on_request(&request(ResourceType::Cluster, &["*"], "3"), Some(&v2));
+        assert!(stream.due(&v2).is_empty(), "no final CDS response: nothing was kept");
     }
 }
