@@ -64,7 +64,7 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
     let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone(), config.send_timeout);
     let grpc = net::serve_xds(xds, xds_server.router(), config.into(), shutdown.clone());
 
-    let app = api::router(ApiState::new(store, registry), config.body_limit);
+    let app = api::router(ApiState::new(store, registry, config.body_limit));
     let http = net::serve_rest(rest, app, config.into(), shutdown.clone());
 
     let grace = config.shutdown_grace;

@@ -50,18 +50,17 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(store: Store, registry: Registry) -> Self {
+    /// Bodies are limited to `body_limit` bytes each, and to four such
+    /// bodies (at least 256 MiB) being received at once.
+    pub fn new(store: Store, registry: Registry, body_limit: usize) -> Self {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-        Self { store, registry, admission: Admission::new(0, workers), body_limit: 0 }
+        let admission = Admission::new(body_limit.saturating_mul(4).max(256 << 20), workers);
+        Self { store, registry, admission, body_limit }
     }
 }
 
-/// The REST router. Bodies are limited to `body_limit` bytes each, and to
-/// four such bodies (at least 256 MiB) being received at once.
-pub fn router(mut state: ApiState, body_limit: usize) -> Router {
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-    state.admission = Admission::new(body_limit.saturating_mul(4).max(256 << 20), workers);
-    state.body_limit = body_limit;
+/// The REST router.
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/resources", get(list_bundles))
         .route("/resources/{node_type}", get(get_bundle).put(put_bundle).delete(delete_bundle))
