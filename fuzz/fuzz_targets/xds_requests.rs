@@ -1,8 +1,9 @@
 //! A client's requests, in any order, through the stream state machine.
 //!
-//! Input: the first byte picks the stream (ADS, LDS, CDS, RDS or EDS); then
-//! records of a flags byte, a 16-bit little-endian length and that many
-//! bytes of protobuf `DiscoveryRequest` (undecodable ones are skipped).
+//! Input: the first byte picks the stream (modulo 5: ADS, CDS, EDS, LDS,
+//! RDS); then records of a flags byte, a 16-bit little-endian length and
+//! that many bytes of protobuf `DiscoveryRequest` (undecodable ones are
+//! skipped).
 //! Flags, applied before the request:
 //! - `1`: a new bundle is published (the next of `fuzz/bundles/{a,b,c}.json`,
 //!   in turn), and the stream is told, as the server does on a change;
@@ -23,7 +24,8 @@
 //!   kept the old clusters, so it obeys the same rule;
 //! - no name twice in one response (R13), and only subscribed names
 //!   (wildcard: any); a resource of the current bundle has its bytes; only
-//!   ADS CDS responses carry others: kept clusters, exactly as last sent;
+//!   ADS CDS responses carry others: kept clusters, exactly as the client
+//!   holds them (it drops what it unsubscribes from by itself, R17);
 //! - whenever a type is neither unanswered nor held back, the client holds
 //!   the current bundle's version of every subscribed resource, and of LDS
 //!   and CDS nothing else (R18) once no response at all is unanswered

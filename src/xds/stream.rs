@@ -22,9 +22,10 @@
 //! client repeats, however often, gets nothing (R7, R8, R10).
 //!
 //! On ADS, clusters that a new bundle drops are removed last (R23): the
-//! first CDS response of the update still carries them, so routes that point
-//! at them keep working until the new listeners and routes are in; a final
-//! CDS response drops them once every other type is answered.
+//! first CDS response of the update still carries those the client holds and
+//! still subscribes to, so routes that point at them keep working until the
+//! new listeners and routes are in; a final CDS response drops them once
+//! every other type is answered.
 
 use std::{
     hash::{Hash, Hasher},
