@@ -14,6 +14,7 @@
 
 mod admission;
 mod error;
+mod status_page;
 
 use axum::{
     body::{Body, Bytes},
@@ -67,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/nodes", get(list_nodes))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readiness))
+        .merge(status_page::routes())
         .fallback(|uri: Uri| async move { ApiError::NoRoute(uri.path().to_owned()) })
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_owned() }
