@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod xds_client;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};

@@ -76,8 +76,8 @@ function renderNacks(nacking) {
   $('nacks-count').textContent = nacking.total;
   const items = nacking.items.flatMap((stream) => rejections(stream).map(([ty, status]) => {
     const what = el('div', null,
-      el('strong', 'id', stream.node_id), ` · ${ty} · rejected ${status.sent_version ?? '?'}`,
-      ` · holds ${status.acked_version ?? 'nothing'} · ${clock(status.rejected.at_unix_ms)}`);
+      el('strong', 'id', stream.node_id), ` · ${ty} · NACK at ${clock(status.rejected.at_unix_ms)}`,
+      ` · last sent ${status.sent_version ?? 'nothing'} · holds ${status.acked_version ?? 'nothing'}`);
     return el('li', null, what, el('pre', 'nack', status.rejected.error));
   }));
   $('nack-list').replaceChildren(...items);
