@@ -152,6 +152,8 @@ function renderHealth(error, summary) {
 async function refresh() {
   clearTimeout(timer);
   if (inFlight) { again = true; return; }
+  // A hidden tab asks nothing; it catches up when shown again.
+  if (document.hidden) return;
   inFlight = true;
   try {
     const [status, writes] = await Promise.all([getJson(statusPath()), getJson('/writes').catch((error) => ({ status: error.name }))]);
@@ -185,4 +187,5 @@ $('filter-q').addEventListener('input', (event) => {
 $('filter-type').addEventListener('change', (event) => setFilter({ nodeType: event.target.value }));
 $('prev').addEventListener('click', () => setFilter({ page: Math.max(1, filter.page - 1) }));
 $('next').addEventListener('click', () => setFilter({ page: Math.min(lastPages, filter.page + 1) }));
+document.addEventListener('visibilitychange', () => { if (!document.hidden) refresh(); });
 refresh();
