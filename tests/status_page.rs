@@ -71,6 +71,11 @@ async fn the_page_shows_versions_and_a_highlighted_nack_and_follows_a_new_versio
     let _odd = XdsClient::ads(&daemon.xds_url(), request(MARKUP_NODE_TYPE, CDS, &[])).await;
 
     let mut tab = chromium.first_tab().await;
+    // Anything the Content-Security-Policy blocks is recorded: the page must need nothing it forbids.
+    tab.before_each_document(
+        "window.blocked = []; document.addEventListener('securitypolicyviolation', e => window.blocked.push(e.violatedDirective + ' ' + e.blockedURI));",
+    )
+    .await;
     tab.navigate(&daemon.url("/")).await;
     // Survives only as long as the document: proves later changes came without a reload.
     tab.eval("window.sameDocument = 'yes'").await;
@@ -84,12 +89,15 @@ async fn the_page_shows_versions_and_a_highlighted_nack_and_follows_a_new_versio
         .wait_until(
             "the NACK message",
             SHOWN,
-            "(() => { const pre = [...document.querySelectorAll('#nack-list pre')]; return pre.length && pre.map(p => ({text: p.textContent, classes: [...p.classList], item: p.closest('li').innerText})); })()",
+            "(() => { const pre = [...document.querySelectorAll('#nack-list pre')];
+                      return pre.length && pre.map(p => ({text: p.textContent, classes: [...p.classList], item: p.closest('li').innerText,
+                                                          stands_out: getComputedStyle(p).color !== getComputedStyle(document.body).color})); })()",
         )
         .await;
     assert_eq!(nack_shown.as_array().map(Vec::len), Some(1), "one NACK: {nack_shown}");
     assert_eq!(nack_shown[0]["text"], NACK_ERROR);
     assert!(nack_shown[0]["classes"].as_array().is_some_and(|c| c.contains(&json!("nack"))), "highlighted: {nack_shown}");
+    assert_eq!(nack_shown[0]["stands_out"], true, "the style sheet colours it: {nack_shown}");
     assert!(nack_shown[0]["item"].as_str().is_some_and(|t| t.contains("sidecar-app1") && t.contains("clusters")), "{nack_shown}");
     let cell = tab
         .eval("(() => { const row = [...document.querySelectorAll('#streams tbody tr')].find(r => r.cells[0].textContent === 'sidecar-app1'); return row && {state: row.cells[4].className, clusters: row.cells[5].className, title: row.cells[5].title}; })()")
@@ -103,6 +111,15 @@ async fn the_page_shows_versions_and_a_highlighted_nack_and_follows_a_new_versio
     let text = tab.eval("document.body.innerText").await;
     let text = text.as_str().unwrap_or_default();
     assert!(text.contains(MARKUP_ID), "the node id is shown as written:\n{text}");
+
+    // Filtering by a part of the node id narrows the list, and clearing it brings all back.
+    let streams_shown = "[...document.querySelectorAll('#streams tbody tr')].map(r => r.cells[0].textContent)";
+    tab.eval("(() => { const q = document.getElementById('filter-q'); q.value = 'APP1'; q.dispatchEvent(new Event('input')); })()").await;
+    tab.wait_until("the filtered list", SHOWN, &format!("JSON.stringify({streams_shown}) === '[\"sidecar-app1\"]'")).await;
+    let info = tab.eval("document.getElementById('page-info').textContent").await;
+    assert_eq!(info, "1–1 of 1 (3 connected) · page 1 of 1");
+    tab.eval("(() => { const q = document.getElementById('filter-q'); q.value = ''; q.dispatchEvent(new Event('input')); })()").await;
+    tab.wait_until("all streams again", SHOWN, &format!("{streams_shown}.length === 3")).await;
 
     // A new version, and a new node type, show up in the same document.
     put(&daemon, "sidecar", bundle("v3", 3)).await;
@@ -134,6 +151,26 @@ async fn the_page_shows_versions_and_a_highlighted_nack_and_follows_a_new_versio
         assert_eq!(tab.eval("document.getElementById('writes').hidden").await, true);
     }
 
+    // The contract of GET /writes, rendered (the next poll redraws it, so read it at once).
+    let rendered = tab
+        .eval(
+            r#"(() => {
+                renderWrites({ status: 200, body: { writes: [
+                    { at_unix_ms: 1764590000000, who: "token <b>ci</b>", action: "rollback", node_type: "sidecar",
+                      old_version: "v2", new_version: "v1", added: 1, changed: 2, removed: 3 },
+                    { at_unix_ms: 1764589000000, who: "peer 127.0.0.1:5555", action: "delete", node_type: "gateway",
+                      old_version: "g1", new_version: null, added: 0, changed: 0, removed: 4 } ] } });
+                return [...document.querySelectorAll('#writes tbody tr')].map(r => [...r.cells].slice(1).map(c => c.textContent));
+            })()"#,
+        )
+        .await;
+    assert_eq!(
+        rendered,
+        json!([["token <b>ci</b>", "rollback", "sidecar", "v2 → v1", "1", "2", "3"], ["peer 127.0.0.1:5555", "delete", "gateway", "g1 → ∅", "0", "0", "4"]])
+    );
+    assert_eq!(tab.eval("document.querySelectorAll('#writes b').length").await, 0);
+
+    assert_eq!(tab.eval("window.blocked").await, json!([]), "nothing was blocked by the Content-Security-Policy");
     let png = tab.screenshot().await;
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     std::fs::write(&path, &png).expect("write the screenshot");

@@ -134,7 +134,10 @@ impl Chromium {
             .await
             .expect("DevTools websocket connects in time")
             .expect("DevTools websocket");
-        Tab { socket, next_id: 0 }
+        let mut tab = Tab { socket, next_id: 0 };
+        // Scripts for new documents only run with the Page domain enabled.
+        tab.call("Page.enable", json!({})).await;
+        tab
     }
 }
 
@@ -185,6 +188,12 @@ impl Tab {
             panic!("DevTools {method} failed: {}", answer["error"]);
         }
         answer["result"].clone()
+    }
+
+    /// Runs `source` in every document this tab loads from now on, before
+    /// the page's own scripts.
+    pub async fn before_each_document(&mut self, source: &str) {
+        self.call("Page.addScriptToEvaluateOnNewDocument", json!({ "source": source })).await;
     }
 
     /// Loads `url` and waits for the document to finish loading.
