@@ -193,6 +193,7 @@ mod tests {
             sent_version: sent.map(Arc::from),
             acked_version: acked.map(Arc::from),
             rejected: nack.map(|error| Box::new(Rejection { nonce: "7".into(), error: error.into(), at_unix_ms: 1 })),
+            ..TypeStatus::default()
         })
     }
 
