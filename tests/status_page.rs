@@ -132,24 +132,24 @@ async fn the_page_shows_versions_and_a_highlighted_nack_and_follows_a_new_versio
     assert_eq!(tab.eval("window.sameDocument ?? 'reloaded'").await, "yes", "updated without a reload");
     assert_eq!(tab.eval("document.getElementById('health').className").await, "", "no error shown");
 
-    // Recent writes: from GET /writes where the server has it, else a note that it has none.
-    let writes = get(&daemon, "/writes").await.status().as_u16();
-    if writes == 200 {
-        tab.wait_until(
-            "the writes table to list the g1 put",
-            SHOWN,
-            "(() => { const rows = [...document.querySelectorAll('#writes tbody tr')].map(r => r.innerText);
-                      return rows.length >= 4 && rows[0].includes('gateway') && rows[0].includes('g1') && rows[1].includes('v2 → v3'); })()",
-        )
-        .await;
-    } else {
-        assert_eq!(writes, 404, "GET /writes");
-        let note = tab
-            .wait_until("the no-history note", SHOWN, "!document.getElementById('writes-note').hidden && document.getElementById('writes-note').textContent")
-            .await;
-        assert!(note.as_str().is_some_and(|n| n.contains("no write history")), "{note}");
-        assert_eq!(tab.eval("document.getElementById('writes').hidden").await, true);
-    }
+    // Recent writes, newest first, from GET /writes.
+    tab.wait_until(
+        "the writes table to list the g1 put",
+        SHOWN,
+        "(() => { const rows = [...document.querySelectorAll('#writes tbody tr')].map(r => r.innerText);
+                  return rows.length === 4 && rows[0].includes('gateway') && rows[0].includes('∅ → g1') && rows[1].includes('v2 → v3'); })()",
+    )
+    .await;
+
+    assert_eq!(tab.eval("window.blocked").await, json!([]), "nothing was blocked by the Content-Security-Policy");
+    let png = tab.screenshot().await;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    std::fs::write(&path, &png).expect("write the screenshot");
+    eprintln!("screenshot: {}", path.display());
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    let (width, height) = (u32::from_be_bytes(png[16..20].try_into().unwrap()), u32::from_be_bytes(png[20..24].try_into().unwrap()));
+    assert!(width >= 1000 && height >= 400, "the whole page, {width}×{height}");
+    assert!(png.len() > 20_000, "a page with content, not a blank: {} bytes", png.len());
 
     // The contract of GET /writes, rendered (the next poll redraws it, so read it at once).
     let rendered = tab
@@ -169,16 +169,13 @@ async fn the_page_shows_versions_and_a_highlighted_nack_and_follows_a_new_versio
         json!([["token <b>ci</b>", "rollback", "sidecar", "v2 → v1", "1", "2", "3"], ["peer 127.0.0.1:5555", "delete", "gateway", "g1 → ∅", "0", "0", "4"]])
     );
     assert_eq!(tab.eval("document.querySelectorAll('#writes b').length").await, 0);
+    // A server without GET /writes: a note instead of the table.
+    let without = tab
+        .eval("(() => { renderWrites({ status: 404, body: { error: 'no such endpoint: /writes' } }); const note = document.getElementById('writes-note');
+                        return [document.getElementById('writes').hidden, note.hidden, note.textContent]; })()")
+        .await;
+    assert_eq!(without, json!([true, false, "This sxds keeps no write history (GET /writes answered 404)."]));
 
-    assert_eq!(tab.eval("window.blocked").await, json!([]), "nothing was blocked by the Content-Security-Policy");
-    let png = tab.screenshot().await;
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
-    std::fs::write(&path, &png).expect("write the screenshot");
-    eprintln!("screenshot: {}", path.display());
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
-    let (width, height) = (u32::from_be_bytes(png[16..20].try_into().unwrap()), u32::from_be_bytes(png[20..24].try_into().unwrap()));
-    assert!(width >= 1000 && height >= 400, "the whole page, {width}×{height}");
-    assert!(png.len() > 20_000, "a page with content, not a blank: {} bytes", png.len());
     drop(app1);
 }
 
