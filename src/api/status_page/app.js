@@ -22,9 +22,10 @@ function el(tag, className, ...children) {
   return node;
 }
 
-const num = (n, className) => el('td', 'num' + (className && n > 0 ? ' ' + className : ''), n);
+const count = (n) => Number(n).toLocaleString();
+const num = (n, className) => el('td', 'num' + (className && n > 0 ? ' ' + className : ''), count(n));
 const clock = (ms) => new Date(ms).toLocaleTimeString();
-const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+const plural = (n, word) => `${count(n)} ${word}${n === 1 ? '' : 's'}`;
 
 async function getJson(path) {
   const response = await fetch(path, { cache: 'no-store', signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
@@ -49,7 +50,7 @@ function renderNodeTypes(nodeTypes) {
     const row = el('tr', null,
       el('td', 'id', pick),
       el('td', t.version === null ? 'muted' : null, t.version ?? 'no bundle'),
-      ...['listeners', 'clusters', 'routes', 'endpoints'].map((k) => el('td', 'num', resources[k] ?? '–')),
+      ...['listeners', 'clusters', 'routes', 'endpoints'].map((k) => el('td', 'num', k in resources ? count(resources[k]) : '–')),
       num(t.streams), num(t.acked, 'ok'), num(t.pending, 'pending'), num(t.nacking, 'nack'));
     row.dataset.nodeType = t.node_type;
     return row;
@@ -73,7 +74,7 @@ const rejections = (stream) => TYPES.filter((ty) => stream.types[ty]?.rejected).
 
 function renderNacks(nacking) {
   $('nacks').hidden = nacking.total === 0;
-  $('nacks-count').textContent = nacking.total;
+  $('nacks-count').textContent = count(nacking.total);
   const items = nacking.items.flatMap((stream) => rejections(stream).map(([ty, status]) => {
     const what = el('div', null,
       el('strong', 'id', stream.node_id), ` · ${ty} · NACK at ${clock(status.rejected.at_unix_ms)}`,
@@ -114,8 +115,8 @@ function renderStreams(page, connected) {
   if (page.items.length === 0 && page.page > lastPages) { filter.page = lastPages; again = true; }
   const first = page.total === 0 ? 0 : Math.min(page.total, (page.page - 1) * page.per_page + 1);
   const last = Math.min(page.total, page.page * page.per_page);
-  const filtered = page.total === connected ? '' : ` (${connected} connected)`;
-  $('page-info').textContent = `${first}–${last} of ${page.total}${filtered} · page ${page.page} of ${lastPages}`;
+  const filtered = page.total === connected ? '' : ` (${count(connected)} connected)`;
+  $('page-info').textContent = `${count(first)}–${count(last)} of ${count(page.total)}${filtered} · page ${count(page.page)} of ${count(lastPages)}`;
   $('prev').disabled = page.page <= 1;
   $('next').disabled = page.page >= lastPages;
 }
