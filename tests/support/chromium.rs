@@ -4,11 +4,11 @@
 //!
 //! Chromium listens for DevTools on loopback only, on a port it picks
 //! itself (port 0; it writes the one it took into the profile directory),
-//! so no two tests race for a port. Its whole process group is killed when
-//! the guard drops, a failing test included. Every wait is bounded.
+//! so no two tests race for a port. It is killed when the guard drops, a
+//! failing test included (its renderers and helpers exit with it). Every
+//! wait is bounded.
 
 use std::{
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -71,8 +71,6 @@ impl Chromium {
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
-            // Its own process group: the guard kills renderers and helpers too.
-            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
@@ -143,10 +141,8 @@ impl Chromium {
 
 impl Drop for Chromium {
     fn drop(&mut self) {
-        // The group id is the child's pid (process_group(0)).
-        let group = -(self.child.id() as libc::pid_t);
-        // SAFETY: kill(2) with a negative pid signals that process group; it touches no memory.
-        unsafe { libc::kill(group, libc::SIGKILL) };
+        // SIGKILL; the browser's helper processes watch it and exit too.
+        let _ = self.child.kill();
         for _ in 0..100 {
             if !matches!(self.child.try_wait(), Ok(None)) {
                 return;
