@@ -2,18 +2,19 @@
 //!
 //! The path of a bundle, from `curl -XPUT` to an Envoy:
 //!
-//! 1. [`api`] takes `PUT /resources/{node_type}`; [`bundle`] parses the JSON
-//!    or YAML against [`schema`] (every Envoy v3 type, `@type` included) and
-//!    validates names and references. Bad input is a 4xx naming the field.
+//! 1. [`api`] takes `PUT /resources/{node_type}` from a writer [`api::auth`]
+//!    let through; [`bundle`] parses the JSON or YAML against [`schema`]
+//!    (every Envoy v3 type, `@type` included) and validates names and
+//!    references. Bad input is a 4xx naming the field.
 //! 2. [`store`] writes it durably (redb, one checksummed record of encoded
-//!    resources) and publishes the new catalog on its change feed. Only then
-//!    does the PUT answer 200.
+//!    resources, also kept in the node type's history) and publishes the
+//!    new catalog on its change feed. Only then does the PUT answer 200.
 //! 3. [`cache`] follows the feed and encodes each resource once per version
 //!    into a [`cache::Snapshot`] per node type.
 //! 4. [`xds`] streams (ADS and LDS/CDS/RDS/EDS) watch their node type's
 //!    snapshot; the state machine in [`xds::stream`] decides what is due and
 //!    the codec writes the shared bytes. ACKs and NACKs land in
-//!    [`xds::status`], which `GET /nodes` shows.
+//!    [`xds::status`], which `GET /nodes` shows, and in [`metrics`].
 //!
 //! [`net`] serves both listeners (limits, timeouts, back-off); [`run`] wires
 //! it together on listeners the caller binds, so tests start the real daemon
