@@ -1,7 +1,8 @@
 //! The status page at `/`, in a real headless Chromium against the real
 //! daemon: it shows node types with versions and counts, highlights a NACK
-//! with Envoy's message, prints attacker-chosen strings as text, and follows
-//! new versions without a reload. Also `GET /status` over HTTP.
+//! with Envoy's message, prints attacker-chosen strings as text, needs nothing
+//! its Content-Security-Policy forbids, follows new versions without a
+//! reload, and says when the server is gone. Also `GET /status` over HTTP.
 
 mod support;
 
@@ -176,7 +177,11 @@ async fn the_page_shows_versions_and_a_highlighted_nack_and_follows_a_new_versio
         .await;
     assert_eq!(without, json!([true, false, "This sxds keeps no write history (GET /writes answered 404)."]));
 
-    drop(app1);
+    // The server goes away: the page says its data is no longer updated.
+    drop((app1, app2, _odd));
+    daemon.stop().await.expect("clean stop");
+    let health = tab.wait_until("the page to notice", SHOWN, "document.getElementById('health').classList.contains('error') && document.getElementById('health').textContent").await;
+    assert!(health.as_str().is_some_and(|h| h.starts_with("not updated:")), "{health}");
 }
 
 #[tokio::test]

@@ -146,7 +146,7 @@ function renderHealth(error, summary) {
   const health = $('health');
   health.classList.toggle('error', Boolean(error));
   health.textContent = error
-    ? `cannot reach sxds (${error}); retrying`
+    ? `not updated: ${error}; retrying`
     : `${plural(summary.streams_connected, 'Envoy stream')} connected · updated ${clock(Date.now())}`;
 }
 
@@ -176,7 +176,6 @@ async function refresh() {
 
 function setFilter(change) {
   Object.assign(filter, { page: 1 }, change);
-  $('filter-q').value = filter.q;
   refresh();
 }
 
