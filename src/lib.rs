@@ -15,7 +15,8 @@
 //!    the codec writes the shared bytes. ACKs and NACKs land in
 //!    [`xds::status`], which `GET /nodes` shows.
 //!
-//! [`net`] serves both listeners (limits, timeouts, back-off); [`run`] wires
+//! [`net`] serves both listeners (limits, timeouts, back-off, TLS and the
+//! node types a client certificate names); [`run`] wires
 //! it together on listeners the caller binds, so tests start the real daemon
 //! on port 0.
 
@@ -43,11 +44,20 @@ use crate::{api::ApiState, cache::Cache, store::Store, xds::status::Registry};
 pub enum RunError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Tls(#[from] net::TlsError),
 }
 
 /// Serves xDS on `xds` and the REST API on `rest` until `shutdown` is
 /// cancelled, then drains both within `config.shutdown_grace`.
 pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+    // Bad TLS files stop the start before anything is opened.
+    let tls = net::Tls::from_config(config)?;
+    if let Some(ca) = &config.xds_client_ca {
+        tracing::info!(client_ca = %ca.display(), "TLS on both ports; xDS clients need a certificate naming their node type");
+    } else if tls.is_some() {
+        tracing::info!("TLS on both ports");
+    }
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
         .await
@@ -62,10 +72,11 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
 
     let registry = Registry::default();
     let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone(), config.send_timeout);
-    let grpc = net::serve_xds(xds, xds_server.router(), config.into(), shutdown.clone());
+    let (xds_tls, rest_tls) = tls.map(|tls| (tls.xds, tls.rest)).unzip();
+    let grpc = net::serve_xds(xds, xds_server.router().await, config.into(), xds_tls, shutdown.clone());
 
     let app = api::router(ApiState::new(store, registry, config.body_limit));
-    let http = net::serve_rest(rest, app, config.into(), shutdown.clone());
+    let http = net::serve_rest(rest, app, config.into(), rest_tls, shutdown.clone());
 
     let grace = config.shutdown_grace;
     let servers = async { tokio::join!(grpc, http) };

@@ -32,18 +32,17 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
     sync::Notify,
     time::{Instant, Sleep},
 };
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{finished, sleep_until, RestLimits};
+use super::{finished, sleep_until, tls::Stream, RestLimits};
 
 /// Serves one connection until the client closes it, a timeout cuts it
 /// off, or it finishes draining after `shutdown`.
-pub(super) async fn serve_connection(stream: TcpStream, router: Router, limits: RestLimits, shutdown: CancellationToken) {
+pub(super) async fn serve_connection(stream: Stream, router: Router, limits: RestLimits, shutdown: CancellationToken) {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched { stream, activity: activity.clone() });
     let service = {
@@ -153,7 +152,7 @@ impl Drop for RequestGuard {
 
 /// A REST connection's socket, telling its [`Activity`] when bytes arrive.
 struct Watched {
-    stream: TcpStream,
+    stream: Stream,
     activity: Arc<Activity>,
 }
 
