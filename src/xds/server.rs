@@ -127,7 +127,8 @@ impl XdsServer {
             tracing::warn!(node_id, %node_type, certificate_node_types = %certified, service = kind.service_name(),
                 "discovery stream refused: the client certificate does not name its node type");
             return Err(Status::permission_denied(format!(
-                "node id {node_id:?} is of node type {node_type:?}, but the client certificate names node types: {certified}"
+                "node id {node_id:?} is of node type {:?}, but the client certificate names node types: {certified}",
+                node_type.as_str()
             )));
         }
         let handle = self.registry.open(&node_id, &node_type, kind.service_name());
