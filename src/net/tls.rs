@@ -103,20 +103,20 @@ impl Tls {
 /// [`HANDSHAKE_TIMEOUT`]; `None` if it failed or shutdown came first.
 pub(super) async fn handshake(acceptor: Option<&TlsAcceptor>, tcp: TcpStream, server: &'static str, shutdown: &CancellationToken) -> Option<Stream> {
     let Some(acceptor) = acceptor else { return Some(Either::Left(tcp)) };
-    let peer = tcp.peer_addr().ok();
+    let peer = tcp.peer_addr().map(|addr| addr.to_string()).unwrap_or_default();
     tokio::select! {
         result = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match result {
             Ok(Ok(stream)) => Some(Either::Right(stream)),
             Ok(Err(error)) if is_certificate_refusal(&error) => {
-                tracing::info!(server, ?peer, %error, "TLS handshake refused: client certificate");
+                tracing::info!(server, %peer, %error, "TLS handshake refused: client certificate");
                 None
             }
             Ok(Err(error)) => {
-                tracing::debug!(server, ?peer, %error, "TLS handshake failed");
+                tracing::debug!(server, %peer, %error, "TLS handshake failed");
                 None
             }
             Err(_) => {
-                tracing::debug!(server, ?peer, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+                tracing::debug!(server, %peer, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
                 None
             }
         },
