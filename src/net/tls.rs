@@ -76,25 +76,22 @@ impl Tls {
             (None, None) => return Ok(None),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // One resolver: both ports serve (and reload) the same certificate.
         let resolver = Arc::new(ReloadingCert::load(cert, key, provider.clone())?);
+        let builder = || ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions();
 
-        let rest = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
-        let xds = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+        let mut rest = builder()?.with_no_client_auth().with_cert_resolver(resolver.clone());
+        rest.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let mut xds = match &config.xds_client_ca {
             Some(ca) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots(ca)?), provider)
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots(ca)?), provider.clone())
                     .build()
                     .map_err(|e| TlsError::ClientCa(e.to_string()))?;
-                xds.with_client_cert_verifier(verifier).with_cert_resolver(resolver)
+                builder()?.with_client_cert_verifier(verifier).with_cert_resolver(resolver)
             }
-            None => xds.with_no_client_auth().with_cert_resolver(resolver),
+            None => builder()?.with_no_client_auth().with_cert_resolver(resolver),
         };
         xds.alpn_protocols = vec![b"h2".to_vec()];
-        let mut rest = rest;
-        rest.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Some(Self { xds: TlsAcceptor::from(Arc::new(xds)), rest: TlsAcceptor::from(Arc::new(rest)) }))
     }
 }
@@ -290,6 +287,17 @@ impl ResolvesServerCert for ReloadingCert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_settings_come_in_pairs_and_the_client_ca_needs_them() {
+        let config = |args: &[&str]| <Config as clap::Parser>::try_parse_from(std::iter::once("sxds").chain(args.iter().copied())).unwrap();
+        assert!(matches!(Tls::from_config(&config(&[])), Ok(None)));
+        assert!(matches!(Tls::from_config(&config(&["--tls-cert", "c.pem"])), Err(TlsError::Incomplete("--tls-key"))));
+        assert!(matches!(Tls::from_config(&config(&["--tls-key", "k.pem"])), Err(TlsError::Incomplete("--tls-cert"))));
+        assert!(matches!(Tls::from_config(&config(&["--xds-client-ca", "ca.pem"])), Err(TlsError::ClientCaWithoutCert)));
+        let missing = Tls::from_config(&config(&["--tls-cert", "/nonexistent/c.pem", "--tls-key", "k.pem"])).err().unwrap();
+        assert!(missing.to_string().starts_with("--tls-cert /nonexistent/c.pem: "), "{missing}");
+    }
 
     #[test]
     fn the_last_non_empty_path_segment_of_a_uri() {
