@@ -24,6 +24,7 @@ pub mod api;
 pub mod bundle;
 pub mod cache;
 pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod node_type;
 pub mod resource_type;
@@ -44,6 +45,9 @@ use crate::{api::ApiState, cache::Cache, store::Store, xds::status::Registry};
 pub enum RunError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// A setting that can only be checked at start (a token file).
+    #[error("{0}")]
+    Config(String),
     #[error(transparent)]
     Tls(#[from] net::TlsError),
 }
@@ -58,24 +62,25 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
     } else if tls.is_some() {
         tracing::info!("TLS on both ports");
     }
-    let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+    let write_policy = api::WritePolicy::new(config.token_file.as_deref(), config.allow_unauthenticated_writes).map_err(RunError::Config)?;
+    let (data_dir, history) = (config.data_dir.clone(), config.history.get());
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, history))
         .await
         .map_err(|e| store::StoreError::Open(e.to_string()))??;
 
     // Every stored bundle is in the cache before the first stream is accepted.
+    let registry = Registry::default();
     let cache = Cache::default();
     cache.apply(&store.catalog());
     tracing::info!(node_types = store.catalog().len(), data_dir = %config.data_dir.display(), "store loaded");
-    let follower = tokio::spawn(cache.clone().follow(store.subscribe(), shutdown.clone()));
+    let follower = tokio::spawn(cache.clone().follow(store.subscribe(), registry.metrics().clone(), shutdown.clone()));
     let healer = tokio::spawn(store.clone().heal(shutdown.clone()));
 
-    let registry = Registry::default();
     let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone(), config.send_timeout);
     let (xds_tls, rest_tls) = tls.map(|tls| (tls.xds, tls.rest)).unzip();
     let grpc = net::serve_xds(xds, xds_server.router().await, config.into(), xds_tls, shutdown.clone());
 
-    let app = api::router(ApiState::new(store, registry, config.body_limit));
+    let app = api::router(ApiState::new(store, registry, config.body_limit, write_policy));
     let http = net::serve_rest(rest, app, config.into(), rest_tls, shutdown.clone());
 
     let grace = config.shutdown_grace;

@@ -17,6 +17,7 @@ use std::{
     fmt,
     fs::Metadata,
     io,
+    net::SocketAddr,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -118,6 +119,14 @@ pub(super) async fn handshake(acceptor: Option<&TlsAcceptor>, tcp: TcpStream, se
             }
         },
         () = shutdown.cancelled() => None,
+    }
+}
+
+/// The client's address, under TLS or not.
+pub(super) fn peer_addr(stream: &Stream) -> io::Result<SocketAddr> {
+    match stream {
+        Either::Left(tcp) => tcp.peer_addr(),
+        Either::Right(tls) => tls.get_ref().0.peer_addr(),
     }
 }
 
