@@ -59,7 +59,8 @@ pub enum TlsError {
     ClientCa(String),
 }
 
-/// The acceptors of both listeners; `None` serves plaintext.
+/// The acceptors of both listeners (there are none without `--tls-cert`:
+/// both serve plaintext).
 #[derive(Clone)]
 pub struct Tls {
     pub xds: TlsAcceptor,
@@ -101,7 +102,7 @@ impl Tls {
 /// [`HANDSHAKE_TIMEOUT`]; `None` if it failed or shutdown came first.
 pub(super) async fn handshake(acceptor: Option<&TlsAcceptor>, tcp: TcpStream, server: &'static str, shutdown: &CancellationToken) -> Option<Stream> {
     let Some(acceptor) = acceptor else { return Some(Either::Left(tcp)) };
-    let peer = tcp.peer_addr().map(|addr| addr.to_string()).unwrap_or_default();
+    let peer = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tokio::select! {
         result = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match result {
             Ok(Ok(stream)) => Some(Either::Right(stream)),
