@@ -14,7 +14,8 @@
 //! 4. [`xds`] streams (ADS and LDS/CDS/RDS/EDS) watch their node type's
 //!    snapshot; the state machine in [`xds::stream`] decides what is due and
 //!    the codec writes the shared bytes. ACKs and NACKs land in
-//!    [`xds::status`], which `GET /nodes` shows, and in [`metrics`].
+//!    [`xds::status`], which `GET /nodes` and the status page at `/` show,
+//!    and in [`metrics`].
 //!
 //! [`net`] serves both listeners (limits, timeouts, back-off, TLS and the
 //! node types a client certificate names); [`run`] wires

@@ -12,6 +12,7 @@
 //! | GET    | /writes                   | the last 100 accepted writes           |
 //! | GET    | /nodes                    | connected Envoys: sent, ACKed, NACKed  |
 //! | GET    | /metrics                  | Prometheus metrics ([`crate::metrics`]) |
+//! | GET    | /, /ui/*, /status          | the live status page ([`status_page`])  |
 //! | GET    | /healthz                  | liveness                               |
 //! | GET    | /readyz                   | serving, store writable, quarantine    |
 //!
