@@ -59,13 +59,13 @@ impl Client {
             Format::Yaml => "application/yaml",
         };
         let request = self.http.put(url).header(reqwest::header::CONTENT_TYPE, content_type).body(body);
-        json_of(self.send(request, true).await?)
+        json_of(self.send(request).await?)
     }
 
     /// `GET /resources/{t}`: the bundle JSON as the server prints it, `None` when there is none.
     pub async fn get(&self, node_type: &str) -> Result<Option<Bytes>, Failure> {
         let url = self.url(&["resources", checked(node_type)?])?;
-        let (status, body) = self.exchange(self.http.get(url), false).await?;
+        let (status, body) = self.exchange(self.http.get(url)).await?;
         match status {
             StatusCode::NOT_FOUND => Ok(None),
             _ => answer(status, body).map(Some),
@@ -75,37 +75,37 @@ impl Client {
     /// `GET /resources/{t}/versions/{v}`: an earlier version's bundle JSON.
     pub async fn get_version(&self, node_type: &str, version: &str) -> Result<Bytes, Failure> {
         let url = self.url(&["resources", checked(node_type)?, "versions", version])?;
-        self.send(self.http.get(url), false).await
+        self.send(self.http.get(url)).await
     }
 
     /// `DELETE /resources/{t}`.
     pub async fn delete(&self, node_type: &str) -> Result<Value, Failure> {
         let url = self.url(&["resources", checked(node_type)?])?;
-        json_of(self.send(self.http.delete(url), true).await?)
+        json_of(self.send(self.http.delete(url)).await?)
     }
 
     /// `GET /resources`.
     pub async fn list(&self) -> Result<Value, Failure> {
         let url = self.url(&["resources"])?;
-        json_of(self.send(self.http.get(url), false).await?)
+        json_of(self.send(self.http.get(url)).await?)
     }
 
     /// `GET /nodes`.
     pub async fn nodes(&self) -> Result<Value, Failure> {
         let url = self.url(&["nodes"])?;
-        json_of(self.send(self.http.get(url), false).await?)
+        json_of(self.send(self.http.get(url)).await?)
     }
 
     /// `GET /resources/{t}/history`.
     pub async fn history(&self, node_type: &str) -> Result<Value, Failure> {
         let url = self.url(&["resources", checked(node_type)?, "history"])?;
-        json_of(self.send(self.http.get(url), false).await?)
+        json_of(self.send(self.http.get(url)).await?)
     }
 
     /// `POST /resources/{t}/rollback`.
     pub async fn rollback(&self, node_type: &str, version: &str) -> Result<Value, Failure> {
         let url = self.url(&["resources", checked(node_type)?, "rollback"])?;
-        json_of(self.send(self.http.post(url).json(&json!({ "version": version })), true).await?)
+        json_of(self.send(self.http.post(url).json(&json!({ "version": version }))).await?)
     }
 
     /// The base URL with `segments` appended, each percent-encoded.
@@ -119,15 +119,17 @@ impl Client {
     }
 
     /// Sends a request; a success's body, or the server's error as a failure.
-    async fn send(&self, request: reqwest::RequestBuilder, write: bool) -> Result<Bytes, Failure> {
-        let (status, body) = self.exchange(request, write).await?;
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Bytes, Failure> {
+        let (status, body) = self.exchange(request).await?;
         answer(status, body)
     }
 
-    async fn exchange(&self, request: reqwest::RequestBuilder, write: bool) -> Result<(StatusCode, Bytes), Failure> {
-        let request = match (&self.token, write) {
-            (Some(token), true) => request.bearer_auth(token),
-            _ => request,
+    /// Sends a request with the token, when there is one: the server asks
+    /// for it on writes, and a read does not mind it.
+    async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<(StatusCode, Bytes), Failure> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
         };
         let unreachable = |e: reqwest::Error| Failure::Refused(format!("cannot reach the sxds server at {}: {}", self.base, chain(&e)));
         let response = request.send().await.map_err(unreachable)?;

@@ -105,7 +105,13 @@ pub fn run(body: &[u8], format: Format) -> Result<String, Failure> {
         Format::Json => serde_json::from_slice(body).map_err(|e| Failure::Refused(format!("malformed JSON: {e}")))?,
         Format::Yaml => serde_yaml_ng::from_slice(body).map_err(|e| Failure::Refused(format!("malformed YAML: {e}")))?,
     };
-    let report = convert(&mut bundle);
+    let mut report = convert(&mut bundle);
+    // Grouped by resource, in the order each pass made them.
+    report.changes.sort_by_key(|change| {
+        let resource = change.split(['.', ':']).next().unwrap_or_default();
+        let (key, index) = resource.split_once('[').unwrap_or((resource, ""));
+        (key.to_owned(), index.trim_end_matches(']').parse::<usize>().unwrap_or(0))
+    });
     for change in &report.changes {
         eprintln!("migrate: {change}");
     }

@@ -171,7 +171,7 @@ pub struct Remote {
     /// Base URL of the sxds REST API.
     #[arg(long, env = "SXDS_SERVER", default_value = "http://127.0.0.1:8082")]
     pub server: String,
-    /// Bearer token for writes (PUT, DELETE, rollback) when the server has a token file.
+    /// Token of a server with a token file, sent as `Authorization: Bearer`; writes (put, delete, rollback) need it.
     #[arg(long, env = "SXDS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// PEM file of the CA that signed an https server's certificate.
