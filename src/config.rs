@@ -84,6 +84,23 @@ pub struct Config {
     #[arg(long, env = "SXDS_SEND_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     pub send_timeout: Duration,
 
+    /// A file of the bearer tokens that may write (PUT, DELETE, rollback):
+    /// one per line, `token` or `name:token` (the name is what the log
+    /// says), `#` for comments. Re-read when it changes. Without it, only
+    /// loopback clients may write.
+    #[arg(long, env = "SXDS_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// Accept writes from any address without a token, as Go sxds did.
+    /// Only where the REST port is reachable by trusted clients alone.
+    #[arg(long, env = "SXDS_ALLOW_UNAUTHENTICATED_WRITES", value_parser = BoolishValueParser::new(), action = ArgAction::Set,
+          num_args = 0..=1, default_value = "false", default_missing_value = "true", conflicts_with = "token_file")]
+    pub allow_unauthenticated_writes: bool,
+
+    /// How many versions of each node type the store keeps for history and rollback.
+    #[arg(long, env = "SXDS_HISTORY", default_value = "50", value_name = "N")]
+    pub history: NonZeroUsize,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `sxds=debug`.
     #[arg(long, env = "SXDS_LOG", default_value = "info")]
     pub log: String,

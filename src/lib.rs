@@ -43,13 +43,17 @@ use crate::{api::ApiState, cache::Cache, store::Store, xds::status::Registry};
 pub enum RunError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// A setting that can only be checked at start (a token file).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Serves xDS on `xds` and the REST API on `rest` until `shutdown` is
 /// cancelled, then drains both within `config.shutdown_grace`.
 pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
-    let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+    let write_policy = api::WritePolicy::new(config.token_file.as_deref(), config.allow_unauthenticated_writes).map_err(RunError::Config)?;
+    let (data_dir, history) = (config.data_dir.clone(), config.history.get());
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, history))
         .await
         .map_err(|e| store::StoreError::Open(e.to_string()))??;
 
@@ -64,7 +68,7 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
     let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone(), config.send_timeout);
     let grpc = net::serve_xds(xds, xds_server.router(), config.into(), shutdown.clone());
 
-    let app = api::router(ApiState::new(store, registry, config.body_limit));
+    let app = api::router(ApiState::new(store, registry, config.body_limit, write_policy));
     let http = net::serve_rest(rest, app, config.into(), shutdown.clone());
 
     let grace = config.shutdown_grace;

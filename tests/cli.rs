@@ -40,6 +40,9 @@ fn help_documents_every_option_with_its_variable() {
         ("--xds-keepalive-interval", "SXDS_XDS_KEEPALIVE_INTERVAL"),
         ("--xds-keepalive-timeout", "SXDS_XDS_KEEPALIVE_TIMEOUT"),
         ("--send-timeout", "SXDS_SEND_TIMEOUT"),
+        ("--token-file", "SXDS_TOKEN_FILE"),
+        ("--allow-unauthenticated-writes", "SXDS_ALLOW_UNAUTHENTICATED_WRITES"),
+        ("--history", "SXDS_HISTORY"),
     ] {
         assert!(help.contains(flag) && help.contains(variable), "{flag} / {variable} missing from --help");
     }

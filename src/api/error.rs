@@ -3,13 +3,16 @@
 //! blame). Internal detail is logged, not sent.
 
 use axum::{
-    http::{header::RETRY_AFTER, StatusCode},
+    http::{
+        header::{RETRY_AFTER, WWW_AUTHENTICATE},
+        StatusCode,
+    },
     response::{IntoResponse, Response},
     Json,
 };
 use serde_json::json;
 
-use super::admission::Busy;
+use super::{admission::Busy, auth::Refusal};
 use crate::{
     bundle::BundleError,
     node_type::{InvalidNodeType, NodeType},
@@ -44,6 +47,8 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error(transparent)]
+    Refused(#[from] super::auth::Refusal),
+    #[error(transparent)]
     Busy(#[from] Busy),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -64,7 +69,14 @@ impl IntoResponse for ApiError {
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, None),
             Self::UriTooLong(_) => (StatusCode::URI_TOO_LONG, None),
             Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
+            Self::Refused(Refusal::NotLoopback { .. }) => (StatusCode::FORBIDDEN, None),
+            Self::Refused(Refusal::TokenFileUnreadable(_)) => (StatusCode::SERVICE_UNAVAILABLE, None),
+            Self::Refused(_) => {
+                let body = json!({ "error": self.to_string() });
+                return (StatusCode::UNAUTHORIZED, [(WWW_AUTHENTICATE, "Bearer realm=\"sxds\"")], Json(body)).into_response();
+            }
             Self::Store(StoreError::Conflict { .. }) => (StatusCode::CONFLICT, Some("version")),
+            Self::Store(StoreError::UnknownVersion { .. }) => (StatusCode::NOT_FOUND, Some("version")),
             Self::Store(StoreError::Unavailable(detail) | StoreError::Open(detail)) => {
                 tracing::error!(detail, "store failure");
                 let body = json!({ "error": "the store cannot write right now; nothing was changed (GET /readyz tells why)" });

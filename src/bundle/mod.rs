@@ -7,7 +7,7 @@ mod parse;
 mod strict;
 mod validate;
 
-pub use parse::{parse, to_json, Format, Parsed, MAX_VERSION_LEN};
+pub use parse::{check_version, parse, to_json, Format, Parsed, MAX_VERSION_LEN};
 pub use validate::{validate, Facts};
 
 use crate::{resource_type::ResourceType, schema::StoredBundle};
@@ -55,5 +55,57 @@ impl Counts {
             routes: bundle.count(ResourceType::Route),
             endpoints: bundle.count(ResourceType::Endpoint),
         }
+    }
+}
+
+/// How many resources a write added, changed and removed, matched by type
+/// and name and compared by their encoded bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Changes {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+}
+
+impl Changes {
+    pub fn between(old: Option<&StoredBundle>, new: Option<&StoredBundle>) -> Self {
+        let empty = Vec::new();
+        let old = old.map_or(&empty, |b| &b.resources);
+        let new = new.map_or(&empty, |b| &b.resources);
+        let before: std::collections::HashMap<(u32, &str), &[u8]> = old.iter().map(|r| ((r.field, r.name.as_str()), &r.value[..])).collect();
+        let mut changes = Self::default();
+        let mut kept = 0;
+        for resource in new {
+            match before.get(&(resource.field, resource.name.as_str())) {
+                None => changes.added += 1,
+                Some(value) => {
+                    kept += 1;
+                    if *value != &resource.value[..] {
+                        changes.changed += 1;
+                    }
+                }
+            }
+        }
+        changes.removed = before.len() - kept;
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(clusters: &[(&str, &str)]) -> StoredBundle {
+        let clusters: Vec<_> = clusters.iter().map(|(name, timeout)| serde_json::json!({"name": name, "connect_timeout": timeout})).collect();
+        accept(serde_json::json!({"version": "v", "clusters": clusters}).to_string().as_bytes(), Format::Json).unwrap()
+    }
+
+    #[test]
+    fn changes_count_added_changed_and_removed_resources_by_name() {
+        let old = bundle(&[("a", "1s"), ("b", "1s"), ("c", "1s")]);
+        let new = bundle(&[("a", "1s"), ("b", "2s"), ("d", "1s")]);
+        assert_eq!(Changes::between(Some(&old), Some(&new)), Changes { added: 1, changed: 1, removed: 1 });
+        assert_eq!(Changes::between(None, Some(&new)), Changes { added: 3, changed: 0, removed: 0 });
+        assert_eq!(Changes::between(Some(&old), None), Changes { added: 0, changed: 0, removed: 3 });
     }
 }

@@ -126,7 +126,7 @@ fn parse_json(body: &[u8]) -> Result<Parsed, BundleError> {
 }
 
 /// A version is sent to Envoys and logged as is: printable ASCII only.
-fn check_version(version: String) -> Result<String, BundleError> {
+pub fn check_version(version: String) -> Result<String, BundleError> {
     if version.len() > MAX_VERSION_LEN {
         return Err(BundleError::at("version", format!("version is {} bytes long; at most {MAX_VERSION_LEN} are allowed", version.len())));
     }

@@ -85,6 +85,11 @@ impl From<&Config> for XdsKeepalive {
     }
 }
 
+/// The address a REST request came from, in its extensions: who wrote, and
+/// whether a write without a token may be accepted (loopback only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// Closes the xDS connection a request came in on. hyper polls a response
 /// body only while its stream has flow-control window, so a stream whose
 /// client grants none cannot end itself: its handler finds this in the

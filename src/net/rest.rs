@@ -39,16 +39,22 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{finished, sleep_until, RestLimits};
+use super::{finished, sleep_until, PeerAddr, RestLimits};
 
 /// Serves one connection until the client closes it, a timeout cuts it
 /// off, or it finishes draining after `shutdown`.
 pub(super) async fn serve_connection(stream: TcpStream, router: Router, limits: RestLimits, shutdown: CancellationToken) {
     let activity = Arc::new(Activity::new());
+    let peer = stream.peer_addr().ok().map(PeerAddr);
     let io = TokioIo::new(Watched { stream, activity: activity.clone() });
     let service = {
         let activity = activity.clone();
-        service_fn(move |request| handle(router.clone(), activity.clone(), limits.body_timeout, request))
+        service_fn(move |mut request: Request<Incoming>| {
+            if let Some(peer) = peer {
+                request.extensions_mut().insert(peer);
+            }
+            handle(router.clone(), activity.clone(), limits.body_timeout, request)
+        })
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Headers are timed here, from their first byte; hyper's own timer

@@ -15,12 +15,16 @@
 //!   served.
 //! - A version names one content forever: the `versions` table remembers
 //!   every (node type, version) ever stored, across deletes and restarts.
+//! - Every accepted version is kept, up to `--history` per node type
+//!   ([`history`]), so any of them can be made current again by a
+//!   rollback, under a new version.
 //! - A marker file says the directory holds a store; a data file that is
 //!   missing or empty beside it is an error, never a silent empty start.
 //! - An I/O error (a full disk) fails the write that met it and nothing
 //!   else: the database is reopened on the next write, and [`Store::heal`]
 //!   retries by itself, so writes work again once the cause is gone.
 
+pub mod history;
 pub mod record;
 
 use std::{
@@ -35,7 +39,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{node_type::NodeType, schema::StoredBundle};
+pub use history::Version;
+
+use crate::{bundle::MAX_VERSION_LEN, node_type::NodeType, schema::StoredBundle};
+use history::{HISTORY, HISTORY_RECORDS};
 
 /// Node type → checksummed record (see [`record`]).
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
@@ -66,6 +73,9 @@ pub enum StoreError {
     /// see the change, since it compares versions.
     #[error("version {version:?} was already stored for {node_type} with different content; use a new version")]
     Conflict { node_type: NodeType, version: String },
+    /// No such version in the node type's history.
+    #[error("{node_type} has no version {version:?} in its history")]
+    UnknownVersion { node_type: NodeType, version: String },
     /// The store cannot write now (an I/O error, a full disk); nothing was
     /// changed. Retrying later may work.
     #[error("store cannot write: {0}")]
@@ -79,14 +89,17 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// What a put did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PutOutcome {
-    /// Durable and published.
-    Stored,
-    /// The same version with the same content was already stored: nothing
-    /// written, nothing pushed.
-    Unchanged,
+/// What a write did.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Durable and published. `false` when there was nothing to do: the
+    /// same version with the same content was already stored (nothing
+    /// pushed), or there was nothing to delete.
+    pub changed: bool,
+    /// The bundle it replaced or removed.
+    pub previous: Option<Arc<StoredBundle>>,
+    /// The bundle stored now.
+    pub current: Option<Arc<StoredBundle>>,
 }
 
 /// A stored record that failed to load.
@@ -115,6 +128,7 @@ struct Inner {
     writer: Mutex<Writer>,
     feed: watch::Sender<Arc<Catalog>>,
     quarantined: Mutex<BTreeMap<String, Quarantined>>,
+    history_limit: usize,
 }
 
 struct Writer {
@@ -124,8 +138,15 @@ struct Writer {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `data_dir` and loads every bundle.
+    /// Opens (or creates) the store in `data_dir`, keeping the default
+    /// number of versions per node type.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, history::DEFAULT_LIMIT)
+    }
+
+    /// Opens (or creates) the store in `data_dir` and loads every bundle;
+    /// each node type keeps its last `history_limit` versions.
+    pub fn open_with(data_dir: &Path, history_limit: usize) -> Result<Self, StoreError> {
         let open_error = |what: &str, path: &Path, e: &dyn std::fmt::Display| StoreError::Open(format!("cannot {what} {}: {e}", path.display()));
         std::fs::create_dir_all(data_dir).map_err(|e| open_error("create", data_dir, &e))?;
         let path = data_dir.join(DATA_FILE);
@@ -146,71 +167,172 @@ impl Store {
         if !held_data {
             write_marker(&marker).map_err(|e| open_error("write", &marker, &e))?;
         }
-        let loaded = load(&db).map_err(|e| open_error("load", &path, &e))?;
+        let loaded = load(&db, history_limit).map_err(|e| open_error("load", &path, &e))?;
         let (feed, _) = watch::channel(Arc::new(loaded.catalog));
         Ok(Self(Arc::new(Inner {
             path,
             writer: Mutex::new(Writer { db: Some(db), failure: None }),
             feed,
             quarantined: Mutex::new(loaded.quarantined),
+            history_limit,
         })))
     }
 
     /// Stores `bundle` for `node_type`; answers once it is durable.
-    pub async fn put(&self, node_type: NodeType, bundle: StoredBundle) -> Result<PutOutcome, StoreError> {
+    pub async fn put(&self, node_type: NodeType, bundle: StoredBundle) -> Result<Written, StoreError> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.put_blocking(node_type, bundle)).await.map_err(unavailable)?
     }
 
-    fn put_blocking(&self, node_type: NodeType, bundle: StoredBundle) -> Result<PutOutcome, StoreError> {
+    fn put_blocking(&self, node_type: NodeType, bundle: StoredBundle) -> Result<Written, StoreError> {
         let mut writer = self.writer();
-        if let Some(current) = self.0.feed.borrow().get(&node_type) {
+        let previous = self.0.feed.borrow().get(&node_type).cloned();
+        if let Some(current) = &previous {
             if current.version == bundle.version && current.content_hash == bundle.content_hash {
-                return Ok(PutOutcome::Unchanged);
+                return Ok(Written { changed: false, current: previous.clone(), previous });
             }
         }
         let record = record::encode(&bundle);
-        // What is published is read back from the very bytes written, as a
-        // restart would read them (and its resources share one buffer).
-        let bundle = match record::decode(&record) {
-            Ok(record::Decoded::Current(bundle)) => bundle,
-            other => return Err(StoreError::Unavailable(format!("a record does not read back: {other:?}"))),
-        };
-        let key = node_type.as_str().as_bytes();
-        let version_key = version_key(&node_type, &bundle.version);
-        self.write(&mut writer, |txn| {
-            let mut versions = txn.open_table(VERSIONS)?;
-            if let Some(stored) = versions.get(version_key.as_slice())? {
-                if stored.value() != bundle.content_hash.as_bytes() {
-                    return Ok(Err(StoreError::Conflict { node_type: node_type.clone(), version: bundle.version.clone() }));
-                }
-            }
-            versions.insert(version_key.as_slice(), bundle.content_hash.as_bytes())?;
-            txn.open_table(RECORDS)?.insert(key, record.as_slice())?;
-            txn.open_table(QUARANTINE)?.remove(key)?;
-            Ok(Ok(()))
+        let bundle = read_back(&record)?;
+        self.write(&mut writer, |txn| self.commit(txn, &node_type, &bundle, &record, None))?;
+        Ok(self.publish(node_type, bundle, previous))
+    }
+
+    /// Makes the content of `target`, a version in the history of
+    /// `node_type`, current again under `new_version` (by default
+    /// `<target>-rollback-<n>`): a new version, since Envoy ignores a
+    /// version it has seen (R15).
+    pub async fn rollback(&self, node_type: NodeType, target: String, new_version: Option<String>) -> Result<Written, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.rollback_blocking(node_type, &target, new_version)).await.map_err(unavailable)?
+    }
+
+    fn rollback_blocking(&self, node_type: NodeType, target: &str, new_version: Option<String>) -> Result<Written, StoreError> {
+        let mut writer = self.writer();
+        let previous = self.0.feed.borrow().get(&node_type).cloned();
+        let bundle = self.write(&mut writer, |txn| {
+            let history = txn.open_table(HISTORY)?;
+            let Some((key, _)) = history::find(&history, &node_type, target)? else {
+                return Ok(Err(StoreError::UnknownVersion { node_type: node_type.clone(), version: target.to_owned() }));
+            };
+            let raw = txn.open_table(HISTORY_RECORDS)?.get(key.as_slice())?.map(|v| v.value().to_vec());
+            let mut bundle = match raw.as_deref().map(record::decode) {
+                Some(Ok(record::Decoded::Current(bundle) | record::Decoded::Legacy(bundle))) => bundle,
+                _ => return Ok(Err(StoreError::Unavailable(format!("the stored record of {node_type} {target:?} does not read back")))),
+            };
+            let seq = history::next_seq(&history, &node_type)?;
+            drop(history);
+            bundle.version = new_version.clone().unwrap_or_else(|| history::rollback_version(target, seq, MAX_VERSION_LEN));
+            let record = record::encode(&bundle);
+            let bundle = match read_back(&record) {
+                Ok(bundle) => bundle,
+                Err(error) => return Ok(Err(error)),
+            };
+            Ok(self.commit(txn, &node_type, &bundle, &record, Some(target))?.map(|()| bundle))
         })?;
+        Ok(self.publish(node_type, bundle, previous))
+    }
+
+    /// Writes `bundle` (encoded as `record`) as the current one of
+    /// `node_type` and appends it to the history, unless its version was
+    /// stored before with other content.
+    fn commit(
+        &self,
+        txn: &redb::WriteTransaction,
+        node_type: &NodeType,
+        bundle: &StoredBundle,
+        record: &[u8],
+        rollback_of: Option<&str>,
+    ) -> Result<Result<(), StoreError>, redb::Error> {
+        let version_key = version_key(node_type, &bundle.version);
+        let mut versions = txn.open_table(VERSIONS)?;
+        if let Some(stored) = versions.get(version_key.as_slice())? {
+            if stored.value() != bundle.content_hash.as_bytes() {
+                return Ok(Err(StoreError::Conflict { node_type: node_type.clone(), version: bundle.version.clone() }));
+            }
+        }
+        versions.insert(version_key.as_slice(), bundle.content_hash.as_bytes())?;
+        let key = node_type.as_str().as_bytes();
+        txn.open_table(RECORDS)?.insert(key, record)?;
+        txn.open_table(QUARANTINE)?.remove(key)?;
+        let (mut history, mut records) = (txn.open_table(HISTORY)?, txn.open_table(HISTORY_RECORDS)?);
+        history::append(&mut history, &mut records, node_type, bundle, record, rollback_of, self.0.history_limit)?;
+        Ok(Ok(()))
+    }
+
+    /// Publishes a committed bundle on the change feed.
+    fn publish(&self, node_type: NodeType, bundle: StoredBundle, previous: Option<Arc<StoredBundle>>) -> Written {
         self.lock_quarantined().remove(node_type.as_str());
         let bundle = Arc::new(bundle);
         self.0.feed.send_modify(|catalog| {
-            Arc::make_mut(catalog).insert(node_type, bundle);
+            Arc::make_mut(catalog).insert(node_type, bundle.clone());
         });
-        Ok(PutOutcome::Stored)
+        Written { changed: true, previous, current: Some(bundle) }
+    }
+
+    /// The versions of `node_type` still kept, oldest first. Kept after a
+    /// delete, so a deleted node type can be rolled back.
+    pub async fn history(&self, node_type: NodeType) -> Result<Vec<Version>, StoreError> {
+        self.read(move |txn| {
+            let table = match txn.open_table(HISTORY) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(history::entries(&table, &node_type)?.into_iter().map(|(_, entry)| entry.into()).collect())
+        })
+        .await
+    }
+
+    /// The bundle `node_type` had at `version`, if its history still has it.
+    pub async fn version(&self, node_type: NodeType, version: String) -> Result<Option<StoredBundle>, StoreError> {
+        self.read(move |txn| {
+            let table = match txn.open_table(HISTORY) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let Some((key, _)) = history::find(&table, &node_type, &version)? else { return Ok(None) };
+            let raw = txn.open_table(HISTORY_RECORDS)?.get(key.as_slice())?.map(|v| v.value().to_vec());
+            Ok(raw.and_then(|raw| match record::decode(&raw) {
+                Ok(record::Decoded::Current(bundle) | record::Decoded::Legacy(bundle)) => Some(bundle),
+                Err(_) => None,
+            }))
+        })
+        .await
+    }
+
+    /// Runs `f` in a read transaction on a blocking thread.
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error> + Send + 'static) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut writer = store.writer();
+            let db = match &mut writer.db {
+                Some(db) => db,
+                None => writer.db.insert(open_database(&store.0.path).map_err(unavailable)?),
+            };
+            let txn = db.begin_read().map_err(unavailable)?;
+            drop(writer);
+            f(&txn).map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     /// Removes the bundle of `node_type` (and any quarantined record of it);
-    /// `false` when there was neither. Its versions stay taken.
-    pub async fn delete(&self, node_type: NodeType) -> Result<bool, StoreError> {
+    /// unchanged when there was neither. Its versions stay taken and its
+    /// history stays.
+    pub async fn delete(&self, node_type: NodeType) -> Result<Written, StoreError> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.delete_blocking(node_type)).await.map_err(unavailable)?
     }
 
-    fn delete_blocking(&self, node_type: NodeType) -> Result<bool, StoreError> {
+    fn delete_blocking(&self, node_type: NodeType) -> Result<Written, StoreError> {
         let mut writer = self.writer();
-        let stored = self.0.feed.borrow().contains_key(&node_type);
+        let previous = self.0.feed.borrow().get(&node_type).cloned();
         let quarantined = self.lock_quarantined().contains_key(node_type.as_str());
-        if !stored && !quarantined {
-            return Ok(false);
+        if previous.is_none() && !quarantined {
+            return Ok(Written { changed: false, previous: None, current: None });
         }
         let key = node_type.as_str().as_bytes();
         self.write(&mut writer, |txn| {
@@ -222,7 +344,7 @@ impl Store {
         self.0.feed.send_modify(|catalog| {
             Arc::make_mut(catalog).remove(&node_type);
         });
-        Ok(true)
+        Ok(Written { changed: true, previous, current: None })
     }
 
     /// Runs `f` in a write transaction, committed when `f` decides so
@@ -342,6 +464,15 @@ fn write_marker(marker: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What is published is read back from the very bytes written, as a
+/// restart would read them (and its resources share one buffer).
+fn read_back(record: &[u8]) -> Result<StoredBundle, StoreError> {
+    match record::decode(record) {
+        Ok(record::Decoded::Current(bundle)) => Ok(bundle),
+        other => Err(StoreError::Unavailable(format!("a record does not read back: {other:?}"))),
+    }
+}
+
 fn version_key(node_type: &NodeType, version: &str) -> Vec<u8> {
     [node_type.as_str().as_bytes(), b"\0", version.as_bytes()].concat()
 }
@@ -361,7 +492,7 @@ enum Fix {
 /// Reads every record. Records that fail are quarantined, pre-0.2 records
 /// are rewritten in the current form; if those fixes cannot be written (a
 /// full disk), the store still starts and retries them at the next start.
-fn load(db: &Database) -> Result<Loaded, redb::Error> {
+fn load(db: &Database, history_limit: usize) -> Result<Loaded, redb::Error> {
     let mut loaded = Loaded { catalog: Catalog::new(), quarantined: BTreeMap::new() };
     let mut fixes = Vec::new();
     let txn = db.begin_read()?;
@@ -438,11 +569,16 @@ fn load(db: &Database) -> Result<Loaded, redb::Error> {
                     }
                 }
             }
-            // Every loaded version is taken (stores before 0.2 kept no history).
+            // Every loaded version is taken and in the history (stores
+            // before 0.2 kept no versions, before 0.3 no history).
+            let (mut history, mut history_records) = (txn.open_table(HISTORY)?, txn.open_table(HISTORY_RECORDS)?);
             for (node_type, bundle) in &loaded.catalog {
                 let key = version_key(node_type, &bundle.version);
                 if versions.get(key.as_slice())?.is_none() {
                     versions.insert(key.as_slice(), bundle.content_hash.as_bytes())?;
+                }
+                if history::entries(&history, node_type)?.is_empty() {
+                    history::append(&mut history, &mut history_records, node_type, bundle, &record::encode(bundle), None, history_limit)?;
                 }
             }
         }
@@ -474,13 +610,13 @@ mod tests {
     fn a_version_names_one_content_forever() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.put_blocking(sidecar(), bundle("v1", "a")).unwrap(), PutOutcome::Stored);
-        assert_eq!(store.put_blocking(sidecar(), bundle("v2", "b")).unwrap(), PutOutcome::Stored);
+        assert!(store.put_blocking(sidecar(), bundle("v1", "a")).unwrap().changed);
+        assert!(store.put_blocking(sidecar(), bundle("v2", "b")).unwrap().changed);
         let reused = store.put_blocking(sidecar(), bundle("v1", "c"));
         assert!(matches!(reused, Err(StoreError::Conflict { .. })), "{:?}", reused.err());
         // Going back to v1 with its own content is a rollback, not a conflict.
-        assert_eq!(store.put_blocking(sidecar(), bundle("v1", "a")).unwrap(), PutOutcome::Stored);
-        assert!(store.delete_blocking(sidecar()).unwrap());
+        assert!(store.put_blocking(sidecar(), bundle("v1", "a")).unwrap().changed);
+        assert!(store.delete_blocking(sidecar()).unwrap().changed);
         drop(store);
 
         let store = Store::open(dir.path()).unwrap();
@@ -504,5 +640,43 @@ mod tests {
         // A directory that never held a store starts empty.
         let fresh = tempfile::tempdir().unwrap();
         assert!(Store::open(fresh.path()).unwrap().catalog().is_empty());
+    }
+
+    fn cluster_names(bundle: &StoredBundle) -> Vec<&str> {
+        bundle.resources(crate::resource_type::ResourceType::Cluster).map(|r| r.name.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn history_keeps_the_last_versions_and_a_rollback_restores_one_under_a_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), 3).unwrap();
+        for (version, cluster) in [("v1", "a"), ("v2", "b"), ("v3", "c"), ("v4", "d")] {
+            let written = store.put(sidecar(), bundle(version, cluster)).await.unwrap();
+            assert!(written.changed);
+        }
+        let listed: Vec<String> = store.history(sidecar()).await.unwrap().into_iter().map(|v| v.version).collect();
+        assert_eq!(listed, ["v2", "v3", "v4"], "bounded by the limit, oldest dropped");
+        assert!(store.version(sidecar(), "v1".into()).await.unwrap().is_none());
+        assert_eq!(cluster_names(&store.version(sidecar(), "v2".into()).await.unwrap().unwrap()), ["b"]);
+
+        let written = store.rollback(sidecar(), "v2".into(), None).await.unwrap();
+        let current = written.current.unwrap();
+        assert_eq!((current.version.as_str(), cluster_names(&current)), ("v2-rollback-5", vec!["b"]));
+        assert_eq!(written.previous.unwrap().version, "v4");
+        assert_eq!(store.catalog()[&sidecar()].version, "v2-rollback-5", "published");
+        let unknown = store.rollback(sidecar(), "v1".into(), None).await;
+        assert!(matches!(unknown, Err(StoreError::UnknownVersion { .. })), "{unknown:?}");
+        // A named new version must be new too.
+        let reused = store.rollback(sidecar(), "v3".into(), Some("v4".into())).await;
+        assert!(matches!(reused, Err(StoreError::Conflict { .. })), "{reused:?}");
+
+        // History outlives a delete and a restart; a deleted node type can be rolled back.
+        assert!(store.delete(sidecar()).await.unwrap().changed);
+        drop(store);
+        let store = Store::open_with(dir.path(), 3).unwrap();
+        let last = store.history(sidecar()).await.unwrap().pop().unwrap();
+        assert_eq!((last.version.as_str(), last.rollback_of.as_deref(), last.counts.clusters), ("v2-rollback-5", Some("v2"), 1));
+        store.rollback(sidecar(), "v4".into(), Some("v6".into())).await.unwrap();
+        assert_eq!(cluster_names(&store.catalog()[&sidecar()]), ["d"]);
     }
 }

@@ -52,17 +52,50 @@ fn by_type_name<S: serde::Serializer>(types: &[Option<TypeStatus>; 4], serialize
 }
 
 /// Every connected stream's status. Cheap to clone.
+///
+/// Each stream owns its entry and updates it under the entry's own lock, so
+/// a send or an ACK never contends with other streams; the map is locked
+/// only when a stream opens or closes, and briefly by readers to take the
+/// list of entries.
 #[derive(Clone, Default)]
 pub struct Registry(Arc<Inner>);
 
 #[derive(Default)]
 struct Inner {
     next_id: AtomicU64,
-    // A std Mutex: each update is a map lookup, never held across an await.
-    streams: Mutex<BTreeMap<u64, StreamStatus>>,
+    // A std Mutex: held for one insert, remove or walk over the keys, never across an await.
+    streams: Mutex<BTreeMap<u64, Arc<Entry>>>,
 }
 
-fn now_ms() -> u128 {
+/// One stream's status: fixed at open, then its per-type state.
+struct Entry {
+    stream_id: u64,
+    node_id: String,
+    node_type: String,
+    service: &'static str,
+    connected_at_unix_ms: u128,
+    // Only this stream writes it; readers copy it out.
+    types: Mutex<[Option<TypeStatus>; 4]>,
+}
+
+impl Entry {
+    fn status(&self) -> StreamStatus {
+        StreamStatus {
+            stream_id: self.stream_id,
+            node_id: self.node_id.clone(),
+            node_type: self.node_type.clone(),
+            service: self.service,
+            connected_at_unix_ms: self.connected_at_unix_ms,
+            types: lock(&self.types).clone(),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn now_ms() -> u128 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis())
 }
 
@@ -70,51 +103,56 @@ impl Registry {
     /// Registers a stream; it is removed when the returned handle drops.
     pub fn open(&self, node_id: &str, node_type: &NodeType, service: &'static str) -> StreamHandle {
         let stream_id = self.0.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let status = StreamStatus {
+        let entry = Arc::new(Entry {
             stream_id,
             node_id: node_id.to_owned(),
             node_type: node_type.to_string(),
             service,
             connected_at_unix_ms: now_ms(),
-            types: Default::default(),
-        };
-        self.lock().insert(stream_id, status);
-        StreamHandle { registry: self.clone(), stream_id }
+            types: Mutex::default(),
+        });
+        lock(&self.0.streams).insert(stream_id, entry.clone());
+        StreamHandle { registry: self.clone(), entry }
     }
 
-    /// A copy of every stream's status, oldest first.
+    /// A copy of every stream's status, oldest first. The map is locked
+    /// only to take the entries; each is then copied under its own lock.
     pub fn list(&self) -> Vec<StreamStatus> {
-        self.lock().values().cloned().collect()
+        let entries: Vec<Arc<Entry>> = lock(&self.0.streams).values().cloned().collect();
+        entries.iter().map(|entry| entry.status()).collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, StreamStatus>> {
-        self.0.streams.lock().unwrap_or_else(|p| p.into_inner())
+    /// How many streams are open.
+    pub fn len(&self) -> usize {
+        lock(&self.0.streams).len()
     }
 
-    fn update(&self, stream_id: u64, ty: ResourceType, f: impl FnOnce(&mut TypeStatus)) {
-        if let Some(stream) = self.lock().get_mut(&stream_id) {
-            f(stream.types[ty.index()].get_or_insert_with(TypeStatus::default));
-        }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
-/// A stream's entry in the registry.
+/// A stream's entry in the registry, owned by the stream.
 pub struct StreamHandle {
     registry: Registry,
-    stream_id: u64,
+    entry: Arc<Entry>,
 }
 
 impl StreamHandle {
     pub fn id(&self) -> u64 {
-        self.stream_id
+        self.entry.stream_id
+    }
+
+    fn update(&self, ty: ResourceType, f: impl FnOnce(&mut TypeStatus)) {
+        f(lock(&self.entry.types)[ty.index()].get_or_insert_with(TypeStatus::default));
     }
 
     pub fn sent(&self, ty: ResourceType, version: &Arc<str>) {
-        self.registry.update(self.stream_id, ty, |s| s.sent_version = Some(version.clone()));
+        self.update(ty, |s| s.sent_version = Some(version.clone()));
     }
 
     pub fn acked(&self, ty: ResourceType, version: &str) {
-        self.registry.update(self.stream_id, ty, |s| {
+        self.update(ty, |s| {
             if s.acked_version.as_deref() != Some(version) {
                 // Usually the version just sent: share it rather than copy it.
                 let sent = s.sent_version.as_ref().filter(|sent| &***sent == version);
@@ -126,12 +164,61 @@ impl StreamHandle {
 
     pub fn rejected(&self, ty: ResourceType, nonce: &str, error: &str) {
         let rejection = Rejection { nonce: nonce.to_owned(), error: error.to_owned(), at_unix_ms: now_ms() };
-        self.registry.update(self.stream_id, ty, |s| s.rejected = Some(Box::new(rejection)));
+        self.update(ty, |s| s.rejected = Some(Box::new(rejection)));
     }
 }
 
 impl Drop for StreamHandle {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.stream_id);
+        lock(&self.registry.0.streams).remove(&self.entry.stream_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_updates_its_own_entry_and_leaves_on_drop() {
+        let registry = Registry::default();
+        let node_type = NodeType::of_node_id("sidecar-a");
+        let first = registry.open("sidecar-a", &node_type, "ads");
+        let second = registry.open("sidecar-b", &node_type, "ads");
+        first.sent(ResourceType::Cluster, &Arc::from("v1"));
+        first.acked(ResourceType::Cluster, "v1");
+        second.rejected(ResourceType::Listener, "n1", "bad listener");
+
+        let list = registry.list();
+        assert_eq!(list.iter().map(|s| s.node_id.as_str()).collect::<Vec<_>>(), ["sidecar-a", "sidecar-b"]);
+        let clusters = list[0].types[ResourceType::Cluster.index()].as_ref().unwrap();
+        assert_eq!(clusters.acked_version.as_deref(), Some("v1"));
+        assert!(list[1].types[ResourceType::Cluster.index()].is_none());
+        assert_eq!(list[1].types[ResourceType::Listener.index()].as_ref().unwrap().rejected.as_ref().unwrap().error, "bad listener");
+
+        drop(first);
+        assert_eq!(registry.len(), 1);
+        assert_eq!(registry.list()[0].node_id, "sidecar-b");
+    }
+
+    #[test]
+    fn updates_take_no_registry_lock() {
+        let registry = Registry::default();
+        let handle = registry.open("sidecar-a", &NodeType::of_node_id("sidecar-a"), "ads");
+        // With the map held (a reader walking it, a stream opening), the
+        // stream still records what it sent and what came back.
+        let held = lock(&registry.0.streams);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                handle.sent(ResourceType::Endpoint, &Arc::from("v2"));
+                handle.acked(ResourceType::Endpoint, "v2");
+                done.send(()).unwrap();
+            });
+            let updated = finished.recv_timeout(std::time::Duration::from_secs(10));
+            drop(held);
+            assert!(updated.is_ok(), "a stream's update waited for the registry lock");
+        });
+        let status = registry.list().remove(0);
+        assert_eq!(status.types[ResourceType::Endpoint.index()].as_ref().unwrap().acked_version.as_deref(), Some("v2"));
     }
 }
