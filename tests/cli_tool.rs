@@ -479,3 +479,27 @@ async fn history_lists_versions_and_rollback_serves_an_earlier_one() {
     assert!(unknown.stderr.contains("v9"), "{unknown:?}");
     daemon.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_daemon_with_a_token_file_need_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = write(dir.path(), "tokens", "# who may write\nci:s3cret-token\n");
+    let token_file = PathBuf::from(&tokens);
+    let daemon = TestDaemon::start_with(move |config| config.token_file = Some(token_file)).await;
+    let file = write(dir.path(), "sidecar.json", sidecar_bundle("1", 10000, 8080).to_string());
+
+    let refused = client(&daemon, &["put", "sidecar", &file]).await.refused();
+    assert!(refused.stderr.starts_with("sxds: this write needs an Authorization: Bearer") && refused.stderr.contains("--token or SXDS_TOKEN"), "{refused:?}");
+    let wrong = client(&daemon, &["put", "sidecar", &file, "--token", "guess"]).await.refused();
+    assert!(wrong.stderr.contains("not in sxds's --token-file"), "{wrong:?}");
+    assert_eq!(stored(&daemon, "sidecar").await.0, 404, "nothing stored");
+
+    client(&daemon, &["put", "sidecar", &file, "--token", "s3cret-token"]).await.ok();
+    // Reads need no token.
+    assert!(client(&daemon, &["list"]).await.ok().stdout.contains("sidecar "));
+    let mut command = sxds();
+    command.args(["delete", "sidecar"]).env("SXDS_SERVER", daemon.url("")).env("SXDS_TOKEN", "s3cret-token");
+    tokio::task::spawn_blocking(move || run_command(command, None)).await.unwrap().ok();
+    assert_eq!(stored(&daemon, "sidecar").await.0, 404);
+    daemon.stop().await.unwrap();
+}
