@@ -65,7 +65,9 @@ pub fn nodes(nodes: &Value, color: bool) -> String {
             if let Some(rejected) = status["rejected"].as_object() {
                 cell.push('!');
                 let error = rejected.get("error").map(text).unwrap_or_default();
-                nacks.push(format!("NACK {} {ty} (nonce {}): {}", text(&stream["node_id"]), rejected.get("nonce").map(text).unwrap_or_default(), error.trim_end()));
+                // Envoy's errors often carry a multi-line proto dump: indent it under the NACK.
+                let error = error.trim_end().replace('\n', "\n    ");
+                nacks.push(format!("NACK {} {ty} (nonce {}): {error}", text(&stream["node_id"]), rejected.get("nonce").map(text).unwrap_or_default()));
             }
             row.push(cell);
         }
@@ -226,14 +228,14 @@ mod tests {
             "node_id": "sidecar-a", "node_type": "sidecar", "service": "ads",
             "types": {
                 "clusters": {"sent_version": "2", "acked_version": "2", "rejected": null},
-                "listeners": {"sent_version": "2", "acked_version": "1", "rejected": {"nonce": "6", "error": "bad listener\n", "at_unix_ms": 1}}
+                "listeners": {"sent_version": "2", "acked_version": "1", "rejected": {"nonce": "6", "error": "bad listener\nline two\n", "at_unix_ms": 1}}
             }
         }]});
         let plain = nodes(&listing, false);
         let lines: Vec<&str> = plain.lines().collect();
         assert_eq!(lines[0], "NODE ID    NODE TYPE  SERVICE  LISTENERS  CLUSTERS  ROUTES  ENDPOINTS");
         assert_eq!(lines[1], "sidecar-a  sidecar    ads      2/1!       2         -       -");
-        assert!(plain.contains("NACK sidecar-a listeners (nonce 6): bad listener\n") && !plain.contains('\x1b'), "{plain}");
+        assert!(plain.contains("NACK sidecar-a listeners (nonce 6): bad listener\n    line two\n") && !plain.contains('\x1b'), "{plain}");
         assert!(nodes(&listing, true).contains("\x1b[1;31mNACK sidecar-a listeners"));
     }
 
