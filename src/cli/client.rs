@@ -131,7 +131,16 @@ impl Client {
             Some(token) => request.bearer_auth(token),
             None => request,
         };
-        let unreachable = |e: reqwest::Error| Failure::Refused(format!("cannot reach the sxds server at {}: {}", self.base, chain(&e)));
+        let unreachable = |e: reqwest::Error| {
+            Failure::Refused(if e.is_timeout() {
+                format!("the sxds server at {} did not answer in time", self.base)
+            } else if e.is_connect() {
+                // The innermost cause says it: refused, no such host, an untrusted certificate.
+                format!("cannot reach the sxds server at {}: {}", self.base, root_cause(&e))
+            } else {
+                format!("the request to the sxds server at {} failed: {}", self.base, chain(&e))
+            })
+        };
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         let body = response.bytes().await.map_err(unreachable)?;
@@ -167,6 +176,14 @@ fn answer(status: StatusCode, body: Bytes) -> Result<Bytes, Failure> {
 
 fn json_of(body: Bytes) -> Result<Value, Failure> {
     serde_json::from_slice(&body).map_err(|e| Failure::Refused(format!("the server's answer is not JSON: {e}")))
+}
+
+fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
 
 /// An error with its causes, which say what actually failed (refused, DNS, certificate).
