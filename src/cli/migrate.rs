@@ -96,6 +96,14 @@ impl Report {
     fn problem(&mut self, path: &str, why: impl std::fmt::Display) {
         self.problems.push(format!("{path}: {why}"));
     }
+
+    /// A problem unless the first pass already reported one at `path`.
+    fn problem_once(&mut self, path: &str, why: impl std::fmt::Display) {
+        let prefix = format!("{path}:");
+        if !self.problems.iter().any(|problem| problem.starts_with(&prefix)) {
+            self.problem(path, why);
+        }
+    }
 }
 
 /// Converts the bundle in `body`, prints each change on stderr, and answers
@@ -415,7 +423,7 @@ fn along_schema(value: &mut Value, message: &MessageDescriptor, path: &str, repo
     for (key, child) in object.iter_mut() {
         let child_path = join(path, key);
         let Some(field) = message.get_field_by_name(key).or_else(|| message.get_field_by_json_name(key)) else {
-            report.problem(&child_path, format_args!("{name} has no field {key:?} in v3"));
+            report.problem_once(&child_path, format_args!("{name} has no field {key:?} in v3"));
             continue;
         };
         let kind = if field.is_map() {
@@ -461,10 +469,7 @@ fn any(value: &mut Value, path: &str, report: &mut Report) {
     let Some(url) = object.get("@type").and_then(Value::as_str) else { return };
     let name = url.rsplit('/').next().unwrap_or_default();
     let Some(message) = schema::pool().get_message_by_name(name) else {
-        // Reported by the structural pass already when it was a v2 name.
-        if !report.problems.iter().any(|p| p.starts_with(&join(path, "@type"))) {
-            report.problem(&join(path, "@type"), format_args!("unknown type {name}"));
-        }
+        report.problem_once(&join(path, "@type"), format_args!("unknown type {name}"));
         return;
     };
     if message.full_name().starts_with("google.protobuf.") {
@@ -613,6 +618,7 @@ mod tests {
         let report = convert(&mut bundle);
         assert!(report.problems.iter().any(|p| p.starts_with("clusters[0].extension_protocol_options: ")), "{:#?}", report.problems);
         assert!(report.problems.iter().any(|p| p.starts_with("listeners[0].filter_chains[0].filters[0].config: no known v3 type for filter \"acme.custom\"")), "{:#?}", report.problems);
+        assert_eq!(report.problems.len(), 2, "each once: {:#?}", report.problems);
         let Err(Failure::Refused(message)) = run(bundle.to_string().as_bytes(), Format::Json) else { panic!("refused") };
         assert!(message.contains("could not be converted") && message.contains("acme.custom"), "{message}");
     }

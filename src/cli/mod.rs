@@ -305,7 +305,8 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Rollback { node_type, version, remote } => {
             let answer = Client::new(&remote)?.rollback(&node_type, &version).await?;
             let new_version = answer["version"].as_str().unwrap_or("?");
-            emit(&format!("{node_type}: rolled back to {version:?} as version {new_version:?}: {}\n", counts_of_json(&answer)))
+            let unchanged = if answer["changed"].as_bool() == Some(false) { " (already served; nothing changed)" } else { "" };
+            emit(&format!("{node_type}: rolled back to {version:?} as version {new_version:?}{unchanged}: {}\n", counts_of_json(&answer)))
         }
         Command::Migrate { file, output } => {
             let (body, format) = read_bundle(&file)?;
