@@ -267,7 +267,8 @@ impl Cache {
     /// Brings every node type in line with `catalog`. Bundles that did not
     /// change are not re-encoded; node types that lost their bundle stop
     /// serving new streams, while connected Envoys keep what they have.
-    pub fn apply(&self, catalog: &Catalog) {
+    /// Answers how many snapshots it built.
+    pub fn apply(&self, catalog: &Catalog) -> usize {
         type Stale = (NodeType, Arc<StoredBundle>, Option<Arc<Snapshot>>);
         let stale: Vec<Stale> = {
             let map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
@@ -290,6 +291,7 @@ impl Cache {
             })
             .collect();
 
+        let count = built.len();
         let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
         for (node_type, snapshot) in built {
             tracing::info!(%node_type, version = snapshot.version(), build_ms = started.elapsed().as_millis() as u64, "snapshot updated");
@@ -301,13 +303,17 @@ impl Cache {
                 sender.send_replace(None);
             }
         }
+        count
     }
 
     /// Follows the store's change feed until shutdown.
-    pub async fn follow(self, mut feed: watch::Receiver<Arc<Catalog>>, shutdown: CancellationToken) {
+    pub async fn follow(self, mut feed: watch::Receiver<Arc<Catalog>>, metrics: crate::metrics::Metrics, shutdown: CancellationToken) {
         loop {
             let catalog = feed.borrow_and_update().clone();
-            self.apply(&catalog);
+            let started = std::time::Instant::now();
+            if self.apply(&catalog) > 0 {
+                metrics.snapshot_build(started.elapsed());
+            }
             tokio::select! {
                 changed = feed.changed() => if changed.is_err() { return },
                 () = shutdown.cancelled() => return,

@@ -23,6 +23,7 @@ pub mod api;
 pub mod bundle;
 pub mod cache;
 pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod node_type;
 pub mod resource_type;
@@ -58,13 +59,13 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
         .map_err(|e| store::StoreError::Open(e.to_string()))??;
 
     // Every stored bundle is in the cache before the first stream is accepted.
+    let registry = Registry::default();
     let cache = Cache::default();
     cache.apply(&store.catalog());
     tracing::info!(node_types = store.catalog().len(), data_dir = %config.data_dir.display(), "store loaded");
-    let follower = tokio::spawn(cache.clone().follow(store.subscribe(), shutdown.clone()));
+    let follower = tokio::spawn(cache.clone().follow(store.subscribe(), registry.metrics().clone(), shutdown.clone()));
     let healer = tokio::spawn(store.clone().heal(shutdown.clone()));
 
-    let registry = Registry::default();
     let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone(), config.send_timeout);
     let grpc = net::serve_xds(xds, xds_server.router(), config.into(), shutdown.clone());
 

@@ -96,7 +96,9 @@ pub(super) async fn put_bundle(
     }
     let version = stored.version.clone();
     let parsed = started.elapsed();
-    let written = state.store.put(node_type.clone(), stored).await?;
+    let written = state.store.put(node_type.clone(), stored).await;
+    state.registry.metrics().store_commit(started.elapsed() - parsed);
+    let written = written?;
     let (parse_ms, store_ms) = (parsed.as_millis() as u64, (started.elapsed() - parsed).as_millis() as u64);
     tracing::debug!(%node_type, version, parse_ms, store_ms, "bundle put");
     state.writes.record(&who, "put", &node_type, &written);
@@ -169,7 +171,10 @@ pub(super) async fn delete_bundle(
     Writer(who): Writer,
     NodeTypeParam(node_type): NodeTypeParam,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let written = state.store.delete(node_type.clone()).await?;
+    let started = std::time::Instant::now();
+    let written = state.store.delete(node_type.clone()).await;
+    state.registry.metrics().store_commit(started.elapsed());
+    let written = written?;
     if !written.changed {
         return Err(ApiError::NotFound(node_type));
     }
@@ -235,7 +240,10 @@ pub(super) async fn rollback(
         Some(version) => Some(bundle::check_version(version).map_err(|e| BundleError::at("new_version", e.message))?),
         None => None,
     };
-    let written = state.store.rollback(node_type.clone(), request.version.clone(), new_version).await?;
+    let started = std::time::Instant::now();
+    let written = state.store.rollback(node_type.clone(), request.version.clone(), new_version).await;
+    state.registry.metrics().store_commit(started.elapsed());
+    let written = written?;
     state.writes.record(&who, "rollback", &node_type, &written);
     let current = written.current.as_deref().ok_or_else(|| ApiError::Internal("a rollback stored nothing".into()))?;
     Ok(Json(PutSummary {

@@ -11,6 +11,7 @@
 //! | POST   | /resources/{node_type}/rollback | a kept version, current again    |
 //! | GET    | /writes                   | the last 100 accepted writes           |
 //! | GET    | /nodes                    | connected Envoys: sent, ACKed, NACKed  |
+//! | GET    | /metrics                  | Prometheus metrics ([`crate::metrics`]) |
 //! | GET    | /healthz                  | liveness                               |
 //! | GET    | /readyz                   | serving, store writable, quarantine    |
 //!
@@ -74,15 +75,35 @@ pub fn router(state: ApiState) -> Router {
         .route("/resources/{node_type}/rollback", post(bundles::rollback))
         .route("/writes", get(|State(state): State<ApiState>| async move { Json(json!({ "writes": state.writes.recent() })) }))
         .route("/nodes", get(list_nodes))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readiness))
         .fallback(|uri: Uri| async move { ApiError::NoRoute(uri.path().to_owned()) })
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_owned() }
         })
+        .layer(middleware::from_fn_with_state(state.clone(), count_writes))
         .layer(middleware::from_fn(refuse_long_uris))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Counts every answer to a write by action and status.
+async fn count_writes(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let action = match *request.method() {
+        Method::PUT => "put",
+        Method::DELETE => "delete",
+        Method::POST if request.uri().path().ends_with("/rollback") => "rollback",
+        _ => return next.run(request).await,
+    };
+    let response = next.run(request).await;
+    state.registry.metrics().write(action, response.status().as_u16());
+    response
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], state.registry.metrics().render()).into_response()
 }
 
 async fn refuse_long_uris(request: Request, next: Next) -> Response {

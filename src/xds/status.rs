@@ -7,12 +7,16 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use serde::Serialize;
 
-use crate::{node_type::NodeType, resource_type::ResourceType};
+use crate::{
+    metrics::{Metrics, StreamMetrics},
+    node_type::NodeType,
+    resource_type::ResourceType,
+};
 
 /// The latest word of one Envoy on one resource type.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -23,6 +27,9 @@ pub struct TypeStatus {
     pub sent_version: Option<Arc<str>>,
     /// Its last NACK, kept until a later ACK.
     pub rejected: Option<Box<Rejection>>,
+    /// When `sent_version` went out, until its ACK: push-to-ACK latency.
+    #[serde(skip)]
+    pub sent_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,6 +72,7 @@ struct Inner {
     next_id: AtomicU64,
     // A std Mutex: held for one insert, remove or walk over the keys, never across an await.
     streams: Mutex<BTreeMap<u64, Arc<Entry>>>,
+    metrics: Metrics,
 }
 
 /// One stream's status: fixed at open, then its per-type state.
@@ -112,7 +120,13 @@ impl Registry {
             types: Mutex::default(),
         });
         lock(&self.0.streams).insert(stream_id, entry.clone());
-        StreamHandle { registry: self.clone(), entry }
+        let metrics = self.0.metrics.stream(node_type, service);
+        StreamHandle { registry: self.clone(), entry, metrics }
+    }
+
+    /// The metrics streams count into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
     }
 
     /// A copy of every stream's status, oldest first. The map is locked
@@ -136,6 +150,7 @@ impl Registry {
 pub struct StreamHandle {
     registry: Registry,
     entry: Arc<Entry>,
+    metrics: StreamMetrics,
 }
 
 impl StreamHandle {
@@ -148,23 +163,37 @@ impl StreamHandle {
     }
 
     pub fn sent(&self, ty: ResourceType, version: &Arc<str>) {
-        self.update(ty, |s| s.sent_version = Some(version.clone()));
+        self.metrics.sent(ty);
+        let now = Instant::now();
+        self.update(ty, |s| {
+            s.sent_version = Some(version.clone());
+            s.sent_at = Some(now);
+        });
     }
 
     pub fn acked(&self, ty: ResourceType, version: &str) {
+        let mut push_to_ack = None;
         self.update(ty, |s| {
+            let sent = s.sent_version.as_ref().filter(|sent| &***sent == version);
+            if sent.is_some() {
+                push_to_ack = s.sent_at.take().map(|at| at.elapsed());
+            }
             if s.acked_version.as_deref() != Some(version) {
                 // Usually the version just sent: share it rather than copy it.
-                let sent = s.sent_version.as_ref().filter(|sent| &***sent == version);
                 s.acked_version = Some(sent.cloned().unwrap_or_else(|| version.into()));
             }
             s.rejected = None;
         });
+        self.metrics.acked(ty, push_to_ack);
     }
 
     pub fn rejected(&self, ty: ResourceType, nonce: &str, error: &str) {
+        self.metrics.rejected(ty);
         let rejection = Rejection { nonce: nonce.to_owned(), error: error.to_owned(), at_unix_ms: now_ms() };
-        self.update(ty, |s| s.rejected = Some(Box::new(rejection)));
+        self.update(ty, |s| {
+            s.sent_at = None;
+            s.rejected = Some(Box::new(rejection));
+        });
     }
 }
 
