@@ -1,13 +1,31 @@
 //! Compiles `proto/` against the Envoy descriptors shipped inside the
 //! envoy-types package, so Envoy's messages are reused from the crate rather
-//! than copied.
+//! than copied; and cuts from those descriptors the files that gRPC
+//! reflection serves (the discovery services and what they import).
 
-use std::{env, error::Error, fs, path::PathBuf, process::Command};
+use std::{collections::BTreeSet, env, error::Error, fs, path::PathBuf, process::Command};
 
 use prost::Message;
 use protox::file::{ChainFileResolver, DescriptorSetFileResolver, GoogleFileResolver, IncludeFileResolver};
 
 const OWN_PROTOS: &[&str] = &["sxds/v1/bundle.proto"];
+
+/// The files of the services sxds serves; reflection describes these.
+const SERVED_PROTOS: &[&str] = &[
+    "envoy/service/discovery/v3/ads.proto",
+    "envoy/service/listener/v3/lds.proto",
+    "envoy/service/cluster/v3/cds.proto",
+    "envoy/service/route/v3/rds.proto",
+    "envoy/service/endpoint/v3/eds.proto",
+];
+
+/// A `FileDescriptorSet` with each file left as its encoded bytes, so that
+/// custom options prost does not know survive the cut.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EncodedFileSet {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    file: Vec<Vec<u8>>,
+}
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -15,6 +33,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     let envoy_set_bytes = fs::read(envoy_types_dir()?.join("src/generated/types.bin"))?;
     let mut envoy_set = prost_types::FileDescriptorSet::decode(envoy_set_bytes.as_slice())?;
+    fs::write(out_dir.join("reflection.bin"), served_closure(&envoy_set_bytes)?)?;
 
     let mut resolver = ChainFileResolver::new();
     resolver.add(IncludeFileResolver::new("proto".into()));
@@ -36,6 +55,28 @@ fn main() -> Result<(), Box<dyn Error>> {
         .compile_fds(own_set)?;
 
     Ok(())
+}
+
+/// The encoded set of [`SERVED_PROTOS`] and every file they import,
+/// transitively, dependencies first.
+fn served_closure(envoy_set_bytes: &[u8]) -> Result<Vec<u8>, Box<dyn Error>> {
+    let encoded = EncodedFileSet::decode(envoy_set_bytes)?;
+    let mut files = Vec::new();
+    for raw in &encoded.file {
+        files.push((prost_types::FileDescriptorProto::decode(raw.as_slice())?, raw));
+    }
+    let mut wanted: BTreeSet<String> = BTreeSet::new();
+    let mut pending: Vec<String> = SERVED_PROTOS.iter().map(|p| (*p).to_owned()).collect();
+    while let Some(name) = pending.pop() {
+        if !wanted.insert(name.clone()) {
+            continue;
+        }
+        let (file, _) = files.iter().find(|(f, _)| f.name() == name).ok_or_else(|| format!("{name} is not in envoy-types' descriptors"))?;
+        pending.extend(file.dependency.iter().cloned());
+    }
+    // types.bin lists dependencies before their dependents; keep its order.
+    let file = files.iter().filter(|(f, _)| wanted.contains(f.name())).map(|(_, raw)| (*raw).clone()).collect();
+    Ok(EncodedFileSet { file }.encode_to_vec())
 }
 
 /// The envoy-types package directory, found through `cargo metadata`

@@ -101,6 +101,22 @@ pub struct Config {
     #[arg(long, env = "SXDS_HISTORY", default_value = "50", value_name = "N")]
     pub history: NonZeroUsize,
 
+    /// PEM certificate chain: both ports serve TLS (xDS h2, REST h2 and
+    /// http/1.1). Needs --tls-key. Read again when the file changes, so a
+    /// rotated certificate needs no restart.
+    #[arg(long, env = "SXDS_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SXDS_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): xDS clients must present a certificate signed by
+    /// one, and a stream is served only a node type its certificate names (a
+    /// URI SAN's last path segment or a DNS SAN's first label). Needs --tls-cert.
+    #[arg(long, env = "SXDS_XDS_CLIENT_CA", value_name = "PATH")]
+    pub xds_client_ca: Option<PathBuf>,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `sxds=debug`.
     #[arg(long, env = "SXDS_LOG", default_value = "info")]
     pub log: String,

@@ -2,20 +2,22 @@
 //!
 //! The path of a bundle, from `curl -XPUT` to an Envoy:
 //!
-//! 1. [`api`] takes `PUT /resources/{node_type}`; [`bundle`] parses the JSON
-//!    or YAML against [`schema`] (every Envoy v3 type, `@type` included) and
-//!    validates names and references. Bad input is a 4xx naming the field.
+//! 1. [`api`] takes `PUT /resources/{node_type}` from a writer [`api::auth`]
+//!    let through; [`bundle`] parses the JSON or YAML against [`schema`]
+//!    (every Envoy v3 type, `@type` included) and validates names and
+//!    references. Bad input is a 4xx naming the field.
 //! 2. [`store`] writes it durably (redb, one checksummed record of encoded
-//!    resources) and publishes the new catalog on its change feed. Only then
-//!    does the PUT answer 200.
+//!    resources, also kept in the node type's history) and publishes the
+//!    new catalog on its change feed. Only then does the PUT answer 200.
 //! 3. [`cache`] follows the feed and encodes each resource once per version
 //!    into a [`cache::Snapshot`] per node type.
 //! 4. [`xds`] streams (ADS and LDS/CDS/RDS/EDS) watch their node type's
 //!    snapshot; the state machine in [`xds::stream`] decides what is due and
 //!    the codec writes the shared bytes. ACKs and NACKs land in
-//!    [`xds::status`], which `GET /nodes` shows.
+//!    [`xds::status`], which `GET /nodes` shows, and in [`metrics`].
 //!
-//! [`net`] serves both listeners (limits, timeouts, back-off); [`run`] wires
+//! [`net`] serves both listeners (limits, timeouts, back-off, TLS and the
+//! node types a client certificate names); [`run`] wires
 //! it together on listeners the caller binds, so tests start the real daemon
 //! on port 0.
 
@@ -47,11 +49,20 @@ pub enum RunError {
     /// A setting that can only be checked at start (a token file).
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Tls(#[from] net::TlsError),
 }
 
 /// Serves xDS on `xds` and the REST API on `rest` until `shutdown` is
 /// cancelled, then drains both within `config.shutdown_grace`.
 pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+    // Bad TLS files stop the start before anything is opened.
+    let tls = net::Tls::from_config(config)?;
+    if let Some(ca) = &config.xds_client_ca {
+        tracing::info!(client_ca = %ca.display(), "TLS on both ports; xDS clients need a certificate naming their node type");
+    } else if tls.is_some() {
+        tracing::info!("TLS on both ports");
+    }
     let write_policy = api::WritePolicy::new(config.token_file.as_deref(), config.allow_unauthenticated_writes).map_err(RunError::Config)?;
     let (data_dir, history) = (config.data_dir.clone(), config.history.get());
     let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, history))
@@ -67,10 +78,11 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
     let healer = tokio::spawn(store.clone().heal(shutdown.clone()));
 
     let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone(), config.send_timeout);
-    let grpc = net::serve_xds(xds, xds_server.router(), config.into(), shutdown.clone());
+    let (xds_tls, rest_tls) = tls.map(|tls| (tls.xds, tls.rest)).unzip();
+    let grpc = net::serve_xds(xds, xds_server.router().await, config.into(), xds_tls, shutdown.clone());
 
     let app = api::router(ApiState::new(store, registry, config.body_limit, write_policy));
-    let http = net::serve_rest(rest, app, config.into(), shutdown.clone());
+    let http = net::serve_rest(rest, app, config.into(), rest_tls, shutdown.clone());
 
     let grace = config.shutdown_grace;
     let servers = async { tokio::join!(grpc, http) };

@@ -11,7 +11,8 @@
 //! | `sxds_snapshot_build_seconds` | | encoding a new bundle for the streams |
 //!
 //! Node ids come from clients, so node type labels are capped: past
-//! [`MAX_NODE_TYPES`] distinct node types, the rest count under `_other`.
+//! [`MAX_NODE_TYPES`] distinct node types, the rest count under `(other)`,
+//! a label no node type can have.
 //! A stream takes its counters once, when it opens; a send or an ACK is
 //! then an atomic add, with no label lookup and no shared lock.
 
@@ -36,7 +37,7 @@ use crate::{node_type::NodeType, resource_type::ResourceType};
 
 /// Distinct node types with labels of their own.
 pub const MAX_NODE_TYPES: usize = 1000;
-const OTHER: &str = "_other";
+const OTHER: &str = "(other)";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StreamLabels {
@@ -246,7 +247,7 @@ mod tests {
         let streams: Vec<StreamMetrics> =
             (0..MAX_NODE_TYPES + 5).map(|i| metrics.stream(&NodeType::parse(&format!("t{i}")).unwrap(), "ads")).collect();
         let text = metrics.render();
-        assert_eq!(sample(&text, "sxds_streams", "node_type=\"_other\",service=\"ads\""), Some(5.0));
+        assert_eq!(sample(&text, "sxds_streams", "node_type=\"(other)\",service=\"ads\""), Some(5.0));
         assert_eq!(text.lines().filter(|l| l.starts_with("sxds_streams{")).count(), MAX_NODE_TYPES + 1);
         drop(streams);
     }

@@ -43,6 +43,9 @@ fn help_documents_every_option_with_its_variable() {
         ("--token-file", "SXDS_TOKEN_FILE"),
         ("--allow-unauthenticated-writes", "SXDS_ALLOW_UNAUTHENTICATED_WRITES"),
         ("--history", "SXDS_HISTORY"),
+        ("--tls-cert", "SXDS_TLS_CERT"),
+        ("--tls-key", "SXDS_TLS_KEY"),
+        ("--xds-client-ca", "SXDS_XDS_CLIENT_CA"),
     ] {
         assert!(help.contains(flag) && help.contains(variable), "{flag} / {variable} missing from --help");
     }
@@ -64,6 +67,31 @@ fn bad_configuration_is_one_line_and_a_non_zero_exit() {
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert_eq!(stderr.trim_end().lines().count(), 1, "not one line: {stderr:?}");
         assert!(stderr.starts_with("sxds: "), "{stderr:?}");
+    }
+}
+
+#[test]
+fn incomplete_or_unreadable_tls_settings_stop_the_start_in_one_line() {
+    let data = tempfile::tempdir().unwrap();
+    let missing = data.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--tls-cert", missing], "--tls-key is missing"),
+        (&["--tls-key", missing], "--tls-cert is missing"),
+        (&["--xds-client-ca", missing], "--xds-client-ca (SXDS_XDS_CLIENT_CA) needs --tls-cert"),
+        (&["--tls-cert", missing, "--tls-key", missing], "missing.pem"),
+    ];
+    for (args, expected) in cases {
+        let output = sxds()
+            .args(["--listen-address", "127.0.0.1", "--xds-port", "0", "--cacher-port", "0", "--data-dir"])
+            .arg(data.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} accepted");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.trim_end().lines().count(), 1, "not one line: {stderr:?}");
+        assert!(stderr.starts_with("sxds: ") && stderr.contains(expected), "{args:?}: {stderr:?}");
     }
 }
 

@@ -85,6 +85,10 @@ struct Args {
     /// Fan-out updates, each changing one endpoint set.
     #[arg(long, default_value_t = 5)]
     updates: usize,
+    /// During the fan-out updates, read `GET /nodes` and `GET /metrics` in
+    /// a loop with this pause (ms) between reads, as a dashboard would.
+    #[arg(long)]
+    poll_status_ms: Option<u64>,
     #[arg(long, default_value_t = 10_000)]
     ingest_clusters: usize,
     /// 7 endpoints per ClusterLoadAssignment make the 10,000-cluster body ~10 MB.
@@ -256,6 +260,7 @@ async fn fanout(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
     ctx.settle().await;
     let base = ctx.daemon.sample()?;
     ctx.connect(fleet, streams, "v0").await?;
+    let poller = args.poll_status_ms.map(|pause| StatusPoller::start(ctx.http.clone(), ctx.daemon.rest_addr, Duration::from_millis(pause)));
     let mut updates = Vec::new();
     for u in 1..=args.updates {
         ctx.settle().await;
@@ -271,14 +276,67 @@ async fn fanout(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
         updates.push(update_report(&target.version, put, &result, &before, &after));
     }
     print_updates("fanout", streams, &updates);
+    let polled = match poller {
+        Some(poller) => poller.stop().await,
+        None => Value::Null,
+    };
     let idle = ctx.daemon.sample()?;
     Ok(json!({
-        "streams": streams, "clusters": args.clusters,
+        "streams": streams, "clusters": args.clusters, "status_reads": polled,
         "rss_base_kib": base.rss_kib,
         "bytes_per_stream": ((idle.rss_kib.saturating_sub(base.rss_kib) * 1024) as f64 / streams as f64).round(),
         "updates": updates,
         "worst": worst(&updates),
     }))
+}
+
+/// Reads `/nodes` and `/metrics` in a loop until stopped.
+struct StatusPoller {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<(&'static str, Duration)>>,
+}
+
+impl StatusPoller {
+    fn start(http: reqwest::Client, rest: SocketAddr, pause: Duration) -> Self {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut reads = Vec::new();
+            while !*stopped.borrow() {
+                for path in ["/nodes", "/metrics"] {
+                    let start = Instant::now();
+                    let ok = match http.get(format!("http://{rest}{path}")).send().await {
+                        Ok(response) => response.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if ok {
+                        reads.push((path, start.elapsed()));
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+            reads
+        });
+        Self { stop, task }
+    }
+
+    /// How many reads of each path, and their median and slowest time.
+    async fn stop(self) -> Value {
+        let _ = self.stop.send(true);
+        let reads = self.task.await.unwrap_or_default();
+        let mut summary = json!({});
+        for path in ["/nodes", "/metrics"] {
+            let mut times: Vec<f64> = reads.iter().filter(|(p, _)| *p == path).map(|(_, t)| t.as_secs_f64() * 1e3).collect();
+            times.sort_by(f64::total_cmp);
+            let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+            let max = times.last().copied().unwrap_or(f64::NAN);
+            println!("status reads  {path}: {} reads, median {median:.1} ms, max {max:.1} ms", times.len());
+            summary[path] = json!({ "reads": times.len(), "median_ms": median, "max_ms": max });
+        }
+        summary
+    }
 }
 
 async fn ingest(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {

@@ -25,8 +25,7 @@ pub struct WriteRecord {
     pub node_type: String,
     pub old_version: Option<String>,
     pub new_version: Option<String>,
-    /// `false` for a PUT of what was already stored.
-    pub changed: bool,
+    /// All zero for a PUT of what was already stored.
     #[serde(flatten)]
     pub changes: Changes,
 }
@@ -53,7 +52,6 @@ impl WriteLog {
             node_type: node_type.to_string(),
             old_version,
             new_version,
-            changed: written.changed,
             changes,
         };
         let mut writes = self.0.lock().unwrap_or_else(|p| p.into_inner());

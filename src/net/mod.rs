@@ -16,12 +16,17 @@
 //! - xDS (HTTP/2): TCP_NODELAY; keepalive pings close peers that stopped
 //!   answering; every request carries a [`ConnectionCloser`], with which a
 //!   stream whose client stopped reading closes its connection.
+//! - TLS ([`tls`]): with `--tls-cert`, each connection's handshake runs in
+//!   its own task, bounded by [`tls::HANDSHAKE_TIMEOUT`], before HTTP starts;
+//!   on xDS, the node types a client certificate names ride in every request
+//!   as [`CertifiedNodeTypes`].
 //! - Shutdown: the loops stop accepting and each connection finishes
 //!   gracefully (HTTP/2 GOAWAY, HTTP/1.1 close once idle); `run` bounds the
 //!   drain by `--shutdown-grace`. Connection tasks belong to their loop's
 //!   `JoinSet`, so dropping the loop aborts them.
 
 mod rest;
+pub mod tls;
 
 use std::{future::Future, io, time::Duration};
 
@@ -34,8 +39,11 @@ use tokio::{
     task::JoinSet,
     time::Instant,
 };
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+pub use tls::{CertifiedNodeTypes, Tls, TlsError};
 
 use crate::Config;
 
@@ -103,25 +111,29 @@ impl ConnectionCloser {
     }
 }
 
-/// Serves the xDS router over HTTP/2 until `shutdown` is cancelled and every
-/// connection has finished.
-pub async fn serve_xds(listener: TcpListener, router: Router, keepalive: XdsKeepalive, shutdown: CancellationToken) {
+/// Serves the xDS router over HTTP/2 (over TLS with `tls`) until `shutdown`
+/// is cancelled and every connection has finished.
+pub async fn serve_xds(listener: TcpListener, router: Router, keepalive: XdsKeepalive, tls: Option<TlsAcceptor>, shutdown: CancellationToken) {
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new()).keep_alive_interval(keepalive.interval).keep_alive_timeout(keepalive.timeout);
     accept_loop(listener, "xds", usize::MAX, &shutdown, |stream| {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let close = CancellationToken::new();
-        let closer = ConnectionCloser(close.clone());
-        let router = router.clone();
-        let service = service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(closer.clone());
-            router.clone().oneshot(request)
-        });
-        let connection = http2.serve_connection(TokioIo::new(stream), service);
-        let shutdown = shutdown.clone();
+        let (http2, router, tls, shutdown) = (http2.clone(), router.clone(), tls.clone(), shutdown.clone());
         async move {
+            let Some(stream) = tls::handshake(tls.as_ref(), stream, "xds", &shutdown).await else { return };
+            let identity = tls::peer_node_types(&stream);
+            let close = CancellationToken::new();
+            let closer = ConnectionCloser(close.clone());
+            let service = service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(closer.clone());
+                if let Some(identity) = &identity {
+                    request.extensions_mut().insert(identity.clone());
+                }
+                router.clone().oneshot(request)
+            });
+            let connection = http2.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let closing = tokio::select! {
                 result = connection.as_mut() => return finished("xds", result),
@@ -145,11 +157,16 @@ pub async fn serve_xds(listener: TcpListener, router: Router, keepalive: XdsKeep
     .await;
 }
 
-/// Serves the REST router until `shutdown` is cancelled and every
-/// connection has finished.
-pub async fn serve_rest(listener: TcpListener, router: Router, limits: RestLimits, shutdown: CancellationToken) {
+/// Serves the REST router (over TLS with `tls`) until `shutdown` is
+/// cancelled and every connection has finished.
+pub async fn serve_rest(listener: TcpListener, router: Router, limits: RestLimits, tls: Option<TlsAcceptor>, shutdown: CancellationToken) {
     accept_loop(listener, "rest", limits.max_connections, &shutdown, |stream| {
-        rest::serve_connection(stream, router.clone(), limits, shutdown.clone())
+        let (router, tls, shutdown) = (router.clone(), tls.clone(), shutdown.clone());
+        async move {
+            // In the connection's slot: a silent client holds it for the handshake timeout at most.
+            let Some(stream) = tls::handshake(tls.as_ref(), stream, "rest", &shutdown).await else { return };
+            rest::serve_connection(stream, router, limits, shutdown).await;
+        }
     })
     .await;
 }

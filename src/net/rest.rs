@@ -32,20 +32,19 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
     sync::Notify,
     time::{Instant, Sleep},
 };
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{finished, sleep_until, PeerAddr, RestLimits};
+use super::{finished, sleep_until, tls::Stream, PeerAddr, RestLimits};
 
 /// Serves one connection until the client closes it, a timeout cuts it
 /// off, or it finishes draining after `shutdown`.
-pub(super) async fn serve_connection(stream: TcpStream, router: Router, limits: RestLimits, shutdown: CancellationToken) {
+pub(super) async fn serve_connection(stream: Stream, router: Router, limits: RestLimits, shutdown: CancellationToken) {
     let activity = Arc::new(Activity::new());
-    let peer = stream.peer_addr().ok().map(PeerAddr);
+    let peer = super::tls::peer_addr(&stream).ok().map(PeerAddr);
     let io = TokioIo::new(Watched { stream, activity: activity.clone() });
     let service = {
         let activity = activity.clone();
@@ -159,7 +158,7 @@ impl Drop for RequestGuard {
 
 /// A REST connection's socket, telling its [`Activity`] when bytes arrive.
 struct Watched {
-    stream: TcpStream,
+    stream: Stream,
     activity: Arc<Activity>,
 }
 

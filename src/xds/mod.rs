@@ -1,8 +1,9 @@
 //! xDS over gRPC: the codec that writes pre-encoded responses, the limits
 //! on what a client may send, the stream state machine, the services, and
-//! the status of every connected Envoy.
+//! the status of every connected Envoy; gRPC health and reflection.
 
 pub mod codec;
+pub mod introspection;
 pub mod limits;
 pub mod server;
 pub mod status;

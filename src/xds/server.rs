@@ -8,6 +8,11 @@
 //! (grants no HTTP/2 window) is cut off after `--send-timeout`, its whole
 //! connection closed through the [`ConnectionCloser`] the connection task
 //! put in the request, since only that frees what h2 buffered for it.
+//!
+//! With `--xds-client-ca`, a stream whose connection's client certificate
+//! does not name its node type ([`CertifiedNodeTypes`]) is refused with
+//! PERMISSION_DENIED. gRPC health and reflection ([`super::introspection`])
+//! are routed beside the discovery methods.
 
 use std::{sync::Arc, time::Duration};
 
@@ -31,7 +36,7 @@ use super::{
 };
 use crate::{
     cache::{Cache, Snapshot, SnapshotWatch},
-    net::ConnectionCloser,
+    net::{CertifiedNodeTypes, ConnectionCloser},
     node_type::NodeType,
     resource_type::ResourceType,
 };
@@ -64,21 +69,26 @@ impl XdsServer {
         Self { cache, registry, shutdown, send_timeout }
     }
 
-    /// The gRPC routes of every discovery method sxds answers; any other
-    /// method is answered `UNIMPLEMENTED`.
-    pub fn router(&self) -> Router {
+    /// The gRPC routes of every discovery method sxds answers, and of
+    /// health and reflection; any other method is answered `UNIMPLEMENTED`.
+    pub async fn router(&self) -> Router {
         let mut router = Router::new();
         for (path, kind) in METHODS {
             router = router.route(path, post(move |State(server): State<XdsServer>, request: Request| server.serve(kind, request)));
         }
+        // "/envoy.service.discovery.v3.AggregatedDiscoveryService/Stream..." → the service name.
+        let services: Vec<&str> = METHODS.iter().filter_map(|(path, _)| path.split('/').nth(1)).collect();
+        let introspection = super::introspection::router(&services, self.shutdown.clone()).await;
         router
-            .fallback(|| async { Status::unimplemented("sxds serves state-of-the-world ADS, LDS, CDS, RDS and EDS").into_http::<Body>() })
             .with_state(self.clone())
+            .merge(introspection)
+            .fallback(|| async { Status::unimplemented("sxds serves state-of-the-world ADS, LDS, CDS, RDS and EDS").into_http::<Body>() })
     }
 
     async fn serve(self, kind: StreamKind, request: Request) -> Response {
         let closer = request.extensions().get::<ConnectionCloser>().cloned();
-        match self.open(kind, codec::requests(request.into_body()), closer).await {
+        let certified = request.extensions().get::<CertifiedNodeTypes>().cloned();
+        match self.open(kind, codec::requests(request.into_body()), closer, certified).await {
             Ok(body) => {
                 let headers = [(CONTENT_TYPE, "application/grpc")];
                 (headers, Body::new(body)).into_response()
@@ -93,12 +103,14 @@ impl XdsServer {
     }
 
     /// Reads the first request (it must carry the node, R2) and starts the
-    /// stream's loop; its responses come out of the returned body.
+    /// stream's loop; its responses come out of the returned body. With a
+    /// client certificate (`certified`), the node type must be one it names.
     async fn open(
         &self,
         kind: StreamKind,
         mut inbound: Streaming<DiscoveryRequest>,
         closer: Option<ConnectionCloser>,
+        certified: Option<CertifiedNodeTypes>,
     ) -> Result<ResponseBody, Status> {
         let first = tokio::select! {
             first = inbound.message() => first?,
@@ -111,6 +123,14 @@ impl XdsServer {
             _ => return Err(Status::invalid_argument("the first discovery request must carry node.id")),
         };
         let node_type = NodeType::of_node_id(&node_id);
+        if let Some(certified) = certified.filter(|c| !c.allows(&node_type)) {
+            tracing::warn!(node_id, %node_type, certificate_node_types = %certified, service = kind.service_name(),
+                "discovery stream refused: the client certificate does not name its node type");
+            return Err(Status::permission_denied(format!(
+                "node id {node_id:?} is of node type {:?}, but the client certificate names node types: {certified}",
+                node_type.as_str()
+            )));
+        }
         let handle = self.registry.open(&node_id, &node_type, kind.service_name());
         tracing::info!(node_id, %node_type, service = kind.service_name(), stream = handle.id(), "stream opened");
 

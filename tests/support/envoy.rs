@@ -233,6 +233,11 @@ pub struct Envoy {
 
 impl Envoy {
     pub fn start(transport: Transport, xds_port: u16, node_id: &str) -> Self {
+        Self::start_with_bootstrap(node_id, |admin_port| bootstrap_yaml(transport, xds_port, admin_port))
+    }
+
+    /// A real Envoy on the bootstrap `bootstrap(admin_port)` returns.
+    pub fn start_with_bootstrap(node_id: &str, bootstrap: impl FnOnce(u16) -> String) -> Self {
         assert!(
             envoy_on_path(),
             "`envoy` is not on PATH: the end-to-end tests need Envoy 1.40. Run the README test command \
@@ -240,8 +245,9 @@ impl Envoy {
         );
         let dir = tempfile::tempdir().expect("temp dir");
         let admin_port = free_port();
+        let yaml = bootstrap(admin_port);
         let bootstrap = dir.path().join("bootstrap.yaml");
-        std::fs::write(&bootstrap, bootstrap_yaml(transport, xds_port, admin_port)).expect("write bootstrap");
+        std::fs::write(&bootstrap, yaml).expect("write bootstrap");
         let mut command = Command::new("envoy");
         command.arg("-c").arg(&bootstrap);
         command.args(["--disable-hot-restart", "--concurrency", "1", "-l", "warning", "--drain-time-s", "1"]);
@@ -302,6 +308,18 @@ pub fn bootstrap_yaml(transport: Transport, xds_port: u16, admin_port: u16) -> S
     }
     text.replace("port_value: 8081", &format!("port_value: {xds_port}"))
         .replace("port_value: 9901", &format!("port_value: {admin_port}"))
+}
+
+/// examples/envoy-ads-mtls.yaml with the ports replaced and the
+/// certificates (`ca.pem`, `client.pem`, `client.key`) taken from `cert_dir`.
+pub fn mtls_bootstrap_yaml(xds_port: u16, admin_port: u16, cert_dir: &Path) -> String {
+    let text = std::fs::read_to_string(example_path("envoy-ads-mtls.yaml")).expect("read example bootstrap");
+    for fixed in ["port_value: 8081", "port_value: 9901", "/etc/sxds/tls/ca.pem", "/etc/sxds/tls/client.pem", "/etc/sxds/tls/client.key"] {
+        assert_eq!(text.matches(fixed).count(), 1, "examples/envoy-ads-mtls.yaml should have exactly one `{fixed}`");
+    }
+    text.replace("port_value: 8081", &format!("port_value: {xds_port}"))
+        .replace("port_value: 9901", &format!("port_value: {admin_port}"))
+        .replace("/etc/sxds/tls/", &format!("{}/", cert_dir.display()))
 }
 
 pub fn example_path(file: &str) -> PathBuf {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
 pub mod xds_client;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
@@ -45,6 +46,33 @@ impl TestDaemon {
 
     /// Starts in `data_dir` with a test config that `adjust` may change.
     pub async fn start_in_with(data_dir: PathBuf, adjust: impl FnOnce(&mut sxds::Config)) -> Self {
+        let daemon = Self::spawn(data_dir, adjust).await;
+        let health = daemon.url("/healthz");
+        wait_for("REST health", Duration::from_secs(10), || {
+            let health = health.clone();
+            async move { reqwest::get(&health).await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        daemon
+    }
+
+    /// Starts with a fresh data directory and a config `adjust` gives TLS
+    /// (`tls_cert`, `tls_key`); waits until `https` answers `/healthz`.
+    pub async fn start_tls(adjust: impl FnOnce(&mut sxds::Config), https: &reqwest::Client) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut daemon = Self::spawn(temp.path().to_path_buf(), adjust).await;
+        daemon._temp = Some(temp);
+        let health = daemon.https_url("/healthz");
+        wait_for("REST health over TLS", Duration::from_secs(10), || {
+            let request = https.get(&health).send();
+            async move { request.await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        daemon
+    }
+
+    /// Runs `sxds::run` on loopback port 0 without waiting for it.
+    async fn spawn(data_dir: PathBuf, adjust: impl FnOnce(&mut sxds::Config)) -> Self {
         let mut config = sxds::Config::for_tests(data_dir.clone());
         adjust(&mut config);
         let xds = TcpListener::bind("127.0.0.1:0").await.expect("bind xds");
@@ -53,14 +81,11 @@ impl TestDaemon {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move { sxds::run(&config, xds, rest, token).await });
-        let daemon = Self { xds_addr, rest_addr, data_dir, shutdown, task, _temp: None };
-        let health = daemon.url("/healthz");
-        wait_for("REST health", Duration::from_secs(10), || {
-            let health = health.clone();
-            async move { reqwest::get(&health).await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await;
-        daemon
+        Self { xds_addr, rest_addr, data_dir, shutdown, task, _temp: None }
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://{}{}", self.rest_addr, path)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -36,10 +36,29 @@ impl XdsClient {
         Fut: std::future::Future<Output = Result<tonic::Response<Streaming<DiscoveryResponse>>, tonic::Status>>,
     {
         let channel = Channel::from_shared(url.to_owned()).unwrap().connect().await.expect("connect to xDS");
+        Self::open_on(channel, first, open).await
+    }
+
+    /// Like [`Self::open`] on a channel of the caller's (e.g. over TLS,
+    /// see `support::tls::grpc_channel`).
+    pub async fn open_on<F, Fut>(channel: Channel, first: DiscoveryRequest, open: F) -> Result<Self, tonic::Status>
+    where
+        F: FnOnce(Channel, ReceiverStream<DiscoveryRequest>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Streaming<DiscoveryResponse>>, tonic::Status>>,
+    {
         let (requests, rx) = mpsc::channel(16);
         requests.send(first).await.unwrap();
         let responses = open(channel, ReceiverStream::new(rx)).await?.into_inner();
         Ok(Self { requests, responses })
+    }
+
+    /// An ADS stream on `channel` whose first request is `first`; the
+    /// status if the server refuses it.
+    pub async fn ads_on(channel: Channel, first: DiscoveryRequest) -> Result<Self, tonic::Status> {
+        Self::open_on(channel, first, |channel, requests| async move {
+            AggregatedDiscoveryServiceClient::new(channel).stream_aggregated_resources(requests).await
+        })
+        .await
     }
 
     /// An ADS stream whose first request is `first`.
