@@ -504,52 +504,23 @@ async fn writes_to_a_daemon_with_a_token_file_need_the_token() {
     daemon.stop().await.unwrap();
 }
 
-/// A TLS front for the daemon's REST port, with a certificate for
-/// 127.0.0.1 from a CA made here: the https server with a private CA that
-/// `--cacert` is for. Answers its URL and the CA's PEM.
-async fn tls_front(rest: std::net::SocketAddr) -> (String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "sxds test CA");
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let mut server = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    server.subject_alt_names = vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())];
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = server.signed_by(&key, &issuer).unwrap();
-
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                // A client that refuses the certificate ends the handshake here.
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                if let Ok(mut upstream) = tokio::net::TcpStream::connect(rest).await {
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
-                }
-            });
-        }
-    });
-    (url, ca_pem)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_a_private_ca_needs_cacert() {
-    let daemon = TestDaemon::start().await;
-    let (url, ca_pem) = tls_front(daemon.rest_addr).await;
+    // The daemon serving REST over TLS, its certificate from a CA made here.
     let dir = tempfile::tempdir().unwrap();
-    let ca = write(dir.path(), "ca.pem", ca_pem);
+    let authority = support::tls::Ca::new("sxds CLI test CA");
+    let (cert, key) = authority.server(1).write(dir.path(), "server");
+    let ca = write(dir.path(), "ca.pem", &authority.pem);
+    let https = reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(authority.pem.as_bytes()).unwrap()).build().unwrap();
+    let daemon = TestDaemon::start_tls(
+        |config| {
+            config.tls_cert = Some(cert);
+            config.tls_key = Some(key);
+        },
+        &https,
+    )
+    .await;
+    let url = daemon.https_url("");
     let file = write(dir.path(), "sidecar.json", sidecar_bundle("1", 10000, 8080).to_string());
     let https = |args: &[&str], cacert: Option<&str>| {
         let mut command = sxds();
