@@ -108,6 +108,9 @@ pub fn render(node_type: &str, changes: &Changes, color: bool) -> String {
         out.push_str("no resource changes\n");
         return out;
     }
+    if changes.stored_version.as_ref() == Some(&changes.version) {
+        out.push_str("note: the same version with other content: the server would refuse this PUT (409); give it a new version\n");
+    }
     for ty in &changes.types {
         if ty.added.is_empty() && ty.removed.is_empty() && ty.changed.is_empty() {
             if ty.unchanged > 0 {
@@ -185,6 +188,8 @@ mod tests {
         let changes = compare(None, &bundle).unwrap();
         assert_eq!(changes.types[0].added, ["l"]);
         assert!(render("edge", &changes, false).starts_with("edge: no bundle stored; everything is added"));
+        let edited = bytes(json!({"version": "1", "listeners": [{"name": "l", "stat_prefix": "x"}]}));
+        assert!(render("edge", &compare(Some(&bundle), &edited).unwrap(), false).contains("would refuse this PUT (409)"));
         let same = compare(Some(&bundle), &bundle).unwrap();
         assert!(same.is_empty());
         assert_eq!(render("edge", &same, false), "edge: version \"1\" (unchanged)\nno resource changes\n");
