@@ -1,9 +1,12 @@
-//! The `sxds` daemon: configuration, logging, signals, listeners.
+//! The `sxds` binary: the daemon (configuration, logging, signals,
+//! listeners) and, beside it, the client subcommands of [`cli`].
+
+mod cli;
 
 use std::{net::SocketAddr, process::ExitCode};
 
 use anyhow::Context;
-use clap::Parser;
+use cli::Invocation;
 use sxds::Config;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -13,16 +16,18 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let config = match Config::try_parse() {
-        Ok(config) => config,
-        // --help and --version print in full; bad configuration is one line.
+    let invocation = match cli::parse() {
+        Ok(invocation) => invocation,
+        // --help and --version print in full; bad arguments are one line.
         Err(error) if !error.use_stderr() => error.exit(),
         Err(error) => {
-            let message = error.to_string();
-            let first_line = message.lines().next().unwrap_or_default().trim_start_matches("error: ");
-            eprintln!("sxds: {first_line}");
+            eprintln!("sxds: {}", one_line(&error.to_string()));
             return ExitCode::from(2);
         }
+    };
+    let config = match invocation {
+        Invocation::Daemon(config) => config,
+        Invocation::Client(command) => return cli::run(command),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -39,6 +44,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A clap error's message up to its usage block, as one line: the lines
+/// after the first name what is missing or where the value came from.
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message.lines().take_while(|line| !line.trim().is_empty() && !line.starts_with("Usage:")).map(str::trim).collect();
+    lines.join(" ").trim_start_matches("error: ").to_owned()
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
