@@ -41,8 +41,10 @@ use crate::{node_type::NodeType, Config};
 /// How long a client has to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connection after its handshake: plain TCP without `--tls-cert`.
-pub(super) type Stream = Either<TcpStream, TlsStream<TcpStream>>;
+/// A connection after its handshake: plain TCP without `--tls-cert`. The
+/// TLS side is boxed: a rustls connection is a few KiB, and every plain
+/// connection would pay for it inline (hyper keeps the stream in its state).
+pub(super) type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// Why the TLS settings cannot be used; the daemon does not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,8 +106,9 @@ pub(super) async fn handshake(acceptor: Option<&TlsAcceptor>, tcp: TcpStream, se
     let Some(acceptor) = acceptor else { return Some(Either::Left(tcp)) };
     let peer = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tokio::select! {
-        result = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match result {
-            Ok(Ok(stream)) => Some(Either::Right(stream)),
+        // Boxed for the same reason: the handshake state is as large as the connection.
+        result = tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(acceptor.accept(tcp))) => match result {
+            Ok(Ok(stream)) => Some(Either::Right(Box::new(stream))),
             Ok(Err(error)) if is_certificate_refusal(&error) => {
                 tracing::info!(server, %peer, %error, "TLS handshake refused: client certificate");
                 None
@@ -297,6 +300,12 @@ impl ResolvesServerCert for ReloadingCert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_connection_does_not_carry_a_tls_connection_inline() {
+        let (plain, tls) = (std::mem::size_of::<TcpStream>(), std::mem::size_of::<TlsStream<TcpStream>>());
+        assert!(std::mem::size_of::<Stream>() <= plain + 16, "Stream is {} bytes; TcpStream {plain}, TlsStream {tls}", std::mem::size_of::<Stream>());
+    }
 
     #[test]
     fn tls_settings_come_in_pairs_and_the_client_ca_needs_them() {
