@@ -116,6 +116,9 @@ impl ConnectionCloser {
 pub async fn serve_xds(listener: TcpListener, router: Router, keepalive: XdsKeepalive, tls: Option<TlsAcceptor>, shutdown: CancellationToken) {
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new()).keep_alive_interval(keepalive.interval).keep_alive_timeout(keepalive.timeout);
+    // Shared: each connection task holds it for its whole life, and a copy of
+    // the builder's settings per connection would be memory per Envoy.
+    let http2 = std::sync::Arc::new(http2);
     accept_loop(listener, "xds", usize::MAX, &shutdown, |stream| {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
