@@ -18,7 +18,7 @@ use crate::{
     bundle::{self, BundleError, Counts, Format},
     node_type::NodeType,
     schema::StoredBundle,
-    store::StoreError,
+    store::{IfMatch, StoreError},
 };
 
 /// The `{node_type}` of a path, validated.
@@ -96,7 +96,7 @@ pub(super) async fn put_bundle(
     }
     let version = stored.version.clone();
     let parsed = started.elapsed();
-    let written = state.store.put(node_type.clone(), stored).await;
+    let written = state.store.put(node_type.clone(), stored, IfMatch::Any).await;
     state.registry.metrics().store_commit(started.elapsed() - parsed);
     let written = written?;
     let (parse_ms, store_ms) = (parsed.as_millis() as u64, (started.elapsed() - parsed).as_millis() as u64);
@@ -172,7 +172,7 @@ pub(super) async fn delete_bundle(
     NodeTypeParam(node_type): NodeTypeParam,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let started = std::time::Instant::now();
-    let written = state.store.delete(node_type.clone()).await;
+    let written = state.store.delete(node_type.clone(), IfMatch::Any).await;
     state.registry.metrics().store_commit(started.elapsed());
     let written = written?;
     if !written.changed {
@@ -241,7 +241,7 @@ pub(super) async fn rollback(
         None => None,
     };
     let started = std::time::Instant::now();
-    let written = state.store.rollback(node_type.clone(), request.version.clone(), new_version).await;
+    let written = state.store.rollback(node_type.clone(), request.version.clone(), new_version, IfMatch::Any).await;
     state.registry.metrics().store_commit(started.elapsed());
     let written = written?;
     state.writes.record(&who, "rollback", &node_type, &written);
