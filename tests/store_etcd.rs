@@ -174,6 +174,7 @@ async fn while_etcd_is_down_writes_are_503_streams_keep_their_config_and_replica
     let (_, ready) = get(&a, "/readyz").await;
     assert_eq!(ready["store"]["writable"], false, "{ready}");
     assert!(ready["store"]["failure"]["error"].as_str().unwrap().contains(&etcd.endpoint()), "{ready}");
+    wait_for("b's /readyz to say etcd is away", Duration::from_secs(10), || async { get(&b, "/readyz").await.1["store"]["writable"] == false }).await;
     // Both replicas keep serving what they had; the stream is sent nothing.
     assert_eq!((version_on(&a, "sidecar").await, version_on(&b, "sidecar").await), (json!("v1"), json!("v1")));
     on_b.expect_silence(Duration::from_millis(500)).await;
@@ -182,7 +183,9 @@ async fn while_etcd_is_down_writes_are_503_streams_keep_their_config_and_replica
     wait_for("a write through etcd again", Duration::from_secs(20), || async { a.put("sidecar", bundle("v2", &["new"]).to_string()).await.0 == 200 }).await;
     let pushed = on_b.recv_acked(&[]).await;
     assert_eq!((pushed.version_info.as_str(), names(&pushed).contains(&"new".to_owned())), ("v2", true), "b caught up");
-    wait_for("a writable again in /readyz", Duration::from_secs(10), || async { get(&a, "/readyz").await.1["store"]["writable"] == true }).await;
+    for daemon in [&a, &b] {
+        wait_for("writable again in /readyz", Duration::from_secs(10), || async { get(daemon, "/readyz").await.1["store"]["writable"] == true }).await;
+    }
 }
 
 #[tokio::test]

@@ -180,7 +180,11 @@ impl Store {
                         Err(error) => tracing::warn!(%error, "cannot list etcd; retrying"),
                     }
                 }
-                Err(Unreadable::Etcd(error)) => tracing::warn!(%error, endpoints = etcd.endpoints, "etcd watch lost; serving the last state, retrying"),
+                Err(Unreadable::Etcd(error)) => {
+                    tracing::warn!(%error, endpoints = etcd.endpoints, "etcd watch lost; serving the last state, retrying");
+                    // /readyz on every replica says so, not only where a write failed.
+                    self.failed(&format!("etcd {} cannot be reached: {error}", etcd.endpoints));
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}

@@ -279,20 +279,29 @@ impl Store {
     /// Remembers whether the store could write: a failure until a write
     /// (or probe) succeeds again.
     fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut failure = self.0.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match &result {
             Err(StoreError::Unavailable(message)) => {
                 tracing::error!(error = message, "store write failed; nothing was changed");
-                let since_unix_ms = failure.as_ref().map_or_else(now_ms, |f| f.since_unix_ms);
-                *failure = Some(WriteFailure { error: message.clone(), since_unix_ms });
+                self.failed(message);
             }
             _ => {
-                if failure.take().is_some() {
+                if self.lock_failure().take().is_some() {
                     tracing::info!("store writes work again");
                 }
             }
         }
         result
+    }
+
+    /// Records that the store cannot write now (kept until a write works).
+    fn failed(&self, message: &str) {
+        let mut failure = self.lock_failure();
+        let since_unix_ms = failure.as_ref().map_or_else(now_ms, |f| f.since_unix_ms);
+        *failure = Some(WriteFailure { error: message.to_owned(), since_unix_ms });
+    }
+
+    fn lock_failure(&self) -> MutexGuard<'_, Option<WriteFailure>> {
+        self.0.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// While writes fail, retries a small probe every [`HEAL_INTERVAL`], so
@@ -334,7 +343,7 @@ impl Store {
 
     /// Why writes fail, while they do.
     pub fn write_failure(&self) -> Option<WriteFailure> {
-        self.0.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.lock_failure().clone()
     }
 
     fn lock_quarantined(&self) -> MutexGuard<'_, BTreeMap<String, Quarantined>> {

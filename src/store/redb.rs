@@ -211,7 +211,7 @@ impl Redb {
         })();
         result.unwrap_or_else(|error| {
             *db = None;
-            Err(StoreError::Unavailable(format!("{}: {error}", self.path.display())))
+            Err(StoreError::Unavailable(error.to_string()))
         })
     }
 
@@ -246,7 +246,7 @@ impl Redb {
 
     /// Runs `f` in a read transaction (the lock is released once it began).
     fn read<T>(&self, f: impl FnOnce(&::redb::ReadTransaction) -> Result<T, ::redb::Error>) -> Result<T, StoreError> {
-        let unavailable = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("{}: {e}", self.path.display()));
+        let unavailable = |e: &dyn std::fmt::Display| StoreError::Unavailable(e.to_string());
         let mut db = self.lock();
         let handle = match &mut *db {
             Some(handle) => handle,
