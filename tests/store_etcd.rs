@@ -231,3 +231,28 @@ async fn history_and_rollback_work_through_etcd_from_either_replica() {
     let (_, history) = get(&a, "/resources/hist/history").await;
     assert_eq!((&history["versions"][0]["rollback_of"], history["versions"].as_array().map(Vec::len)), (&json!("h2"), Some(3)));
 }
+
+#[tokio::test]
+async fn chunks_of_versions_that_left_the_history_are_collected_and_kept_ones_still_read() {
+    use sxds::store::{etcd::EtcdConfig, IfMatch, Store};
+    let Some(etcd) = Etcd::start().await else { return };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = EtcdConfig { endpoints: vec![etcd.endpoint()], history_limit: 2, ..Default::default() };
+    let store = Store::open_etcd(config, shutdown.clone()).await.expect("etcd store opens");
+    let sidecar = sxds::node_type::NodeType::parse("sidecar").unwrap();
+    for (version, cluster) in [("g1", "a"), ("g2", "b"), ("g3", "c"), ("g4", "d")] {
+        let stored = sxds::bundle::accept(bundle(version, &[cluster]).to_string().as_bytes(), sxds::bundle::Format::Json).unwrap();
+        assert!(store.put(sidecar.clone(), stored, IfMatch::Any).await.unwrap().changed);
+    }
+    let mut client = etcd_client::Client::connect([format!("http://{}", etcd.endpoint())], None).await.unwrap();
+    let mut chunks = async || client.get("/sxds/v1/chunks/", Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await.unwrap().count();
+    assert_eq!(chunks().await, 4, "one small record each");
+
+    assert_eq!(store.collect_chunks().await.unwrap(), 2, "g1 and g2 left the history (--history 2)");
+    assert_eq!(chunks().await, 2);
+    assert_eq!(store.collect_chunks().await.unwrap(), 0, "what a manifest names stays");
+    assert!(store.version(sidecar.clone(), "g3".into()).await.unwrap().is_some(), "a kept version still reads");
+    let written = store.rollback(sidecar.clone(), "g3".into(), None, IfMatch::Any).await.unwrap();
+    assert_eq!(written.current.unwrap().version, "g3-rollback-5");
+    shutdown.cancel();
+}

@@ -37,10 +37,12 @@
 //! or lists again from scratch if that revision was compacted away.
 //!
 //! Chunks no manifest names (from a refused or failed write, or from a
-//! version that left the history) are not collected yet: they are small
-//! next to etcd's quota for the sizes sxds takes, and a later collector
-//! can delete every `chunks/` key that no `current/` or `history/`
-//! manifest lists.
+//! version that left the history) are deleted by [`Store::collect_chunks`],
+//! which every replica runs every [`COLLECT_INTERVAL`]: it deletes only if
+//! no manifest was written since it listed them (a range compare), and a
+//! write's compare-and-swap checks its chunks still exist, so a collector
+//! and a writer on different replicas cannot leave a manifest without its
+//! chunks.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -70,6 +72,8 @@ const ATTEMPTS: usize = 16;
 /// How long the start waits for etcd before giving up.
 const START_WAIT: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often each replica deletes unreferenced chunks.
+pub const COLLECT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// How to reach etcd.
 #[derive(Debug, Clone, Default)]
@@ -154,8 +158,30 @@ impl Store {
         let node_types: HashMap<NodeType, i64> = loaded.1;
         *etcd.lock() = node_types;
         let store = Store::new(Backend::Etcd(etcd), loaded.0);
-        tokio::spawn(store.clone().follow(revision, shutdown));
+        tokio::spawn(store.clone().follow(revision, shutdown.clone()));
+        tokio::spawn(store.clone().collect_every(COLLECT_INTERVAL, shutdown));
         Ok(store)
+    }
+
+    /// Deletes the etcd chunks no manifest names; returns how many (0 on
+    /// the embedded store, whose records are deleted with their rows).
+    pub async fn collect_chunks(&self) -> Result<usize, StoreError> {
+        match &self.0.backend {
+            Backend::Etcd(etcd) => etcd.collect().await,
+            Backend::Redb(_) => Ok(0),
+        }
+    }
+
+    async fn collect_every(self, interval: Duration, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = shutdown.cancelled() => return,
+            }
+            if let Err(error) = self.collect_chunks().await {
+                tracing::debug!(%error, "chunk collection skipped");
+            }
+        }
     }
 
     /// The watch of `current/`, reconnecting with back-off.
@@ -448,7 +474,6 @@ impl Etcd {
         rollback_of: Option<&str>,
         make: impl Fn(u64) -> Result<(StoredBundle, Vec<u8>), StoreError>,
     ) -> Result<Written, StoreError> {
-        let mut chunks: Option<(String, Vec<String>)> = None;
         for _ in 0..ATTEMPTS {
             // The version to be written depends on the history (a rollback's
             // default name): read it first, then what that version needs.
@@ -469,19 +494,14 @@ impl Etcd {
             if state.version_hash.as_ref().is_some_and(|hash| *hash != bundle.content_hash) {
                 return Err(StoreError::Conflict { node_type: node_type.clone(), version: bundle.version.clone() });
             }
-            let hashes = match &chunks {
-                Some((hash, hashes)) if *hash == hex(&Sha256::digest(&record)) => hashes.clone(),
-                _ => {
-                    let hashes = self.write_chunks(&record).await?;
-                    chunks = Some((hex(&Sha256::digest(&record)), hashes.clone()));
-                    hashes
-                }
-            };
+            // Every attempt: a collector may have removed an unreferenced
+            // chunk since the last one (the compare below catches that).
+            let hashes = self.write_chunks(&record).await?;
             let counts = Counts::of(&bundle);
             let manifest = Manifest {
                 version: bundle.version.clone(),
                 content_hash: bundle.content_hash.clone(),
-                chunks: hashes,
+                chunks: hashes.clone(),
                 bytes: record.len(),
                 at_unix_ms: super::now_ms() as u64,
                 rollback_of: rollback_of.map(str::to_owned),
@@ -494,6 +514,7 @@ impl Etcd {
             let current_key = key(&["current", node_type.as_str()]);
             let version_key = key(&["versions", node_type.as_str(), &bundle.version]);
             let history_key = seq_key(node_type, next);
+            let chunk_keys: Vec<String> = hashes.iter().map(|hash| key(&["chunks", hash])).collect();
             let mut compares = vec![
                 match &state.current {
                     Some((_, mod_revision)) => Compare::mod_revision(current_key.as_str(), CompareOp::Equal, *mod_revision),
@@ -501,6 +522,8 @@ impl Etcd {
                 },
                 Compare::version(history_key.as_str(), CompareOp::Equal, 0),
             ];
+            // The chunks are still there (see `collect`).
+            compares.extend(chunk_keys.iter().map(|k| Compare::version(k.as_str(), CompareOp::Greater, 0)));
             compares.push(match &state.version_hash {
                 Some(hash) => Compare::value(version_key.as_str(), CompareOp::Equal, hash.as_bytes()),
                 None => Compare::version(version_key.as_str(), CompareOp::Equal, 0),
@@ -588,6 +611,50 @@ impl Etcd {
             Err(Unreadable::Broken(_)) => Ok(None),
             Err(Unreadable::Etcd(error)) => Err(self.unavailable(error)),
         }
+    }
+
+    /// Deletes the chunks that no manifest in `current/` or `history/`
+    /// names (left by refused or failed writes, and by versions that left
+    /// the history); returns how many. Safe beside writers on any replica:
+    /// each delete commits only if no manifest was written since the
+    /// listing, and a write compares that its chunks still exist.
+    pub(super) async fn collect(&self) -> Result<usize, StoreError> {
+        let unavailable = |e| self.unavailable(e);
+        let (current, history, chunks) = (key(&["current", ""]), key(&["history", ""]), key(&["chunks", ""]));
+        let listed = self.client().get(current.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(unavailable)?;
+        let revision = listed.header().map_or(0, |h| h.revision());
+        let at = |options: GetOptions| Some(options.with_prefix().with_revision(revision));
+        let kept = self.client().get(history.as_str(), at(GetOptions::new())).await.map_err(unavailable)?;
+        let mut named = std::collections::HashSet::new();
+        for kv in listed.kvs().iter().chain(kept.kvs()) {
+            // A manifest that does not parse might name any chunk: collect nothing.
+            let Ok(manifest) = serde_json::from_slice::<Manifest>(kv.value()) else { return Ok(0) };
+            named.extend(manifest.chunks);
+        }
+        let stored = self.client().get(chunks.as_str(), at(GetOptions::new().with_keys_only())).await.map_err(unavailable)?;
+        let unnamed: Vec<Vec<u8>> = stored
+            .kvs()
+            .iter()
+            .filter(|kv| kv.key().strip_prefix(chunks.as_bytes()).is_some_and(|hash| !named.contains(String::from_utf8_lossy(hash).as_ref())))
+            .map(|kv| kv.key().to_vec())
+            .collect();
+        let mut deleted = 0;
+        for batch in unnamed.chunks(100) {
+            let unchanged = [
+                Compare::mod_revision(current.as_str(), CompareOp::Less, revision + 1).with_prefix(),
+                Compare::mod_revision(history.as_str(), CompareOp::Less, revision + 1).with_prefix(),
+            ];
+            let deletes: Vec<TxnOp> = batch.iter().map(|k| TxnOp::delete(k.clone(), None)).collect();
+            let response = self.client().txn(Txn::new().when(unchanged).and_then(deletes)).await.map_err(unavailable)?;
+            if !response.succeeded() {
+                break; // a manifest was written meanwhile: the next round decides again
+            }
+            deleted += batch.len();
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "unreferenced etcd chunks collected");
+        }
+        Ok(deleted)
     }
 
     /// A small read, to learn whether etcd answers again.
