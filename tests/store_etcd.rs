@@ -110,18 +110,21 @@ async fn a_10_mb_bundle_is_stored_through_etcd_and_read_back_whole_on_the_other_
     let body = big_bundle("big-1").to_string();
     assert!(body.len() > 10_000_000, "{} bytes", body.len());
 
+    let mut on_b = XdsClient::ads(&b.xds_url(), request("big-1", CDS, &[])).await;
     let started = Instant::now();
     let (status, answer) = a.put("big", body).await;
     eprintln!("10 MB PUT through etcd answered {status} in {:?}", started.elapsed());
     assert_eq!((status, &answer["clusters"], &answer["endpoints"]), (200, &json!(10_000), &json!(10_000)), "{answer}");
 
-    wait_version(&b, "big", "big-1").await;
+    let answered = Instant::now();
+    let response = on_b.recv().await;
+    eprintln!("replica b's stream got the 10 MB bundle {:?} after a's answer", answered.elapsed());
+    assert_eq!((response.version_info.as_str(), response.resources.len()), ("big-1", 10_000));
     let (from_a, from_b) = (get(&a, "/resources/big").await, get(&b, "/resources/big").await);
     assert_eq!(from_b.1["clusters"].as_array().map(Vec::len), Some(10_000));
     assert!(from_a == from_b, "replica b reads back exactly what a stored");
-    let mut on_b = XdsClient::ads(&b.xds_url(), request("big-1", CDS, &[])).await;
-    let response = on_b.recv().await;
-    assert_eq!((response.version_info.as_str(), response.resources.len()), ("big-1", 10_000));
+    let mut on_a = XdsClient::ads(&a.xds_url(), request("big-2", CDS, &[])).await;
+    assert!(on_a.recv().await.resources == response.resources, "the same bytes from both replicas");
 }
 
 #[tokio::test]
