@@ -6,9 +6,12 @@
 //!    let through; [`bundle`] parses the JSON or YAML against [`schema`]
 //!    (every Envoy v3 type, `@type` included) and validates names and
 //!    references. Bad input is a 4xx naming the field.
-//! 2. [`store`] writes it durably (redb, one checksummed record of encoded
-//!    resources, also kept in the node type's history) and publishes the
-//!    new catalog on its change feed. Only then does the PUT answer 200.
+//! 2. [`store`] writes it durably (one checksummed record of encoded
+//!    resources, also kept in the node type's history) in the embedded
+//!    redb or, for replicas, in etcd, deciding no-op, 409 and `If-Match`
+//!    in the backend's own transaction, and publishes the new catalog on
+//!    its change feed. Only then does the PUT answer 200. On etcd, every
+//!    replica's watch publishes the same change on its own feed.
 //! 3. [`cache`] follows the feed and encodes each resource once per version
 //!    into a [`cache::Snapshot`] per node type.
 //! 4. [`xds`] streams (ADS and LDS/CDS/RDS/EDS) watch their node type's

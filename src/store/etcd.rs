@@ -155,9 +155,7 @@ impl Store {
     /// loaded) and follows later changes until `shutdown`.
     pub async fn open_etcd(config: EtcdConfig, shutdown: CancellationToken) -> Result<Self, StoreError> {
         let (etcd, loaded, revision) = Etcd::open(config).await?;
-        let node_types: HashMap<NodeType, i64> = loaded.1;
-        *etcd.lock() = node_types;
-        let store = Store::new(Backend::Etcd(etcd), loaded.0);
+        let store = Store::new(Backend::Etcd(etcd), loaded);
         tokio::spawn(store.clone().follow(revision, shutdown.clone()));
         tokio::spawn(store.clone().collect_every(COLLECT_INTERVAL, shutdown));
         Ok(store)
@@ -226,7 +224,8 @@ impl Store {
 type Listed = Vec<(String, Result<StoredBundle, String>, i64)>;
 
 impl Etcd {
-    async fn open(config: EtcdConfig) -> Result<(Self, (Loaded, HashMap<NodeType, i64>), i64), StoreError> {
+    /// Connects and lists every bundle, retrying for [`START_WAIT`].
+    async fn open(config: EtcdConfig) -> Result<(Self, Loaded, i64), StoreError> {
         let tls = config.ca.is_some() || config.identity.is_some();
         let scheme = if tls { "https" } else { "http" };
         let urls: Vec<String> = config.endpoints.iter().map(|e| format!("{scheme}://{e}")).collect();
@@ -275,7 +274,8 @@ impl Etcd {
                         }
                     }
                     tracing::info!(endpoints, revision, node_types = loaded.catalog.len(), "etcd store loaded");
-                    return Ok((etcd, (loaded, published), revision));
+                    *etcd.lock() = published;
+                    return Ok((etcd, loaded, revision));
                 }
                 Err(Unreadable::Broken(reason)) => return Err(StoreError::Open(format!("etcd {endpoints}: {reason}"))),
                 Err(Unreadable::Etcd(error)) if tokio::time::Instant::now() < deadline => {

@@ -160,6 +160,7 @@ impl Redb {
         let mut db = self.lock();
         self.write(&mut db, |txn| {
             txn.open_table(META)?.insert("probe", super::now_ms().to_le_bytes().as_slice())?;
+            // "Stored" only so that `write` commits it; nothing is published.
             Ok(Ok(Decided::Stored(StoredBundle::default())))
         })
         .map(drop)
