@@ -259,3 +259,30 @@ async fn chunks_of_versions_that_left_the_history_are_collected_and_kept_ones_st
     assert_eq!(written.current.unwrap().version, "g3-rollback-5");
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn on_a_three_member_etcd_losing_one_member_loses_no_write_and_no_update() {
+    let Some(mut etcd) = Etcd::cluster(3).await else { return };
+    let (a, b) = (replica(&etcd).await, replica(&etcd).await);
+    assert_eq!(a.put("sidecar", bundle("v1", &[]).to_string()).await.0, 200);
+    let mut on_b = XdsClient::ads(&b.xds_url(), request("sidecar-1", CDS, &[])).await;
+    assert_eq!(on_b.recv_acked(&[]).await.version_info, "v1");
+
+    etcd.kill_member(0);
+    // Once the two members left have a leader (at once, unless the killed
+    // member led), every write goes through: a request to the dead member
+    // moves on to a live one.
+    wait_for("a write through the two members left", Duration::from_secs(10), || async { a.put("sidecar", bundle("v2", &["v2"]).to_string()).await.0 == 200 }).await;
+    for (i, replica) in [&b, &a, &b, &a, &b, &a].into_iter().enumerate() {
+        let version = format!("v{}", i + 3);
+        let (status, answer) = replica.put("sidecar", bundle(&version, &[&version]).to_string()).await;
+        assert_eq!(status, 200, "{version}: {answer}");
+        wait_version(&a, "sidecar", &version).await;
+        wait_version(&b, "sidecar", &version).await;
+    }
+    let mut last = on_b.recv_acked(&[]).await;
+    while last.version_info != "v8" {
+        last = on_b.recv_acked(&[]).await;
+    }
+    assert!(names(&last).contains(&"v8".to_owned()));
+}

@@ -46,11 +46,17 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    future::Future,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
-use etcd_client::{Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, GetResponse, Identity, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions, WatchStream,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -129,7 +135,11 @@ enum Unreadable {
 }
 
 pub(super) struct Etcd {
-    client: Client,
+    /// One client per member. A request goes to the member that answered
+    /// last and moves on to the next when one cannot be reached: a dead
+    /// member costs one refused connection, not a share of every request.
+    clients: Vec<Client>,
+    preferred: AtomicUsize,
     /// For messages: which etcd this is.
     endpoints: String,
     history_limit: usize,
@@ -251,8 +261,18 @@ impl Etcd {
         let deadline = tokio::time::Instant::now() + START_WAIT;
         loop {
             let attempt = async {
-                let client = Client::connect(&urls, Some(options.clone())).await.map_err(Unreadable::Etcd)?;
-                let etcd = Self { client, endpoints: endpoints.clone(), history_limit: config.history_limit, published: Mutex::default() };
+                let mut clients = Vec::new();
+                for url in &urls {
+                    // Lazy without a user; with one, a member that is down now is left out.
+                    match Client::connect([url], Some(options.clone())).await {
+                        Ok(client) => clients.push(client),
+                        Err(error) => tracing::warn!(%error, url, "etcd member not reached at start"),
+                    }
+                }
+                if clients.is_empty() {
+                    return Err(Unreadable::Etcd(etcd_client::Error::InvalidArgs(format!("no etcd member of {endpoints} answered"))));
+                }
+                let etcd = Self { clients, preferred: AtomicUsize::new(0), endpoints: endpoints.clone(), history_limit: config.history_limit, published: Mutex::default() };
                 let (list, revision) = etcd.list().await?;
                 Ok::<_, Unreadable>((etcd, list, revision))
             };
@@ -287,8 +307,47 @@ impl Etcd {
         }
     }
 
-    fn client(&self) -> Client {
-        self.client.clone()
+    /// Runs `request` on the preferred member, then on each other one
+    /// while members cannot be reached.
+    async fn on_members<T, F: Future<Output = Result<T, etcd_client::Error>>>(&self, request: impl Fn(Client) -> F) -> Result<T, etcd_client::Error> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut last = None;
+        for n in 0..self.clients.len() {
+            let i = (first + n) % self.clients.len();
+            match request(self.clients[i].clone()).await {
+                Err(error) if unreachable(&error) => last = Some(error),
+                answered => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return answered;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no etcd member".into())))
+    }
+
+    async fn get(&self, key: impl Into<Vec<u8>>, options: Option<GetOptions>) -> Result<GetResponse, etcd_client::Error> {
+        let key = key.into();
+        self.on_members(|mut client| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { client.get(key, options).await }
+        })
+        .await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
+        self.on_members(|mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await
+    }
+
+    async fn watch_stream(&self, key: &str, options: WatchOptions) -> Result<WatchStream, etcd_client::Error> {
+        self.on_members(|mut client| {
+            let (key, options) = (key.to_owned(), options.clone());
+            async move { client.watch(key, Some(options)).await }
+        })
+        .await
     }
 
     fn unavailable(&self, error: etcd_client::Error) -> StoreError {
@@ -302,7 +361,7 @@ impl Etcd {
     /// Every `current/` manifest and its bundle, at one revision.
     async fn list(&self) -> Result<(Listed, i64), Unreadable> {
         let prefix = key(&["current", ""]);
-        let response = self.client().get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(Unreadable::Etcd)?;
+        let response = self.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(Unreadable::Etcd)?;
         let revision = response.header().map_or(0, |h| h.revision());
         let mut listed = Vec::new();
         for kv in response.kvs() {
@@ -342,7 +401,7 @@ impl Etcd {
     async fn watch(&self, store: &Store, revision: &mut i64, delay: &mut Duration) -> Result<(), Unreadable> {
         let prefix = key(&["current", ""]);
         let options = WatchOptions::new().with_prefix().with_start_revision(*revision + 1).with_progress_notify();
-        let mut stream = self.client().watch(prefix.as_str(), Some(options)).await.map_err(Unreadable::Etcd)?;
+        let mut stream = self.watch_stream(prefix.as_str(), options).await.map_err(Unreadable::Etcd)?;
         while let Some(response) = stream.message().await.map_err(Unreadable::Etcd)? {
             if response.canceled() {
                 if response.compact_revision() > 0 {
@@ -405,7 +464,7 @@ impl Etcd {
     async fn record_of(&self, manifest: &Manifest) -> Result<Vec<u8>, Unreadable> {
         let mut record = Vec::with_capacity(manifest.bytes);
         for hash in &manifest.chunks {
-            let response = self.client().get(key(&["chunks", hash]), None).await.map_err(Unreadable::Etcd)?;
+            let response = self.get(key(&["chunks", hash]), None).await.map_err(Unreadable::Etcd)?;
             let chunk = response.kvs().first().map(|kv| kv.value()).ok_or_else(|| Unreadable::Broken(format!("chunk {hash} is missing")))?;
             if hex(&Sha256::digest(chunk)) != *hash {
                 return Err(Unreadable::Broken(format!("chunk {hash} was altered")));
@@ -423,7 +482,7 @@ impl Etcd {
             let chunk_key = key(&["chunks", &hash]);
             // Content-addressed: a chunk already there is the same bytes.
             let txn = Txn::new().when([Compare::version(chunk_key.as_str(), CompareOp::Equal, 0)]).and_then([TxnOp::put(chunk_key.as_str(), chunk, None)]);
-            self.client().txn(txn).await.map_err(|e| self.unavailable(e))?;
+            self.txn(txn).await.map_err(|e| self.unavailable(e))?;
             hashes.push(hash);
         }
         Ok(hashes)
@@ -439,7 +498,7 @@ impl Etcd {
             TxnOp::get(history_prefix.as_str(), Some(GetOptions::new().with_prefix().with_keys_only())),
             TxnOp::get(version_key.as_str(), None),
         ]);
-        let response = self.client().txn(txn).await.map_err(|e| self.unavailable(e))?;
+        let response = self.txn(txn).await.map_err(|e| self.unavailable(e))?;
         let mut gets = response.op_responses().into_iter().filter_map(|r| match r {
             TxnOpResponse::Get(get) => Some(get),
             _ => None,
@@ -536,7 +595,7 @@ impl Etcd {
             // Drop the oldest entries beyond the limit (a handful at most).
             let excess = (state.seqs.len() + 1).saturating_sub(self.history_limit.max(1));
             ops.extend(state.seqs.iter().take(excess.min(100)).map(|seq| TxnOp::delete(seq_key(node_type, *seq), None)));
-            let response = self.client().txn(Txn::new().when(compares).and_then(ops)).await.map_err(|e| self.unavailable(e))?;
+            let response = self.txn(Txn::new().when(compares).and_then(ops)).await.map_err(|e| self.unavailable(e))?;
             if !response.succeeded() {
                 continue; // another writer got in first: decide again
             }
@@ -583,7 +642,7 @@ impl Etcd {
             let txn = Txn::new()
                 .when([Compare::mod_revision(current_key.as_str(), CompareOp::Equal, mod_revision)])
                 .and_then([TxnOp::delete(current_key.as_str(), None)]);
-            let response = self.client().txn(txn).await.map_err(|e| self.unavailable(e))?;
+            let response = self.txn(txn).await.map_err(|e| self.unavailable(e))?;
             if response.succeeded() {
                 let revision = response.header().map_or(0, |h| h.revision());
                 return Ok(self.applied(store, node_type, revision, Decided::Removed));
@@ -594,7 +653,7 @@ impl Etcd {
 
     async fn manifests(&self, node_type: &NodeType) -> Result<Vec<Manifest>, StoreError> {
         let prefix = key(&["history", node_type.as_str(), ""]);
-        let response = self.client().get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(|e| self.unavailable(e))?;
+        let response = self.get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(|e| self.unavailable(e))?;
         // An entry that does not parse is skipped: one bad entry must not hide the others.
         Ok(response.kvs().iter().filter_map(|kv| serde_json::from_slice(kv.value()).ok()).collect())
     }
@@ -621,17 +680,17 @@ impl Etcd {
     pub(super) async fn collect(&self) -> Result<usize, StoreError> {
         let unavailable = |e| self.unavailable(e);
         let (current, history, chunks) = (key(&["current", ""]), key(&["history", ""]), key(&["chunks", ""]));
-        let listed = self.client().get(current.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(unavailable)?;
+        let listed = self.get(current.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(unavailable)?;
         let revision = listed.header().map_or(0, |h| h.revision());
         let at = |options: GetOptions| Some(options.with_prefix().with_revision(revision));
-        let kept = self.client().get(history.as_str(), at(GetOptions::new())).await.map_err(unavailable)?;
+        let kept = self.get(history.as_str(), at(GetOptions::new())).await.map_err(unavailable)?;
         let mut named = std::collections::HashSet::new();
         for kv in listed.kvs().iter().chain(kept.kvs()) {
             // A manifest that does not parse might name any chunk: collect nothing.
             let Ok(manifest) = serde_json::from_slice::<Manifest>(kv.value()) else { return Ok(0) };
             named.extend(manifest.chunks);
         }
-        let stored = self.client().get(chunks.as_str(), at(GetOptions::new().with_keys_only())).await.map_err(unavailable)?;
+        let stored = self.get(chunks.as_str(), at(GetOptions::new().with_keys_only())).await.map_err(unavailable)?;
         let unnamed: Vec<Vec<u8>> = stored
             .kvs()
             .iter()
@@ -645,7 +704,7 @@ impl Etcd {
                 Compare::mod_revision(history.as_str(), CompareOp::Less, revision + 1).with_prefix(),
             ];
             let deletes: Vec<TxnOp> = batch.iter().map(|k| TxnOp::delete(k.clone(), None)).collect();
-            let response = self.client().txn(Txn::new().when(unchanged).and_then(deletes)).await.map_err(unavailable)?;
+            let response = self.txn(Txn::new().when(unchanged).and_then(deletes)).await.map_err(unavailable)?;
             if !response.succeeded() {
                 break; // a manifest was written meanwhile: the next round decides again
             }
@@ -659,7 +718,7 @@ impl Etcd {
 
     /// A small read, to learn whether etcd answers again.
     pub(super) async fn probe(&self) -> Result<(), StoreError> {
-        self.client().get(key(&["current", ""]), Some(GetOptions::new().with_prefix().with_count_only())).await.map(drop).map_err(|e| self.unavailable(e))
+        self.get(key(&["current", ""]), Some(GetOptions::new().with_prefix().with_count_only())).await.map(drop).map_err(|e| self.unavailable(e))
     }
 }
 
@@ -671,6 +730,16 @@ struct State {
     seqs: Vec<u64>,
     /// The content hash the version being written names, if it was stored.
     version_hash: Option<String>,
+}
+
+/// Whether `error` means the member could not be reached (so another may
+/// answer), rather than an answer.
+fn unreachable(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown),
+        _ => false,
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

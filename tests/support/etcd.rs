@@ -1,5 +1,6 @@
-//! A real etcd (Debian's `etcd-server`, which scripts/test.sh installs) on
-//! free loopback ports with a temporary data directory, killed on drop.
+//! A real etcd (Debian's `etcd-server`, which scripts/test.sh installs) of
+//! one or three members on free loopback ports with a temporary data
+//! directory, killed on drop.
 
 use std::{
     net::TcpListener,
@@ -12,62 +13,107 @@ use super::wait_for;
 
 const BINARY: &str = "/usr/bin/etcd";
 
-pub struct Etcd {
-    pub client_port: u16,
+struct Member {
+    client_port: u16,
     peer_port: u16,
-    dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
+pub struct Etcd {
+    members: Vec<Member>,
+    dir: tempfile::TempDir,
+}
+
 impl Etcd {
-    /// Starts etcd, or `None` (with a line saying the test is skipped)
-    /// where it is not installed; under `CI=true` a missing etcd fails.
+    /// Starts a one-member etcd, or `None` (with a line saying the test is
+    /// skipped) where it is not installed; under `CI=true` a missing etcd fails.
     pub async fn start() -> Option<Self> {
+        Self::cluster(1).await
+    }
+
+    /// Starts `size` members forming one cluster; `None` as for [`Self::start`].
+    pub async fn cluster(size: usize) -> Option<Self> {
         if !std::path::Path::new(BINARY).exists() {
             assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{BINARY} is missing under CI: scripts/test.sh installs etcd-server");
             eprintln!("SKIPPED: {BINARY} is not installed (scripts/test.sh installs etcd-server)");
             return None;
         }
         let free = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port");
-        let mut etcd = Self { client_port: free(), peer_port: free(), dir: tempfile::tempdir().expect("temp dir"), child: None };
-        etcd.resume().await;
+        let members = (0..size).map(|_| Member { client_port: free(), peer_port: free(), child: None }).collect();
+        let mut etcd = Self { members, dir: tempfile::tempdir().expect("temp dir") };
+        for i in 0..size {
+            etcd.spawn(i);
+        }
+        for i in 0..size {
+            etcd.wait_healthy(i).await;
+        }
         Some(etcd)
     }
 
-    /// `host:port` for `--store etcd://...`.
+    /// `host:port` of every member, comma-separated (one member: just it).
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        self.endpoints().join(",")
     }
 
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| format!("127.0.0.1:{}", m.client_port)).collect()
+    }
+
+    /// For `--store etcd://...`: every member.
     pub fn store(&self) -> sxds::config::EtcdEndpoints {
-        sxds::config::EtcdEndpoints(vec![self.endpoint()])
+        sxds::config::EtcdEndpoints(self.endpoints())
     }
 
-    /// Kills etcd (SIGKILL); its data directory stays for [`Self::resume`].
+    /// Kills every member (SIGKILL); the data stays for [`Self::resume`].
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// Starts etcd (again) on the same ports and data; waits until healthy.
+    /// Starts every member again on the same ports and data; waits until healthy.
     pub async fn resume(&mut self) {
-        let (client, peer) = (format!("http://127.0.0.1:{}", self.client_port), format!("http://127.0.0.1:{}", self.peer_port));
+        for i in 0..self.members.len() {
+            self.spawn(i);
+        }
+        for i in 0..self.members.len() {
+            self.wait_healthy(i).await;
+        }
+    }
+
+    fn name(i: usize) -> String {
+        format!("sxds-test-{i}")
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let url = |port: u16| format!("http://127.0.0.1:{port}");
+        let cluster: Vec<String> = self.members.iter().enumerate().map(|(j, m)| format!("{}={}", Self::name(j), url(m.peer_port))).collect();
+        let (client, peer) = (url(self.members[i].client_port), url(self.members[i].peer_port));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).expect("etcd log");
         let child = Command::new(BINARY)
-            .args(["--name", "sxds-test", "--data-dir"])
-            .arg(self.dir.path().join("data"))
+            .args(["--name", &Self::name(i), "--data-dir"])
+            .arg(self.dir.path().join(Self::name(i)))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("sxds-test={peer}")])
+            .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("etcd log"))
             .stderr(log)
             .spawn()
             .expect("etcd starts");
-        self.child = Some(child);
-        let health = format!("{client}/health");
+        self.members[i].child = Some(child);
+    }
+
+    async fn wait_healthy(&self, i: usize) {
+        let health = format!("http://127.0.0.1:{}/health", self.members[i].client_port);
         wait_for("etcd healthy", Duration::from_secs(20), || {
             let health = health.clone();
             async move {
@@ -80,6 +126,7 @@ impl Etcd {
         .await;
     }
 
+    /// Every member's output, for a failing test's message.
     pub fn log(&self) -> PathBuf {
         self.dir.path().join("etcd.log")
     }
