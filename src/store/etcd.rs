@@ -31,6 +31,8 @@
 //! embedded store's, decoded from the very record bytes in etcd: identical
 //! content gives identical versions and identical xDS bytes everywhere.
 //!
+//! sxds keeps a client per etcd member; a request that cannot reach one
+//! goes to the next, and later ones stay where the last answer came from.
 //! While etcd is unreachable, replicas keep serving the last state; writes
 //! answer 503 and change nothing (at worst a chunk no manifest names); the
 //! watch retries with back-off and goes on from the last revision it saw,
