@@ -286,3 +286,32 @@ async fn on_a_three_member_etcd_losing_one_member_loses_no_write_and_no_update()
     }
     assert!(names(&last).contains(&"v8".to_owned()));
 }
+
+#[tokio::test]
+async fn a_replica_cut_off_from_etcd_while_its_watch_revision_is_compacted_lists_again_and_catches_up() {
+    let Some(etcd) = Etcd::start().await else { return };
+    let relay = support::etcd::Relay::to(etcd.endpoint()).await;
+    let a = replica(&etcd).await;
+    let via_relay = sxds::config::EtcdEndpoints(vec![relay.addr.to_string()]);
+    let b = TestDaemon::start_with(move |config| config.store = Some(via_relay)).await;
+    assert_eq!(a.put("sidecar", bundle("v1", &[]).to_string()).await.0, 200);
+    assert_eq!(a.put("gone", bundle("g1", &[]).to_string()).await.0, 200);
+    wait_version(&b, "gone", "g1").await;
+    let mut on_b = XdsClient::ads(&b.xds_url(), request("sidecar-1", CDS, &[])).await;
+    assert_eq!(on_b.recv_acked(&[]).await.version_info, "v1");
+
+    // Only b loses etcd: a goes on writing, and etcd compacts past b's revision.
+    relay.cut();
+    wait_for("b's /readyz to say etcd is away", Duration::from_secs(10), || async { get(&b, "/readyz").await.1["store"]["writable"] == false }).await;
+    assert_eq!(a.put("sidecar", bundle("v2", &["late"]).to_string()).await.0, 200);
+    assert_eq!(send(reqwest::Client::new().delete(a.url("/resources/gone"))).await.0, 200);
+    let mut client = etcd_client::Client::connect([format!("http://{}", etcd.endpoint())], None).await.unwrap();
+    let revision = client.get("/sxds/v1/", None).await.unwrap().header().unwrap().revision();
+    client.compact(revision, None).await.unwrap();
+    assert_eq!(version_on(&b, "sidecar").await, "v1", "b serves its last state meanwhile");
+
+    relay.restore();
+    let pushed = on_b.recv_acked(&[]).await;
+    assert_eq!((pushed.version_info.as_str(), names(&pushed).contains(&"late".to_owned())), ("v2", true));
+    wait_for("the delete seen by b", Duration::from_secs(10), || async { get(&b, "/resources/gone").await.0 == 404 }).await;
+}

@@ -137,3 +137,52 @@ impl Drop for Etcd {
         self.kill();
     }
 }
+
+/// A TCP relay to an etcd member that a test can cut and restore, so one
+/// replica loses etcd while etcd itself and the other replicas go on.
+pub struct Relay {
+    pub addr: std::net::SocketAddr,
+    state: std::sync::Arc<std::sync::Mutex<Option<tokio_util::sync::CancellationToken>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn to(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let addr = listener.local_addr().expect("relay address");
+        let state = std::sync::Arc::new(std::sync::Mutex::new(Some(tokio_util::sync::CancellationToken::new())));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                // Cut: the connection is closed at once.
+                let Some(open) = shared.lock().unwrap().clone() else { continue };
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = open.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// Closes every relayed connection and refuses new ones.
+    pub fn cut(&self) {
+        if let Some(open) = self.state.lock().unwrap().take() {
+            open.cancel();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.state.lock().unwrap().get_or_insert_with(tokio_util::sync::CancellationToken::new);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
