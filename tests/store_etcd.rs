@@ -315,3 +315,32 @@ async fn a_replica_cut_off_from_etcd_while_its_watch_revision_is_compacted_lists
     assert_eq!((pushed.version_info.as_str(), names(&pushed).contains(&"late".to_owned())), ("v2", true));
     wait_for("the delete seen by b", Duration::from_secs(10), || async { get(&b, "/resources/gone").await.0 == 404 }).await;
 }
+
+#[tokio::test]
+async fn with_etcd_auth_on_a_replica_writes_as_its_user_and_a_wrong_password_stops_the_start_naming_etcd() {
+    let Some(etcd) = Etcd::start().await else { return };
+    let mut admin = etcd_client::Client::connect([format!("http://{}", etcd.endpoint())], None).await.unwrap();
+    admin.user_add("root", "root-secret", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let store = etcd.store();
+    let a = TestDaemon::start_with(move |config| {
+        config.store = Some(store);
+        (config.etcd_user, config.etcd_password) = (Some("root".into()), Some("root-secret".into()));
+    })
+    .await;
+    assert_eq!(a.put("sidecar", bundle("v1", &[]).to_string()).await.0, 200);
+    // etcd enforces its auth (an anonymous read is refused): the write above went as root.
+    let anonymous = admin.get("/sxds/v1/current/sidecar", None).await;
+    assert!(anonymous.is_err(), "{anonymous:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sxds::Config::for_tests(dir.path().to_path_buf());
+    config.store = Some(etcd.store());
+    (config.etcd_user, config.etcd_password) = (Some("root".into()), Some("wrong".into()));
+    let (xds, rest) = (tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let started = tokio::time::timeout(Duration::from_secs(10), sxds::run(&config, xds, rest, Default::default())).await;
+    let error = started.expect("a refused password fails the start at once, without waiting for etcd").expect_err("refused").to_string();
+    assert!(error.contains(&etcd.endpoint()), "{error}");
+}

@@ -268,7 +268,9 @@ impl Etcd {
                     // Lazy without a user; with one, a member that is down now is left out.
                     match Client::connect([url], Some(options.clone())).await {
                         Ok(client) => clients.push(client),
-                        Err(error) => tracing::warn!(%error, url, "etcd member not reached at start"),
+                        Err(error) if unreachable(&error) => tracing::warn!(%error, url, "etcd member not reached at start"),
+                        // Refused credentials do not get better by waiting.
+                        Err(error) => return Err(Unreadable::Broken(format!("{url} refused: {error}"))),
                     }
                 }
                 if clients.is_empty() {
