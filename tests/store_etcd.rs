@@ -344,3 +344,26 @@ async fn with_etcd_auth_on_a_replica_writes_as_its_user_and_a_wrong_password_sto
     let error = started.expect("a refused password fails the start at once, without waiting for etcd").expect_err("refused").to_string();
     assert!(error.contains(&etcd.endpoint()), "{error}");
 }
+
+#[tokio::test]
+async fn over_tls_with_a_client_certificate_replicas_share_an_etcd_that_refuses_plain_clients() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = support::tls::Ca::new("etcd test CA");
+    let ca_file = certs.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let (server_cert, server_key) = ca.server(1).write(certs.path(), "server");
+    let (client_cert, client_key) = ca.client(&["sxds"], 2).write(certs.path(), "client");
+    let Some(etcd) = Etcd::start_tls(server_cert, server_key, ca_file.clone()).await else { return };
+
+    let tls = |config: &mut sxds::Config| {
+        config.store = Some(etcd.store());
+        config.etcd_ca = Some(ca_file.clone());
+        (config.etcd_cert, config.etcd_key) = (Some(client_cert.clone()), Some(client_key.clone()));
+    };
+    let (a, b) = (TestDaemon::start_with(tls).await, TestDaemon::start_with(tls).await);
+    assert_eq!(a.put("sidecar", bundle("v1", &[]).to_string()).await.0, 200);
+    wait_version(&b, "sidecar", "v1").await;
+
+    let mut plain = etcd_client::Client::connect([format!("http://{}", etcd.endpoint())], None).await.unwrap();
+    assert!(plain.get("/sxds/v1/current/sidecar", None).await.is_err(), "etcd serves TLS only");
+}

@@ -22,6 +22,9 @@ struct Member {
 pub struct Etcd {
     members: Vec<Member>,
     dir: tempfile::TempDir,
+    /// Server certificate, key and the CA client certificates must chain
+    /// to: clients speak TLS and must present a certificate.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl Etcd {
@@ -33,6 +36,16 @@ impl Etcd {
 
     /// Starts `size` members forming one cluster; `None` as for [`Self::start`].
     pub async fn cluster(size: usize) -> Option<Self> {
+        Self::launch(size, None).await
+    }
+
+    /// One member serving TLS with `cert`/`key`, requiring client
+    /// certificates signed by `ca` (etcd's `--client-cert-auth`).
+    pub async fn start_tls(cert: PathBuf, key: PathBuf, ca: PathBuf) -> Option<Self> {
+        Self::launch(1, Some((cert, key, ca))).await
+    }
+
+    async fn launch(size: usize, tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Option<Self> {
         if !std::path::Path::new(BINARY).exists() {
             assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{BINARY} is missing under CI: scripts/test.sh installs etcd-server");
             eprintln!("SKIPPED: {BINARY} is not installed (scripts/test.sh installs etcd-server)");
@@ -40,7 +53,7 @@ impl Etcd {
         }
         let free = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port");
         let members = (0..size).map(|_| Member { client_port: free(), peer_port: free(), child: None }).collect();
-        let mut etcd = Self { members, dir: tempfile::tempdir().expect("temp dir") };
+        let mut etcd = Self { members, dir: tempfile::tempdir().expect("temp dir"), tls };
         for i in 0..size {
             etcd.spawn(i);
         }
@@ -96,7 +109,13 @@ impl Etcd {
     fn spawn(&mut self, i: usize) {
         let url = |port: u16| format!("http://127.0.0.1:{port}");
         let cluster: Vec<String> = self.members.iter().enumerate().map(|(j, m)| format!("{}={}", Self::name(j), url(m.peer_port))).collect();
-        let (client, peer) = (url(self.members[i].client_port), url(self.members[i].peer_port));
+        let (mut client, peer) = (url(self.members[i].client_port), url(self.members[i].peer_port));
+        let mut tls_args = Vec::new();
+        if let Some((cert, key, ca)) = &self.tls {
+            client = client.replace("http://", "https://");
+            tls_args.extend(["--client-cert-auth".into(), "--cert-file".into(), cert.clone().into_os_string(), "--key-file".into(), key.clone().into_os_string()]);
+            tls_args.extend(["--trusted-ca-file".into(), ca.clone().into_os_string()]);
+        }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).expect("etcd log");
         let child = Command::new(BINARY)
             .args(["--name", &Self::name(i), "--data-dir"])
@@ -104,6 +123,7 @@ impl Etcd {
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"])
+            .args(tls_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("etcd log"))
             .stderr(log)
@@ -113,6 +133,16 @@ impl Etcd {
     }
 
     async fn wait_healthy(&self, i: usize) {
+        if self.tls.is_some() {
+            // /health wants a client certificate too: the port is enough here.
+            let addr = format!("127.0.0.1:{}", self.members[i].client_port);
+            wait_for("etcd listening", Duration::from_secs(20), || {
+                let addr = addr.clone();
+                async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+            })
+            .await;
+            return;
+        }
         let health = format!("http://127.0.0.1:{}/health", self.members[i].client_port);
         wait_for("etcd healthy", Duration::from_secs(20), || {
             let health = health.clone();
