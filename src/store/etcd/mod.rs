@@ -46,6 +46,9 @@
 //! and a writer on different replicas cannot leave a manifest without its
 //! chunks.
 
+mod collect;
+mod watch;
+
 use std::{
     collections::{BTreeMap, HashMap},
     future::Future,
@@ -57,7 +60,7 @@ use std::{
 };
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, GetResponse, Identity, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, Identity, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions, WatchStream,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -172,68 +175,7 @@ impl Store {
         tokio::spawn(store.clone().collect_every(COLLECT_INTERVAL, shutdown));
         Ok(store)
     }
-
-    /// Deletes the etcd chunks no manifest names; returns how many (0 on
-    /// the embedded store, whose records are deleted with their rows).
-    pub async fn collect_chunks(&self) -> Result<usize, StoreError> {
-        match &self.0.backend {
-            Backend::Etcd(etcd) => etcd.collect().await,
-            Backend::Redb(_) => Ok(0),
-        }
-    }
-
-    async fn collect_every(self, interval: Duration, shutdown: CancellationToken) {
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(interval) => {}
-                () = shutdown.cancelled() => return,
-            }
-            if let Err(error) = self.collect_chunks().await {
-                tracing::debug!(%error, "chunk collection skipped");
-            }
-        }
-    }
-
-    /// The watch of `current/`, reconnecting with back-off.
-    async fn follow(self, mut revision: i64, shutdown: CancellationToken) {
-        let Backend::Etcd(etcd) = &self.0.backend else { return };
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let ended = tokio::select! {
-                ended = etcd.watch(&self, &mut revision, &mut delay) => ended,
-                () = shutdown.cancelled() => return,
-            };
-            match ended {
-                Ok(()) => tracing::warn!(revision, "etcd ended the watch; watching again"),
-                Err(Unreadable::Broken(reason)) => {
-                    // The revision was compacted away: list everything again.
-                    tracing::warn!(reason, "etcd watch cannot resume; loading the whole state again");
-                    match etcd.list().await {
-                        Ok((list, at)) => {
-                            etcd.replace(&self, list);
-                            revision = at;
-                        }
-                        Err(error) => tracing::warn!(%error, "cannot list etcd; retrying"),
-                    }
-                }
-                Err(Unreadable::Etcd(error)) => {
-                    tracing::warn!(%error, endpoints = etcd.endpoints, "etcd watch lost; serving the last state, retrying");
-                    // /readyz on every replica says so, not only where a write failed.
-                    self.failed(&format!("etcd {} cannot be reached: {error}", etcd.endpoints));
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = shutdown.cancelled() => return,
-            }
-            delay = (delay * 2).min(Duration::from_secs(2));
-        }
-    }
 }
-
-/// Every node type listed: its bundle (or why it cannot be read) and the
-/// mod revision of its manifest.
-type Listed = Vec<(String, Result<StoredBundle, String>, i64)>;
 
 impl Etcd {
     /// Connects and lists every bundle, retrying for [`START_WAIT`].
@@ -360,96 +302,6 @@ impl Etcd {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeType, i64>> {
         self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Every `current/` manifest and its bundle, at one revision.
-    async fn list(&self) -> Result<(Listed, i64), Unreadable> {
-        let prefix = key(&["current", ""]);
-        let response = self.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(Unreadable::Etcd)?;
-        let revision = response.header().map_or(0, |h| h.revision());
-        let mut listed = Vec::new();
-        for kv in response.kvs() {
-            let name = String::from_utf8_lossy(kv.key().strip_prefix(prefix.as_bytes()).unwrap_or_default()).into_owned();
-            let bundle = match self.bundle_of(kv.value()).await {
-                Ok(bundle) => Ok(bundle),
-                Err(Unreadable::Broken(reason)) => Err(reason),
-                Err(etcd) => return Err(etcd),
-            };
-            listed.push((name, bundle, kv.mod_revision()));
-        }
-        Ok((listed, revision))
-    }
-
-    /// Publishes a fresh listing: every node type listed, and the removal
-    /// of those no longer there.
-    fn replace(&self, store: &Store, listed: Listed) {
-        let mut gone: Vec<NodeType> = store.catalog().keys().cloned().collect();
-        for (name, bundle, mod_revision) in listed {
-            let Ok(node_type) = NodeType::parse(&name) else { continue };
-            gone.retain(|n| *n != node_type);
-            match bundle {
-                Ok(bundle) => drop(self.apply(store, &node_type, mod_revision, Decided::Stored(bundle))),
-                Err(reason) => drop(store.lock_quarantined().insert(name.clone(), Quarantined { node_type: name, reason })),
-            }
-        }
-        for node_type in gone {
-            let mut published = self.lock();
-            published.remove(&node_type);
-            store.publish(&node_type, Decided::Removed);
-        }
-    }
-
-    /// Watches `current/` from `revision + 1`, publishing every change,
-    /// until the stream ends or fails. `Broken` means the revision was
-    /// compacted: the caller lists again.
-    async fn watch(&self, store: &Store, revision: &mut i64, delay: &mut Duration) -> Result<(), Unreadable> {
-        let prefix = key(&["current", ""]);
-        let options = WatchOptions::new().with_prefix().with_start_revision(*revision + 1).with_progress_notify();
-        let mut stream = self.watch_stream(prefix.as_str(), options).await.map_err(Unreadable::Etcd)?;
-        while let Some(response) = stream.message().await.map_err(Unreadable::Etcd)? {
-            if response.canceled() {
-                if response.compact_revision() > 0 {
-                    return Err(Unreadable::Broken(format!("revision {} was compacted (now {})", *revision + 1, response.compact_revision())));
-                }
-                return Err(Unreadable::Etcd(etcd_client::Error::WatchError(response.cancel_reason().to_owned())));
-            }
-            if response.created() {
-                *delay = Duration::from_millis(100);
-                tracing::info!(revision = *revision, "watching etcd");
-            }
-            for event in response.events() {
-                let Some(kv) = event.kv() else { continue };
-                let name = String::from_utf8_lossy(kv.key().strip_prefix(prefix.as_bytes()).unwrap_or_default()).into_owned();
-                let Ok(node_type) = NodeType::parse(&name) else { continue };
-                match event.event_type() {
-                    EventType::Put => match self.bundle_of(kv.value()).await {
-                        Ok(bundle) => drop(self.apply(store, &node_type, kv.mod_revision(), Decided::Stored(bundle))),
-                        Err(Unreadable::Broken(reason)) => {
-                            tracing::error!(node_type = name, reason, "bundle in etcd cannot be read; serving the previous one");
-                            store.lock_quarantined().insert(name.clone(), Quarantined { node_type: name, reason });
-                        }
-                        Err(etcd) => return Err(etcd),
-                    },
-                    EventType::Delete => drop(self.apply(store, &node_type, kv.mod_revision(), Decided::Removed)),
-                }
-            }
-            // Only once every event of the response is published: a
-            // failure above resumes from the first of them.
-            if let Some(header) = response.header() {
-                *revision = (*revision).max(header.revision());
-            }
-        }
-        Ok(())
-    }
-
-    /// Publishes a change at `revision` unless one as new was already.
-    fn apply(&self, store: &Store, node_type: &NodeType, revision: i64, decided: Decided) -> Option<Written> {
-        let mut published = self.lock();
-        if published.get(node_type).is_some_and(|seen| *seen >= revision) {
-            return None;
-        }
-        published.insert(node_type.clone(), revision);
-        Some(store.publish(node_type, decided))
     }
 
     /// Reads the bundle a manifest names: its chunks, checked, joined and
@@ -674,50 +526,6 @@ impl Etcd {
             Err(Unreadable::Broken(_)) => Ok(None),
             Err(Unreadable::Etcd(error)) => Err(self.unavailable(error)),
         }
-    }
-
-    /// Deletes the chunks that no manifest in `current/` or `history/`
-    /// names (left by refused or failed writes, and by versions that left
-    /// the history); returns how many. Safe beside writers on any replica:
-    /// each delete commits only if no manifest was written since the
-    /// listing, and a write compares that its chunks still exist.
-    pub(super) async fn collect(&self) -> Result<usize, StoreError> {
-        let unavailable = |e| self.unavailable(e);
-        let (current, history, chunks) = (key(&["current", ""]), key(&["history", ""]), key(&["chunks", ""]));
-        let listed = self.get(current.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(unavailable)?;
-        let revision = listed.header().map_or(0, |h| h.revision());
-        let at = |options: GetOptions| Some(options.with_prefix().with_revision(revision));
-        let kept = self.get(history.as_str(), at(GetOptions::new())).await.map_err(unavailable)?;
-        let mut named = std::collections::HashSet::new();
-        for kv in listed.kvs().iter().chain(kept.kvs()) {
-            // A manifest that does not parse might name any chunk: collect nothing.
-            let Ok(manifest) = serde_json::from_slice::<Manifest>(kv.value()) else { return Ok(0) };
-            named.extend(manifest.chunks);
-        }
-        let stored = self.get(chunks.as_str(), at(GetOptions::new().with_keys_only())).await.map_err(unavailable)?;
-        let unnamed: Vec<Vec<u8>> = stored
-            .kvs()
-            .iter()
-            .filter(|kv| kv.key().strip_prefix(chunks.as_bytes()).is_some_and(|hash| !named.contains(String::from_utf8_lossy(hash).as_ref())))
-            .map(|kv| kv.key().to_vec())
-            .collect();
-        let mut deleted = 0;
-        for batch in unnamed.chunks(100) {
-            let unchanged = [
-                Compare::mod_revision(current.as_str(), CompareOp::Less, revision + 1).with_prefix(),
-                Compare::mod_revision(history.as_str(), CompareOp::Less, revision + 1).with_prefix(),
-            ];
-            let deletes: Vec<TxnOp> = batch.iter().map(|k| TxnOp::delete(k.clone(), None)).collect();
-            let response = self.txn(Txn::new().when(unchanged).and_then(deletes)).await.map_err(unavailable)?;
-            if !response.succeeded() {
-                break; // a manifest was written meanwhile: the next round decides again
-            }
-            deleted += batch.len();
-        }
-        if deleted > 0 {
-            tracing::info!(deleted, "unreferenced etcd chunks collected");
-        }
-        Ok(deleted)
     }
 
     /// A small read, to learn whether etcd answers again.
