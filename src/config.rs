@@ -38,6 +38,32 @@ pub struct Config {
     #[arg(long, env = "SXDS_DATA_DIR", default_value = "sxds-data")]
     pub data_dir: PathBuf,
 
+    /// Where bundles are stored. By default the embedded store in
+    /// --data-dir; `etcd://host:port[,host:port...]` keeps them in an etcd
+    /// cluster that every sxds replica shares (README: Replicas on etcd).
+    #[arg(long, env = "SXDS_STORE", value_name = "URL", value_parser = parse_store)]
+    pub store: Option<EtcdEndpoints>,
+
+    /// etcd user (etcd's auth); needs --etcd-password.
+    #[arg(long, env = "SXDS_ETCD_USER", requires = "etcd_password")]
+    pub etcd_user: Option<String>,
+
+    /// Password of --etcd-user.
+    #[arg(long, env = "SXDS_ETCD_PASSWORD", hide_env_values = true, requires = "etcd_user")]
+    pub etcd_password: Option<String>,
+
+    /// PEM CA certificate of etcd's server certificates: etcd is reached over TLS.
+    #[arg(long, env = "SXDS_ETCD_CA", value_name = "PATH")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// PEM client certificate for etcd (`--client-cert-auth`); needs --etcd-key.
+    #[arg(long, env = "SXDS_ETCD_CERT", value_name = "PATH", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// PEM private key of --etcd-cert.
+    #[arg(long, env = "SXDS_ETCD_KEY", value_name = "PATH", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+
     /// Largest accepted request body, e.g. `32MiB`, `500KB`, `1048576`.
     #[arg(long, env = "SXDS_BODY_LIMIT", default_value = "32MiB", value_parser = parse_size)]
     pub body_limit: usize,
@@ -135,6 +161,21 @@ impl Config {
     }
 }
 
+/// The etcd members of `--store etcd://host:port[,host:port...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdEndpoints(pub Vec<String>);
+
+/// Parses `etcd://host:port[,host:port...]`.
+pub fn parse_store(text: &str) -> Result<EtcdEndpoints, String> {
+    let usage = "use etcd://host:port[,host:port...] (without --store, bundles are kept in --data-dir)";
+    let Some(rest) = text.trim().strip_prefix("etcd://") else { return Err(format!("{text:?}: {usage}")) };
+    let endpoints: Vec<String> = rest.trim_end_matches('/').split(',').map(|e| e.trim().to_owned()).collect();
+    match endpoints.iter().find(|e| e.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())) {
+        Some(bad) => Err(format!("{bad:?} is not host:port: {usage}")),
+        None => Ok(EtcdEndpoints(endpoints)),
+    }
+}
+
 /// Parses `32MiB`, `10MB`, `512KiB`, `1024` (bytes).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
@@ -198,6 +239,17 @@ mod tests {
         assert_eq!((config.rest_header_timeout, config.send_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
         assert!(Config::try_parse_from(["sxds", "--rest-max-connections=0"]).is_err());
         assert!(Config::try_parse_from(["sxds", "--send-timeout=0ms"]).is_err());
+    }
+
+    #[test]
+    fn the_store_is_embedded_unless_an_etcd_url_names_members() {
+        assert_eq!(Config::try_parse_from(["sxds"]).unwrap().store, None);
+        let config = Config::try_parse_from(["sxds", "--store", "etcd://10.0.0.1:2379,etcd-2:2379"]).unwrap();
+        assert_eq!(config.store, Some(EtcdEndpoints(vec!["10.0.0.1:2379".into(), "etcd-2:2379".into()])));
+        for bad in ["redb://x", "etcd://", "etcd://host", "etcd://host:port", "etcd://a:1,"] {
+            assert!(Config::try_parse_from(["sxds", "--store", bad]).is_err(), "{bad}");
+        }
+        assert!(Config::try_parse_from(["sxds", "--etcd-user", "u"]).is_err(), "a user needs a password");
     }
 
     #[test]

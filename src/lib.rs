@@ -6,9 +6,12 @@
 //!    let through; [`bundle`] parses the JSON or YAML against [`schema`]
 //!    (every Envoy v3 type, `@type` included) and validates names and
 //!    references. Bad input is a 4xx naming the field.
-//! 2. [`store`] writes it durably (redb, one checksummed record of encoded
-//!    resources, also kept in the node type's history) and publishes the
-//!    new catalog on its change feed. Only then does the PUT answer 200.
+//! 2. [`store`] writes it durably (one checksummed record of encoded
+//!    resources, also kept in the node type's history) in the embedded
+//!    redb or, for replicas, in etcd, deciding no-op, 409 and `If-Match`
+//!    in the backend's own transaction, and publishes the new catalog on
+//!    its change feed. Only then does the PUT answer 200. On etcd, every
+//!    replica's watch publishes the same change on its own feed.
 //! 3. [`cache`] follows the feed and encodes each resource once per version
 //!    into a [`cache::Snapshot`] per node type.
 //! 4. [`xds`] streams (ADS and LDS/CDS/RDS/EDS) watch their node type's
@@ -54,6 +57,23 @@ pub enum RunError {
     Tls(#[from] net::TlsError),
 }
 
+/// How to reach etcd: endpoints, credentials and TLS files, read now so a
+/// bad path stops the start.
+fn etcd_config(config: &Config, endpoints: &[String]) -> Result<store::etcd::EtcdConfig, RunError> {
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| RunError::Config(format!("cannot read {}: {e}", path.display())));
+    let identity = match (&config.etcd_cert, &config.etcd_key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(store::etcd::EtcdConfig {
+        endpoints: endpoints.to_vec(),
+        user: config.etcd_user.clone().map(|user| (user, config.etcd_password.clone().unwrap_or_default())),
+        ca: config.etcd_ca.as_deref().map(read).transpose()?,
+        identity,
+        history_limit: config.history.get(),
+    })
+}
+
 /// Serves xDS on `xds` and the REST API on `rest` until `shutdown` is
 /// cancelled, then drains both within `config.shutdown_grace`.
 pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
@@ -65,16 +85,20 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
         tracing::info!("TLS on both ports");
     }
     let write_policy = api::WritePolicy::new(config.token_file.as_deref(), config.allow_unauthenticated_writes).map_err(RunError::Config)?;
-    let (data_dir, history) = (config.data_dir.clone(), config.history.get());
-    let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, history))
-        .await
-        .map_err(|e| store::StoreError::Open(e.to_string()))??;
+    let store = match &config.store {
+        None => {
+            let (data_dir, history) = (config.data_dir.clone(), config.history.get());
+            tokio::task::spawn_blocking(move || Store::open_with(&data_dir, history)).await.map_err(|e| store::StoreError::Open(e.to_string()))??
+        }
+        // Returns once the whole state is loaded: nothing is served before.
+        Some(endpoints) => Store::open_etcd(etcd_config(config, &endpoints.0)?, shutdown.clone()).await?,
+    };
 
     // Every stored bundle is in the cache before the first stream is accepted.
     let registry = Registry::default();
     let cache = Cache::default();
     cache.apply(&store.catalog());
-    tracing::info!(node_types = store.catalog().len(), data_dir = %config.data_dir.display(), "store loaded");
+    tracing::info!(node_types = store.catalog().len(), store = config.store.as_ref().map_or_else(|| config.data_dir.display().to_string(), |e| e.0.join(",")), "store loaded");
     let follower = tokio::spawn(cache.clone().follow(store.subscribe(), registry.metrics().clone(), shutdown.clone()));
     let healer = tokio::spawn(store.clone().heal(shutdown.clone()));
 

@@ -46,6 +46,12 @@ fn help_documents_every_option_with_its_variable() {
         ("--tls-cert", "SXDS_TLS_CERT"),
         ("--tls-key", "SXDS_TLS_KEY"),
         ("--xds-client-ca", "SXDS_XDS_CLIENT_CA"),
+        ("--store", "SXDS_STORE"),
+        ("--etcd-user", "SXDS_ETCD_USER"),
+        ("--etcd-password", "SXDS_ETCD_PASSWORD"),
+        ("--etcd-ca", "SXDS_ETCD_CA"),
+        ("--etcd-cert", "SXDS_ETCD_CERT"),
+        ("--etcd-key", "SXDS_ETCD_KEY"),
     ] {
         assert!(help.contains(flag) && help.contains(variable), "{flag} / {variable} missing from --help");
     }

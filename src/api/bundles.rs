@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::{
     body::{Body, Bytes},
     extract::{FromRequestParts, Path, Query, State},
-    http::{header::CONTENT_LENGTH, header::CONTENT_TYPE, request::Parts, HeaderMap},
+    http::{header::CONTENT_LENGTH, header::CONTENT_TYPE, header::IF_MATCH, request::Parts, HeaderMap},
     response::{IntoResponse, Response},
     Json,
 };
@@ -18,7 +18,7 @@ use crate::{
     bundle::{self, BundleError, Counts, Format},
     node_type::NodeType,
     schema::StoredBundle,
-    store::StoreError,
+    store::{IfMatch, StoreError},
 };
 
 /// The `{node_type}` of a path, validated.
@@ -96,7 +96,7 @@ pub(super) async fn put_bundle(
     }
     let version = stored.version.clone();
     let parsed = started.elapsed();
-    let written = state.store.put(node_type.clone(), stored).await;
+    let written = state.store.put(node_type.clone(), stored, if_match(&headers)).await;
     state.registry.metrics().store_commit(started.elapsed() - parsed);
     let written = written?;
     let (parse_ms, store_ms) = (parsed.as_millis() as u64, (started.elapsed() - parsed).as_millis() as u64);
@@ -121,6 +121,12 @@ pub(super) async fn read_body(state: &ApiState, headers: &HeaderMap, body: Body)
             ApiError::Body(source.to_string())
         }
     })
+}
+
+/// The write's precondition: `If-Match: <version>` (checked by the store,
+/// inside its transaction).
+fn if_match(headers: &HeaderMap) -> IfMatch {
+    headers.get(IF_MATCH).map_or(IfMatch::Any, |value| IfMatch::parse(&String::from_utf8_lossy(value.as_bytes())))
 }
 
 fn body_format(headers: &HeaderMap) -> Format {
@@ -170,9 +176,10 @@ pub(super) async fn delete_bundle(
     State(state): State<ApiState>,
     Writer(who): Writer,
     NodeTypeParam(node_type): NodeTypeParam,
+    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let started = std::time::Instant::now();
-    let written = state.store.delete(node_type.clone()).await;
+    let written = state.store.delete(node_type.clone(), if_match(&headers)).await;
     state.registry.metrics().store_commit(started.elapsed());
     let written = written?;
     if !written.changed {
@@ -241,7 +248,7 @@ pub(super) async fn rollback(
         None => None,
     };
     let started = std::time::Instant::now();
-    let written = state.store.rollback(node_type.clone(), request.version.clone(), new_version).await;
+    let written = state.store.rollback(node_type.clone(), request.version.clone(), new_version, if_match(&headers)).await;
     state.registry.metrics().store_commit(started.elapsed());
     let written = written?;
     state.writes.record(&who, "rollback", &node_type, &written);

@@ -77,6 +77,10 @@ impl IntoResponse for ApiError {
             }
             Self::Store(StoreError::Conflict { .. }) => (StatusCode::CONFLICT, Some("version")),
             Self::Store(StoreError::UnknownVersion { .. }) => (StatusCode::NOT_FOUND, Some("version")),
+            Self::Store(StoreError::PreconditionFailed { stored, .. }) => {
+                let body = json!({ "error": self.to_string(), "path": "If-Match", "stored_version": stored });
+                return (StatusCode::PRECONDITION_FAILED, Json(body)).into_response();
+            }
             Self::Store(StoreError::Unavailable(detail) | StoreError::Open(detail)) => {
                 tracing::error!(detail, "store failure");
                 let body = json!({ "error": "the store cannot write right now; nothing was changed (GET /readyz tells why)" });
