@@ -11,7 +11,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compil
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src
-RUN cargo build --release --locked \
+RUN cargo build --release --locked --features etcd \
  && install -m 0755 target/release/sxds /usr/local/bin/sxds
 
 FROM debian:bookworm-slim

@@ -77,5 +77,6 @@ if [[ -z "${SXDS_TEST_TMPFS:-}" ]]; then
   fi
 fi
 
-echo "test.sh: cargo test --locked --no-fail-fast $*"
-cargo test --locked --no-fail-fast "$@" </dev/null
+# `--features etcd` builds the etcd store (its client is why protoc is installed above).
+echo "test.sh: cargo test --locked --no-fail-fast --features etcd $*"
+cargo test --locked --no-fail-fast --features etcd "$@" </dev/null

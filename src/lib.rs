@@ -59,6 +59,7 @@ pub enum RunError {
 
 /// How to reach etcd: endpoints, credentials and TLS files, read now so a
 /// bad path stops the start.
+#[cfg(feature = "etcd")]
 fn etcd_config(config: &Config, endpoints: &[String]) -> Result<store::etcd::EtcdConfig, RunError> {
     let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| RunError::Config(format!("cannot read {}: {e}", path.display())));
     let identity = match (&config.etcd_cert, &config.etcd_key) {
@@ -91,7 +92,17 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
             tokio::task::spawn_blocking(move || Store::open_with(&data_dir, history)).await.map_err(|e| store::StoreError::Open(e.to_string()))??
         }
         // Returns once the whole state is loaded: nothing is served before.
+        #[cfg(feature = "etcd")]
         Some(endpoints) => Store::open_etcd(etcd_config(config, &endpoints.0)?, shutdown.clone()).await?,
+        // etcd's client needs protoc to build, so it is a cargo feature.
+        #[cfg(not(feature = "etcd"))]
+        Some(_) => {
+            return Err(RunError::Config(
+                "this sxds was built without the etcd store: build it with `cargo build --release --features etcd` \
+                 (the container image has it)"
+                    .into(),
+            ))
+        }
     };
 
     // Every stored bundle is in the cache before the first stream is accepted.

@@ -4,6 +4,7 @@
 //! If-Match races across replicas have one winner; etcd going away keeps
 //! the served config and refuses writes with 503, and its return is caught
 //! up; history and rollback work through etcd.
+#![cfg(feature = "etcd")]
 
 mod support;
 

@@ -24,6 +24,7 @@
 //!   is reported by [`Store::write_failure`] until writes work again;
 //!   [`Store::heal`] retries by itself.
 
+#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod history;
 pub mod record;
@@ -160,6 +161,7 @@ struct Loaded {
 /// Where the bundles live.
 enum Backend {
     Redb(redb::Redb),
+    #[cfg(feature = "etcd")]
     Etcd(etcd::Etcd),
 }
 
@@ -197,6 +199,7 @@ impl Store {
     pub async fn put(&self, node_type: NodeType, bundle: StoredBundle, if_match: IfMatch) -> Result<Written, StoreError> {
         let result = match &self.0.backend {
             Backend::Redb(_) => self.blocking(move |store, redb| redb.put(&node_type, bundle, &if_match, |d| store.publish(&node_type, d))).await,
+            #[cfg(feature = "etcd")]
             Backend::Etcd(etcd) => etcd.put(self, &node_type, bundle, &if_match).await,
         };
         self.note(result)
@@ -211,6 +214,7 @@ impl Store {
             Backend::Redb(_) => {
                 self.blocking(move |store, redb| redb.rollback(&node_type, &target, new_version, &if_match, |d| store.publish(&node_type, d))).await
             }
+            #[cfg(feature = "etcd")]
             Backend::Etcd(etcd) => etcd.rollback(self, &node_type, &target, new_version, &if_match).await,
         };
         self.note(result)
@@ -222,6 +226,7 @@ impl Store {
     pub async fn delete(&self, node_type: NodeType, if_match: IfMatch) -> Result<Written, StoreError> {
         let result = match &self.0.backend {
             Backend::Redb(_) => self.blocking(move |store, redb| redb.delete(&node_type, &if_match, |d| store.publish(&node_type, d))).await,
+            #[cfg(feature = "etcd")]
             Backend::Etcd(etcd) => etcd.delete(self, &node_type, &if_match).await,
         };
         self.note(result)
@@ -232,6 +237,7 @@ impl Store {
     pub async fn history(&self, node_type: NodeType) -> Result<Vec<Version>, StoreError> {
         match &self.0.backend {
             Backend::Redb(_) => self.blocking(move |_, redb| redb.history(&node_type)).await,
+            #[cfg(feature = "etcd")]
             Backend::Etcd(etcd) => etcd.history(&node_type).await,
         }
     }
@@ -240,6 +246,7 @@ impl Store {
     pub async fn version(&self, node_type: NodeType, version: String) -> Result<Option<StoredBundle>, StoreError> {
         match &self.0.backend {
             Backend::Redb(_) => self.blocking(move |_, redb| redb.version(&node_type, &version)).await,
+            #[cfg(feature = "etcd")]
             Backend::Etcd(etcd) => etcd.version(&node_type, &version).await,
         }
     }
@@ -249,6 +256,7 @@ impl Store {
         let store = self.clone();
         tokio::task::spawn_blocking(move || match &store.0.backend {
             Backend::Redb(redb) => f(&store, redb),
+            #[cfg(feature = "etcd")]
             Backend::Etcd(_) => Err(StoreError::Unavailable("not the embedded store".into())),
         })
         .await
@@ -318,6 +326,7 @@ impl Store {
             }
             let probed = match &self.0.backend {
                 Backend::Redb(_) => self.blocking(|_, redb| redb.probe()).await,
+                #[cfg(feature = "etcd")]
                 Backend::Etcd(etcd) => etcd.probe().await,
             };
             if let Err(error) = self.note(probed) {
