@@ -4,13 +4,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{sidecar_bundle, TestDaemon};
-
-async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
+use support::{one_winner, send, sidecar_bundle, TestDaemon};
 
 fn put(daemon: &TestDaemon, version: &str, if_match: &str) -> reqwest::RequestBuilder {
     reqwest::Client::new().put(daemon.url("/resources/sidecar")).header("If-Match", if_match).body(sidecar_bundle(version, 10000, 10001).to_string())
@@ -63,15 +57,6 @@ async fn of_many_concurrent_puts_with_the_same_if_match_exactly_one_wins() {
             tokio::spawn(async move { (i, send(request).await) })
         })
         .collect();
-    let mut winners = Vec::new();
-    for task in tasks {
-        let (i, (status, answer)) = task.await.unwrap();
-        match status {
-            200 => winners.push(format!("racer-{i}")),
-            412 => assert!(answer["stored_version"].as_str().is_some_and(|v| v.starts_with("racer-")), "a loser is told the winner: {answer}"),
-            other => panic!("racer {i}: {other} {answer}"),
-        }
-    }
-    assert_eq!(winners.len(), 1, "{winners:?}");
-    assert_eq!(stored_version(&daemon).await, json!(winners[0]));
+    let winner = one_winner(tasks).await;
+    assert_eq!(stored_version(&daemon).await, json!(winner));
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::{
     etcd::Etcd,
-    sidecar_bundle, wait_for,
+    bundle_with_clusters, one_winner, send, wait_for,
     xds_client::{names, request, XdsClient, CDS},
     TestDaemon,
 };
@@ -21,12 +21,6 @@ use support::{
 async fn replica(etcd: &Etcd) -> TestDaemon {
     let store = etcd.store();
     TestDaemon::start_with(move |config| config.store = Some(store)).await
-}
-
-async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 async fn get(daemon: &TestDaemon, path: &str) -> (u16, Value) {
@@ -43,13 +37,6 @@ async fn wait_version(daemon: &TestDaemon, node_type: &str, version: &str) {
     wait_for(&what, Duration::from_secs(10), || async { version_on(daemon, node_type).await == version }).await;
 }
 
-fn bundle(version: &str, clusters: &[&str]) -> Value {
-    let mut bundle = sidecar_bundle(version, 10000, 10001);
-    let list = bundle["clusters"].as_array_mut().unwrap();
-    list.extend(clusters.iter().map(|name| json!({"name": name, "connect_timeout": "1s"})));
-    bundle
-}
-
 #[tokio::test]
 async fn a_put_on_one_replica_reaches_a_stream_on_the_other_with_the_same_version_and_bytes() {
     let Some(etcd) = Etcd::start().await else { return };
@@ -57,7 +44,7 @@ async fn a_put_on_one_replica_reaches_a_stream_on_the_other_with_the_same_versio
     let mut on_b = XdsClient::ads(&b.xds_url(), request("sidecar-1", CDS, &[])).await;
 
     let started = Instant::now();
-    let (status, answer) = a.put("sidecar", bundle("v1", &["extra"]).to_string()).await;
+    let (status, answer) = a.put("sidecar", bundle_with_clusters("v1", &["extra"]).to_string()).await;
     assert_eq!(status, 200, "{answer}");
     let from_b = on_b.recv_acked(&[]).await;
     eprintln!("PUT on replica a answered and replica b's stream got it after {:?}", started.elapsed());
@@ -71,9 +58,9 @@ async fn a_put_on_one_replica_reaches_a_stream_on_the_other_with_the_same_versio
     assert_eq!(get(&a, "/resources/sidecar").await, get(&b, "/resources/sidecar").await);
 
     // A no-op PUT on the other replica is decided by etcd's state: unchanged, nothing pushed.
-    let (status, answer) = b.put("sidecar", bundle("v1", &["extra"]).to_string()).await;
+    let (status, answer) = b.put("sidecar", bundle_with_clusters("v1", &["extra"]).to_string()).await;
     assert_eq!((status, &answer["changed"]), (200, &json!(false)), "{answer}");
-    let (status, answer) = b.put("sidecar", bundle("v1", &["other"]).to_string()).await;
+    let (status, answer) = b.put("sidecar", bundle_with_clusters("v1", &["other"]).to_string()).await;
     assert_eq!(status, 409, "v1 names other content, whichever replica is asked: {answer}");
     on_b.expect_silence(Duration::from_millis(300)).await;
 
@@ -82,7 +69,7 @@ async fn a_put_on_one_replica_reaches_a_stream_on_the_other_with_the_same_versio
     wait_for("the delete on a", Duration::from_secs(10), || async { get(&a, "/resources/sidecar").await.0 == 404 }).await;
 
     // A replica started later loads the whole state before it serves.
-    assert_eq!(a.put("sidecar", bundle("v2", &[]).to_string()).await.0, 200);
+    assert_eq!(a.put("sidecar", bundle_with_clusters("v2", &[]).to_string()).await.0, 200);
     let c = replica(&etcd).await;
     assert_eq!(version_on(&c, "sidecar").await, "v2", "loaded at start");
     let mut on_c = XdsClient::ads(&c.xds_url(), request("sidecar-3", CDS, &[])).await;
@@ -90,7 +77,7 @@ async fn a_put_on_one_replica_reaches_a_stream_on_the_other_with_the_same_versio
 }
 
 /// 10,000 EDS clusters and their 10,000 endpoint sets.
-fn big_bundle(version: &str) -> Value {
+fn big_bundle_with_clusters(version: &str) -> Value {
     let eds = json!({"ads": {}, "resource_api_version": "V3"});
     let clusters: Vec<Value> = (0..10_000).map(|i| json!({"name": format!("cluster_{i:05}"), "type": "EDS", "connect_timeout": "1s", "eds_cluster_config": {"eds_config": eds}})).collect();
     let endpoints: Vec<Value> = (0..10_000)
@@ -108,7 +95,7 @@ fn big_bundle(version: &str) -> Value {
 async fn a_10_mb_bundle_is_stored_through_etcd_and_read_back_whole_on_the_other_replica() {
     let Some(etcd) = Etcd::start().await else { return };
     let (a, b) = (replica(&etcd).await, replica(&etcd).await);
-    let body = big_bundle("big-1").to_string();
+    let body = big_bundle_with_clusters("big-1").to_string();
     assert!(body.len() > 10_000_000, "{} bytes", body.len());
 
     let mut on_b = XdsClient::ads(&b.xds_url(), request("big-1", CDS, &[])).await;
@@ -132,7 +119,7 @@ async fn a_10_mb_bundle_is_stored_through_etcd_and_read_back_whole_on_the_other_
 async fn of_concurrent_puts_with_one_if_match_on_two_replicas_exactly_one_wins() {
     let Some(etcd) = Etcd::start().await else { return };
     let (a, b) = (replica(&etcd).await, replica(&etcd).await);
-    assert_eq!(a.put("sidecar", bundle("base", &[]).to_string()).await.0, 200);
+    assert_eq!(a.put("sidecar", bundle_with_clusters("base", &[]).to_string()).await.0, 200);
     wait_version(&b, "sidecar", "base").await;
 
     let tasks: Vec<_> = (0..16)
@@ -141,22 +128,13 @@ async fn of_concurrent_puts_with_one_if_match_on_two_replicas_exactly_one_wins()
             let request = reqwest::Client::new()
                 .put(daemon.url("/resources/sidecar"))
                 .header("If-Match", "base")
-                .body(bundle(&format!("racer-{i}"), &[&format!("c{i}")]).to_string());
+                .body(bundle_with_clusters(&format!("racer-{i}"), &[&format!("c{i}")]).to_string());
             tokio::spawn(async move { (i, send(request).await) })
         })
         .collect();
-    let mut winners = Vec::new();
-    for task in tasks {
-        let (i, (status, answer)) = task.await.unwrap();
-        match status {
-            200 => winners.push(format!("racer-{i}")),
-            412 => assert!(answer["stored_version"].as_str().is_some_and(|v| v.starts_with("racer-")), "{answer}"),
-            other => panic!("racer {i}: {other} {answer}"),
-        }
-    }
-    assert_eq!(winners.len(), 1, "{winners:?}");
-    wait_version(&a, "sidecar", &winners[0]).await;
-    wait_version(&b, "sidecar", &winners[0]).await;
+    let winner = one_winner(tasks).await;
+    wait_version(&a, "sidecar", &winner).await;
+    wait_version(&b, "sidecar", &winner).await;
     let (_, history) = get(&a, "/resources/sidecar/history").await;
     assert_eq!(history["versions"].as_array().map(Vec::len), Some(2), "base and the winner only: {history}");
 }
@@ -165,12 +143,12 @@ async fn of_concurrent_puts_with_one_if_match_on_two_replicas_exactly_one_wins()
 async fn while_etcd_is_down_writes_are_503_streams_keep_their_config_and_replicas_catch_up_after() {
     let Some(mut etcd) = Etcd::start().await else { return };
     let (a, b) = (replica(&etcd).await, replica(&etcd).await);
-    assert_eq!(a.put("sidecar", bundle("v1", &[]).to_string()).await.0, 200);
+    assert_eq!(a.put("sidecar", bundle_with_clusters("v1", &[]).to_string()).await.0, 200);
     let mut on_b = XdsClient::ads(&b.xds_url(), request("sidecar-1", CDS, &[])).await;
     assert_eq!(on_b.recv_acked(&[]).await.version_info, "v1");
 
     etcd.kill();
-    let (status, answer) = a.put("sidecar", bundle("v2", &["new"]).to_string()).await;
+    let (status, answer) = a.put("sidecar", bundle_with_clusters("v2", &["new"]).to_string()).await;
     assert_eq!(status, 503, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("nothing was changed"), "{answer}");
     let (status, _) = send(reqwest::Client::new().delete(b.url("/resources/sidecar"))).await;
@@ -184,7 +162,7 @@ async fn while_etcd_is_down_writes_are_503_streams_keep_their_config_and_replica
     on_b.expect_silence(Duration::from_millis(500)).await;
 
     etcd.resume().await;
-    wait_for("a write through etcd again", Duration::from_secs(20), || async { a.put("sidecar", bundle("v2", &["new"]).to_string()).await.0 == 200 }).await;
+    wait_for("a write through etcd again", Duration::from_secs(20), || async { a.put("sidecar", bundle_with_clusters("v2", &["new"]).to_string()).await.0 == 200 }).await;
     let pushed = on_b.recv_acked(&[]).await;
     assert_eq!((pushed.version_info.as_str(), names(&pushed).contains(&"new".to_owned())), ("v2", true), "b caught up");
     for daemon in [&a, &b] {
@@ -210,7 +188,7 @@ async fn history_and_rollback_work_through_etcd_from_either_replica() {
     })
     .await;
     for (version, cluster) in [("h1", "one"), ("h2", "two"), ("h3", "three"), ("h4", "four")] {
-        assert_eq!(a.put("hist", bundle(version, &[cluster]).to_string()).await.0, 200);
+        assert_eq!(a.put("hist", bundle_with_clusters(version, &[cluster]).to_string()).await.0, 200);
     }
     let (status, history) = get(&b, "/resources/hist/history").await;
     assert_eq!(status, 200, "{history}");
@@ -245,7 +223,7 @@ async fn chunks_of_versions_that_left_the_history_are_collected_and_kept_ones_st
     let store = Store::open_etcd(config, shutdown.clone()).await.expect("etcd store opens");
     let sidecar = sxds::node_type::NodeType::parse("sidecar").unwrap();
     for (version, cluster) in [("g1", "a"), ("g2", "b"), ("g3", "c"), ("g4", "d")] {
-        let stored = sxds::bundle::accept(bundle(version, &[cluster]).to_string().as_bytes(), sxds::bundle::Format::Json).unwrap();
+        let stored = sxds::bundle::accept(bundle_with_clusters(version, &[cluster]).to_string().as_bytes(), sxds::bundle::Format::Json).unwrap();
         assert!(store.put(sidecar.clone(), stored, IfMatch::Any).await.unwrap().changed);
     }
     let mut client = etcd_client::Client::connect([format!("http://{}", etcd.endpoint())], None).await.unwrap();
@@ -265,7 +243,7 @@ async fn chunks_of_versions_that_left_the_history_are_collected_and_kept_ones_st
 async fn on_a_three_member_etcd_losing_one_member_loses_no_write_and_no_update() {
     let Some(mut etcd) = Etcd::cluster(3).await else { return };
     let (a, b) = (replica(&etcd).await, replica(&etcd).await);
-    assert_eq!(a.put("sidecar", bundle("v1", &[]).to_string()).await.0, 200);
+    assert_eq!(a.put("sidecar", bundle_with_clusters("v1", &[]).to_string()).await.0, 200);
     let mut on_b = XdsClient::ads(&b.xds_url(), request("sidecar-1", CDS, &[])).await;
     assert_eq!(on_b.recv_acked(&[]).await.version_info, "v1");
 
@@ -273,10 +251,10 @@ async fn on_a_three_member_etcd_losing_one_member_loses_no_write_and_no_update()
     // Once the two members left have a leader (at once, unless the killed
     // member led), every write goes through: a request to the dead member
     // moves on to a live one.
-    wait_for("a write through the two members left", Duration::from_secs(10), || async { a.put("sidecar", bundle("v2", &["v2"]).to_string()).await.0 == 200 }).await;
+    wait_for("a write through the two members left", Duration::from_secs(10), || async { a.put("sidecar", bundle_with_clusters("v2", &["v2"]).to_string()).await.0 == 200 }).await;
     for (i, replica) in [&b, &a, &b, &a, &b, &a].into_iter().enumerate() {
         let version = format!("v{}", i + 3);
-        let (status, answer) = replica.put("sidecar", bundle(&version, &[&version]).to_string()).await;
+        let (status, answer) = replica.put("sidecar", bundle_with_clusters(&version, &[&version]).to_string()).await;
         assert_eq!(status, 200, "{version}: {answer}");
         wait_version(&a, "sidecar", &version).await;
         wait_version(&b, "sidecar", &version).await;
@@ -295,8 +273,8 @@ async fn a_replica_cut_off_from_etcd_while_its_watch_revision_is_compacted_lists
     let a = replica(&etcd).await;
     let via_relay = sxds::config::EtcdEndpoints(vec![relay.addr.to_string()]);
     let b = TestDaemon::start_with(move |config| config.store = Some(via_relay)).await;
-    assert_eq!(a.put("sidecar", bundle("v1", &[]).to_string()).await.0, 200);
-    assert_eq!(a.put("gone", bundle("g1", &[]).to_string()).await.0, 200);
+    assert_eq!(a.put("sidecar", bundle_with_clusters("v1", &[]).to_string()).await.0, 200);
+    assert_eq!(a.put("gone", bundle_with_clusters("g1", &[]).to_string()).await.0, 200);
     wait_version(&b, "gone", "g1").await;
     let mut on_b = XdsClient::ads(&b.xds_url(), request("sidecar-1", CDS, &[])).await;
     assert_eq!(on_b.recv_acked(&[]).await.version_info, "v1");
@@ -304,7 +282,7 @@ async fn a_replica_cut_off_from_etcd_while_its_watch_revision_is_compacted_lists
     // Only b loses etcd: a goes on writing, and etcd compacts past b's revision.
     relay.cut();
     wait_for("b's /readyz to say etcd is away", Duration::from_secs(10), || async { get(&b, "/readyz").await.1["store"]["writable"] == false }).await;
-    assert_eq!(a.put("sidecar", bundle("v2", &["late"]).to_string()).await.0, 200);
+    assert_eq!(a.put("sidecar", bundle_with_clusters("v2", &["late"]).to_string()).await.0, 200);
     assert_eq!(send(reqwest::Client::new().delete(a.url("/resources/gone"))).await.0, 200);
     let mut client = etcd_client::Client::connect([format!("http://{}", etcd.endpoint())], None).await.unwrap();
     let revision = client.get("/sxds/v1/", None).await.unwrap().header().unwrap().revision();
@@ -331,7 +309,7 @@ async fn with_etcd_auth_on_a_replica_writes_as_its_user_and_a_wrong_password_sto
         (config.etcd_user, config.etcd_password) = (Some("root".into()), Some("root-secret".into()));
     })
     .await;
-    assert_eq!(a.put("sidecar", bundle("v1", &[]).to_string()).await.0, 200);
+    assert_eq!(a.put("sidecar", bundle_with_clusters("v1", &[]).to_string()).await.0, 200);
     // etcd enforces its auth (an anonymous read is refused): the write above went as root.
     let anonymous = admin.get("/sxds/v1/current/sidecar", None).await;
     assert!(anonymous.is_err(), "{anonymous:?}");
@@ -362,7 +340,7 @@ async fn over_tls_with_a_client_certificate_replicas_share_an_etcd_that_refuses_
         (config.etcd_cert, config.etcd_key) = (Some(client_cert.clone()), Some(client_key.clone()));
     };
     let (a, b) = (TestDaemon::start_with(tls).await, TestDaemon::start_with(tls).await);
-    assert_eq!(a.put("sidecar", bundle("v1", &[]).to_string()).await.0, 200);
+    assert_eq!(a.put("sidecar", bundle_with_clusters("v1", &[]).to_string()).await.0, 200);
     wait_version(&b, "sidecar", "v1").await;
 
     let mut plain = etcd_client::Client::connect([format!("http://{}", etcd.endpoint())], None).await.unwrap();

@@ -15,7 +15,7 @@ use std::{
 use axum::body::Body;
 use serde_json::{json, Value};
 use support::{
-    sidecar_bundle, wait_for,
+    bundle_with_clusters, send, wait_for,
     xds_client::{names, request, XdsClient, CDS},
     TestDaemon,
 };
@@ -54,25 +54,11 @@ fn log_lines_with(needle: &str) -> Vec<String> {
     String::from_utf8_lossy(&logs).lines().filter(|line| line.contains(needle)).map(str::to_owned).collect()
 }
 
-async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// `GET /writes`, newest first.
 async fn writes(daemon: &TestDaemon) -> Vec<Value> {
     let (status, answer) = send(reqwest::Client::new().get(daemon.url("/writes"))).await;
     assert_eq!(status, 200);
     answer["writes"].as_array().cloned().unwrap_or_default()
-}
-
-/// The sidecar bundle plus a static cluster per name.
-fn bundle(version: &str, clusters: &[&str]) -> Value {
-    let mut bundle = sidecar_bundle(version, 10000, 10001);
-    let list = bundle["clusters"].as_array_mut().unwrap();
-    list.extend(clusters.iter().map(|name| json!({"name": name, "connect_timeout": "1s"})));
-    bundle
 }
 
 #[tokio::test]
@@ -84,7 +70,7 @@ async fn with_a_token_file_writes_need_a_listed_token_and_the_file_is_reloaded_o
     let daemon = TestDaemon::start_with(move |config| config.token_file = Some(path)).await;
     let http = reqwest::Client::new();
     let url = daemon.url("/resources/sidecar");
-    let body = bundle("v1", &[]).to_string();
+    let body = bundle_with_clusters("v1", &[]).to_string();
 
     let (status, answer) = send(http.put(&url).body(body.clone())).await;
     assert_eq!(status, 401, "{answer}");
@@ -105,9 +91,9 @@ async fn with_a_token_file_writes_need_a_listed_token_and_the_file_is_reloaded_o
 
     // Revoke ci, add deploy: takes effect at the next write, no restart.
     std::fs::write(&token_file, "deploy:deploy-secret\n").unwrap();
-    let (status, _) = send(http.put(&url).bearer_auth("ci-secret").body(bundle("v2", &[]).to_string())).await;
+    let (status, _) = send(http.put(&url).bearer_auth("ci-secret").body(bundle_with_clusters("v2", &[]).to_string())).await;
     assert_eq!(status, 401, "a revoked token is refused");
-    let (status, _) = send(http.put(&url).bearer_auth("deploy-secret").body(bundle("v2", &[]).to_string())).await;
+    let (status, _) = send(http.put(&url).bearer_auth("deploy-secret").body(bundle_with_clusters("v2", &[]).to_string())).await;
     assert_eq!(status, 200);
     assert_eq!(writes(&daemon).await[0]["who"], "token deploy");
 }
@@ -124,7 +110,7 @@ async fn a_token_file_that_cannot_be_read_stops_start_up_with_its_name() {
 
 /// A PUT from `peer`, through the router as the REST server would pass it.
 async fn put_from(app: &axum::Router, peer: Option<SocketAddr>) -> (u16, Value) {
-    let mut request = http::Request::put("/resources/sidecar").body(Body::from(bundle("v1", &[]).to_string())).unwrap();
+    let mut request = http::Request::put("/resources/sidecar").body(Body::from(bundle_with_clusters("v1", &[]).to_string())).unwrap();
     if let Some(peer) = peer {
         request.extensions_mut().insert(sxds::net::PeerAddr(peer));
     }
@@ -162,8 +148,8 @@ async fn without_a_token_file_only_loopback_peers_may_write_unless_told_otherwis
 async fn every_accepted_write_is_logged_with_who_versions_and_resource_changes() {
     captured_logs();
     let daemon = TestDaemon::start().await;
-    assert_eq!(daemon.put("audited", bundle("a1", &["x", "y"]).to_string()).await.0, 200);
-    assert_eq!(daemon.put("audited", bundle("a2", &["x", "z"]).to_string()).await.0, 200);
+    assert_eq!(daemon.put("audited", bundle_with_clusters("a1", &["x", "y"]).to_string()).await.0, 200);
+    assert_eq!(daemon.put("audited", bundle_with_clusters("a2", &["x", "z"]).to_string()).await.0, 200);
     let (status, _) = send(reqwest::Client::new().delete(daemon.url("/resources/audited"))).await;
     assert_eq!(status, 200);
 
@@ -190,7 +176,7 @@ async fn history_lists_kept_versions_and_a_rollback_serves_an_old_content_under_
     let daemon = TestDaemon::start_with(|config| config.history = 3.try_into().unwrap()).await;
     let http = reqwest::Client::new();
     for (version, cluster) in [("h1", "one"), ("h2", "two"), ("h3", "three"), ("h4", "four")] {
-        assert_eq!(daemon.put("hist", bundle(version, &[cluster]).to_string()).await.0, 200);
+        assert_eq!(daemon.put("hist", bundle_with_clusters(version, &[cluster]).to_string()).await.0, 200);
     }
     let (status, history) = send(http.get(daemon.url("/resources/hist/history"))).await;
     assert_eq!(status, 200);

@@ -121,6 +121,38 @@ impl TestDaemon {
     }
 }
 
+/// Sends a request; answers its status and JSON body (`Null` when not JSON).
+pub async fn send(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// [`sidecar_bundle`] plus a static cluster per name.
+pub fn bundle_with_clusters(version: &str, clusters: &[&str]) -> serde_json::Value {
+    let mut bundle = sidecar_bundle(version, 10000, 10001);
+    let list = bundle["clusters"].as_array_mut().expect("clusters");
+    list.extend(clusters.iter().map(|name| serde_json::json!({"name": name, "connect_timeout": "1s"})));
+    bundle
+}
+
+/// Awaits PUTs of versions `racer-<i>` that raced with one `If-Match`:
+/// exactly one is answered 200, every other 412 naming a racer's version.
+/// Answers the winner.
+pub async fn one_winner(racers: Vec<JoinHandle<(usize, (u16, serde_json::Value))>>) -> String {
+    let mut winners = Vec::new();
+    for racer in racers {
+        let (i, (status, answer)) = racer.await.expect("racer task");
+        match status {
+            200 => winners.push(format!("racer-{i}")),
+            412 => assert!(answer["stored_version"].as_str().is_some_and(|v| v.starts_with("racer-")), "a loser is told the winner: {answer}"),
+            other => panic!("racer {i}: {other} {answer}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one winner: {winners:?}");
+    winners.remove(0)
+}
+
 /// Polls `check` until it is true; panics naming `what` after `limit`.
 pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
