@@ -143,6 +143,13 @@ pub struct Config {
     #[arg(long, env = "SXDS_XDS_CLIENT_CA", value_name = "PATH")]
     pub xds_client_ca: Option<PathBuf>,
 
+    /// Drain each xDS connection after this long (±10 %, e.g. `30m`): GOAWAY,
+    /// and its streams end, so its Envoy reconnects, possibly to another
+    /// replica. With several replicas, Envoys then spread back over one that
+    /// returns. Envoy keeps its config meanwhile. Off by default.
+    #[arg(long, env = "SXDS_MAX_STREAM_AGE", value_parser = parse_timeout)]
+    pub max_stream_age: Option<Duration>,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `sxds=debug`.
     #[arg(long, env = "SXDS_LOG", default_value = "info")]
     pub log: String,

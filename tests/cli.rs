@@ -43,6 +43,7 @@ fn help_documents_every_option_with_its_variable() {
         ("--token-file", "SXDS_TOKEN_FILE"),
         ("--allow-unauthenticated-writes", "SXDS_ALLOW_UNAUTHENTICATED_WRITES"),
         ("--history", "SXDS_HISTORY"),
+        ("--max-stream-age", "SXDS_MAX_STREAM_AGE"),
         ("--tls-cert", "SXDS_TLS_CERT"),
         ("--tls-key", "SXDS_TLS_KEY"),
         ("--xds-client-ca", "SXDS_XDS_CLIENT_CA"),

@@ -80,18 +80,42 @@ impl From<&Config> for RestLimits {
     }
 }
 
-/// The xDS server's HTTP/2 keepalive; see [`Config`].
+/// The xDS server's connection settings; see [`Config`].
 #[derive(Debug, Clone, Copy)]
-pub struct XdsKeepalive {
-    pub interval: Duration,
-    pub timeout: Duration,
+pub struct XdsConnections {
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// Connections older than this (±10 %) are drained, so Envoys spread
+    /// over replicas again.
+    pub max_age: Option<Duration>,
 }
 
-impl From<&Config> for XdsKeepalive {
+impl From<&Config> for XdsConnections {
     fn from(config: &Config) -> Self {
-        Self { interval: config.xds_keepalive_interval, timeout: config.xds_keepalive_timeout }
+        Self {
+            keepalive_interval: config.xds_keepalive_interval,
+            keepalive_timeout: config.xds_keepalive_timeout,
+            max_age: config.max_stream_age,
+        }
     }
 }
+
+/// How long an aged connection may take to finish once drained.
+const AGED_GRACE: Duration = Duration::from_secs(10);
+
+/// `age` scaled by a random factor in [0.9, 1.1): Envoys that connected
+/// together (after a replica came back) do not all leave together.
+pub fn jittered(age: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    // A fresh RandomState is randomly keyed: enough randomness for spreading.
+    let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    age.mul_f64(0.9 + 0.2 * (random >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+/// Ends the streams of one xDS connection: cancelled at shutdown, or when
+/// the connection reached `--max-stream-age`. In every request's extensions.
+#[derive(Debug, Clone)]
+pub struct ConnectionDrain(pub CancellationToken);
 
 /// The address a REST request came from, in its extensions: who wrote, and
 /// whether a write without a token may be accepted (loopback only).
@@ -113,9 +137,9 @@ impl ConnectionCloser {
 
 /// Serves the xDS router over HTTP/2 (over TLS with `tls`) until `shutdown`
 /// is cancelled and every connection has finished.
-pub async fn serve_xds(listener: TcpListener, router: Router, keepalive: XdsKeepalive, tls: Option<TlsAcceptor>, shutdown: CancellationToken) {
+pub async fn serve_xds(listener: TcpListener, router: Router, settings: XdsConnections, tls: Option<TlsAcceptor>, shutdown: CancellationToken) {
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2.timer(TokioTimer::new()).keep_alive_interval(keepalive.interval).keep_alive_timeout(keepalive.timeout);
+    http2.timer(TokioTimer::new()).keep_alive_interval(settings.keepalive_interval).keep_alive_timeout(settings.keepalive_timeout);
     // Shared: each connection task holds it for its whole life, and a copy of
     // the builder's settings per connection would be memory per Envoy.
     let http2 = std::sync::Arc::new(http2);
@@ -129,8 +153,11 @@ pub async fn serve_xds(listener: TcpListener, router: Router, keepalive: XdsKeep
             let identity = tls::peer_node_types(&stream);
             let close = CancellationToken::new();
             let closer = ConnectionCloser(close.clone());
+            let drain = shutdown.child_token();
+            let stream_drain = ConnectionDrain(drain.clone());
             let service = service_fn(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(closer.clone());
+                request.extensions_mut().insert(stream_drain.clone());
                 if let Some(identity) = &identity {
                     request.extensions_mut().insert(identity.clone());
                 }
@@ -138,17 +165,26 @@ pub async fn serve_xds(listener: TcpListener, router: Router, keepalive: XdsKeep
             });
             let connection = http2.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
-            let closing = tokio::select! {
+            let aged = sleep_until(settings.max_age.map(|age| Instant::now() + jittered(age)));
+            let (closing, grace) = tokio::select! {
                 result = connection.as_mut() => return finished("xds", result),
-                () = shutdown.cancelled() => false,
-                () = close.cancelled() => true,
+                () = drain.cancelled() => (false, None),
+                () = aged => {
+                    tracing::debug!("xDS connection reached --max-stream-age: draining it; its Envoy reconnects");
+                    drain.cancel();
+                    (false, Some(AGED_GRACE))
+                }
+                () = close.cancelled() => (true, None),
             };
+            // GOAWAY: the client opens its next stream on a new connection.
             connection.as_mut().graceful_shutdown();
             if !closing {
-                // Draining: the streams end as they see the shutdown too.
+                // Draining: the streams end as they see the drain too. At
+                // shutdown, `run` bounds this by --shutdown-grace.
                 tokio::select! {
                     result = connection.as_mut() => return finished("xds", result),
                     () = close.cancelled() => {}
+                    () = sleep_until(grace.map(|grace| Instant::now() + grace)) => {}
                 }
             }
             // A stalled stream will never finish: flush what can be, then drop.

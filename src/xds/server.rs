@@ -36,7 +36,7 @@ use super::{
 };
 use crate::{
     cache::{Cache, Snapshot, SnapshotWatch},
-    net::{CertifiedNodeTypes, ConnectionCloser},
+    net::{CertifiedNodeTypes, ConnectionCloser, ConnectionDrain},
     node_type::NodeType,
     resource_type::ResourceType,
 };
@@ -87,8 +87,10 @@ impl XdsServer {
 
     async fn serve(self, kind: StreamKind, request: Request) -> Response {
         let closer = request.extensions().get::<ConnectionCloser>().cloned();
+        // Ends with the connection (--max-stream-age) or at shutdown.
+        let drain = request.extensions().get::<ConnectionDrain>().map_or_else(|| self.shutdown.clone(), |d| d.0.clone());
         let certified = request.extensions().get::<CertifiedNodeTypes>().cloned();
-        match self.open(kind, codec::requests(request.into_body()), closer, certified).await {
+        match self.open(kind, codec::requests(request.into_body()), closer, certified, drain).await {
             Ok(body) => {
                 let headers = [(CONTENT_TYPE, "application/grpc")];
                 (headers, Body::new(body)).into_response()
@@ -111,11 +113,12 @@ impl XdsServer {
         mut inbound: Streaming<DiscoveryRequest>,
         closer: Option<ConnectionCloser>,
         certified: Option<CertifiedNodeTypes>,
+        drain: CancellationToken,
     ) -> Result<ResponseBody, Status> {
         let first = tokio::select! {
             first = inbound.message() => first?,
             // Nothing to drain yet: do not hold the shutdown open.
-            () = self.shutdown.cancelled() => return Err(Status::unavailable("sxds is shutting down")),
+            () = drain.cancelled() => return Err(Status::unavailable("sxds is shutting down or this connection is draining")),
         };
         let first = first.ok_or_else(|| Status::invalid_argument("stream closed before its first request"))?;
         let node_id = match &first.node {
@@ -149,7 +152,7 @@ impl XdsServer {
         // The first request carries the node's metadata: it is not kept.
         drop(first);
         let early = stream.send_due().err(); // were the client gone already, `run` ends at once
-        tokio::spawn(stream.run(inbound, self.shutdown.clone(), closer, early));
+        tokio::spawn(stream.run(inbound, drain, closer, early));
         Ok(body)
     }
 }
