@@ -17,9 +17,10 @@
 //!
 //! A request that is neither a reply nor a change (the client repeats an ACK
 //! or NACK it already sent, same nonce, same names) is answered only if the
-//! node type's snapshot moved since the type's last response: that is
-//! Envoy's warming re-request after a CDS or LDS update. Anything else a
-//! client repeats, however often, gets nothing (R7, R8, R10).
+//! node type's snapshot moved since the type's last response, or (on ADS) a
+//! CDS or LDS response went out after the EDS or RDS one: that is Envoy's
+//! warming re-request after a CDS or LDS update. Anything else a client
+//! repeats, however often, gets nothing (R7, R8, R10).
 //!
 //! On ADS, clusters that a new bundle drops are removed last (R23): the
 //! first CDS response of the update still carries those the client holds and
@@ -100,6 +101,9 @@ struct TypeState {
     refresh: bool,
     /// Nonce of the last response; empty before the first.
     nonce: String,
+    /// The stream's count of responses when the last one of this type went
+    /// out (0 before the first): orders responses across types.
+    sent_seq: u64,
     /// The last response has not been ACKed or NACKed yet.
     awaiting_reply: bool,
     /// The snapshot the last response came from: what the client holds for
@@ -144,6 +148,12 @@ impl StreamState {
             },
             (StreamKind::Single(_), url) => return Received::Unknown { type_url: url },
         };
+        // On ADS, a CDS (LDS) response sent after this type's last response
+        // may have started a cluster (listener) warming, and Envoy repeats
+        // its EDS (RDS) request for it: an EDS response sent first, while
+        // the CDS one waited for the ACK of the one before, does not count.
+        let warming_since = self.kind == StreamKind::Aggregated
+            && warmed_by(ty).is_some_and(|parent| self.types[parent.index()].sent_seq > self.types[ty.index()].sent_seq);
         let state = &mut self.types[ty.index()];
         let nonce = request.response_nonce.as_str();
         if !nonce.is_empty() && nonce != state.nonce {
@@ -165,7 +175,7 @@ impl StreamState {
         // it (R9) and gets a fresh answer; so does a repeat once the
         // snapshot moved: Envoy's warming re-request (R21, R22).
         let snapshot_moved = snapshot.is_some_and(|snapshot| !std::ptr::eq(state.answered_from.as_ptr(), snapshot));
-        if first || names_changed || snapshot_moved {
+        if first || names_changed || snapshot_moved || warming_since {
             state.awaiting_reply = false;
             state.refresh = true;
             Received::Request { ty }
@@ -204,7 +214,7 @@ impl StreamState {
             let remember_names = ty == ResourceType::Cluster && self.kind == StreamKind::Aggregated;
             let state = &mut self.types[ty.index()];
             state.retiring = retiring;
-            state.mark_sent(nonce, snapshot, remember_names);
+            state.mark_sent(nonce, self.nonces, snapshot, remember_names);
             responses.push((ty, response));
         }
         // Everything else is answered: drop the clusters kept for make before break.
@@ -215,7 +225,7 @@ impl StreamState {
             self.nonces += 1;
             let cds = &mut self.types[ResourceType::Cluster.index()];
             cds.retiring = None;
-            cds.mark_sent(nonce, snapshot, true);
+            cds.mark_sent(nonce, self.nonces, snapshot, true);
             responses.push((ResourceType::Cluster, response));
         }
         responses
@@ -255,9 +265,10 @@ impl StreamState {
 }
 
 impl TypeState {
-    fn mark_sent(&mut self, nonce: String, snapshot: &Arc<Snapshot>, remember_names: bool) {
+    fn mark_sent(&mut self, nonce: String, seq: u64, snapshot: &Arc<Snapshot>, remember_names: bool) {
         self.sent_names = (remember_names && !self.wildcard).then(|| self.names.clone());
         self.nonce = nonce;
+        self.sent_seq = seq;
         self.awaiting_reply = true;
         self.sent = Some(snapshot.clone());
         self.answered_from = Arc::downgrade(snapshot);
@@ -276,6 +287,17 @@ fn waits_for(ty: ResourceType) -> &'static [ResourceType] {
     match ty {
         ResourceType::Listener | ResourceType::Route => &[ResourceType::Cluster, ResourceType::Endpoint],
         ResourceType::Cluster | ResourceType::Endpoint => &[],
+    }
+}
+
+/// The type whose resources start warming on an update and then repeat a
+/// request of `ty`: clusters wait for their endpoints, listeners for their
+/// routes (R21, R22).
+fn warmed_by(ty: ResourceType) -> Option<ResourceType> {
+    match ty {
+        ResourceType::Endpoint => Some(ResourceType::Cluster),
+        ResourceType::Route => Some(ResourceType::Listener),
+        ResourceType::Cluster | ResourceType::Listener => None,
     }
 }
 
@@ -512,6 +534,44 @@ mod tests {
         // ...once: repeating the ACK of that answer gets nothing more.
         assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a", "b"], "5"), &v2).is_empty());
         assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a", "b"], "5"), &v2).is_empty());
+    }
+
+    /// Found by tests/replicas_e2e.rs (a PUT storm through a real Envoy): on
+    /// ADS, bundle v3 changes cluster `a` and its endpoints while the CDS
+    /// response of v2 is still unanswered. EDS v3 goes out alone and is
+    /// ACKed; CDS v3 follows. Envoy's modified cluster warms and repeats
+    /// the EDS request with the nonce it just ACKed: the snapshot did not
+    /// move since EDS v3, but the request must be answered, or the cluster
+    /// warms until Envoy's init fetch timeout (15 s).
+    #[test]
+    fn r21_an_eds_repeat_after_a_later_cds_response_is_answered_though_the_snapshot_did_not_move() {
+        let v1 = snapshot(1, "v1", 1, None);
+        let mut state = StreamState::new(StreamKind::Aggregated);
+        assert_eq!(answer(&mut state, &request(ResourceType::Cluster, &[], ""), &v1), [ResourceType::Cluster]);
+        assert_eq!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], ""), &v1), [ResourceType::Endpoint]);
+        assert!(answer(&mut state, &request(ResourceType::Cluster, &[], "1"), &v1).is_empty());
+        assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "2"), &v1).is_empty());
+
+        let v2 = snapshot(2, "v2", 2, Some(&v1));
+        assert_eq!(state.due(&v2).into_iter().map(|(ty, _)| ty).collect::<Vec<_>>(), [ResourceType::Cluster], "CDS v2 (nonce 3)");
+        // v3 before the ACK of CDS v2: only EDS can go, and is ACKed.
+        let mut v3 = Bundle::default();
+        v3.version = "v3".into();
+        v3.clusters = vec![Cluster { name: "a".into(), connect_timeout: Some(ProtoDuration { seconds: 3, nanos: 0 }), ..Default::default() }];
+        let mut assignment = ClusterLoadAssignment { cluster_name: "a".into(), ..Default::default() };
+        assignment.endpoints = vec![Default::default()];
+        v3.endpoints = vec![assignment];
+        let v3 = Arc::new(Snapshot::build(3, Arc::new(StoredBundle::from_bundle(v3, "v3".into())), Some(&v2)));
+        assert_eq!(state.due(&v3).into_iter().map(|(ty, _)| ty).collect::<Vec<_>>(), [ResourceType::Endpoint], "EDS v3 (nonce 4)");
+        assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "4"), &v3).is_empty(), "the EDS ACK");
+        assert_eq!(answer(&mut state, &request(ResourceType::Cluster, &[], "3"), &v3), [ResourceType::Cluster], "CDS v3 (nonce 5) after the ACK of v2");
+        // The warming cluster's repeat of the EDS request gets an answer...
+        assert_eq!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "4"), &v3), [ResourceType::Endpoint]);
+        // ...once.
+        assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "6"), &v3).is_empty());
+        assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "6"), &v3).is_empty());
+        assert!(answer(&mut state, &request(ResourceType::Cluster, &[], "5"), &v3).is_empty(), "the CDS ACK");
+        assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "6"), &v3).is_empty());
     }
 
     /// The one response of `due`: its type, nonce and resource names.

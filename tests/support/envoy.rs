@@ -119,22 +119,30 @@ pub struct Daemon {
     process: Guarded,
     dir: TempDir,
     http: reqwest::Client,
+    /// Flags beyond ports, data directory and log, kept for [`Self::restart`].
+    args: Vec<String>,
 }
 
 impl Daemon {
     pub async fn start() -> Self {
+        Self::start_with_args(&[]).await
+    }
+
+    /// Starts with extra flags, e.g. `["--store", "etcd://..."]`.
+    pub async fn start_with_args(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let (xds_port, rest_port) = (free_port(), free_port());
-        let process = Guarded::spawn("sxds", daemon_command(dir.path(), xds_port, rest_port), dir.path().join("sxds.log"));
-        let mut daemon = Self { xds_port, rest_port, process, dir, http: client() };
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let process = Guarded::spawn("sxds", daemon_command(dir.path(), xds_port, rest_port, &args), dir.path().join("sxds.log"));
+        let mut daemon = Self { xds_port, rest_port, process, dir, http: client(), args };
         daemon.wait_healthy().await;
         daemon
     }
 
-    /// Starts the binary again on the same ports and data directory.
+    /// Starts the binary again on the same ports, data directory and flags.
     pub async fn restart(&mut self) {
         assert!(self.process.child.is_none(), "daemon still running");
-        let command = daemon_command(self.dir.path(), self.xds_port, self.rest_port);
+        let command = daemon_command(self.dir.path(), self.xds_port, self.rest_port, &self.args);
         self.process = Guarded::spawn("sxds", command, self.dir.path().join("sxds.log"));
         self.wait_healthy().await;
     }
@@ -205,11 +213,12 @@ impl Daemon {
     }
 }
 
-fn daemon_command(dir: &Path, xds_port: u16, rest_port: u16) -> Command {
+fn daemon_command(dir: &Path, xds_port: u16, rest_port: u16, args: &[String]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sxds"));
     command.args(["--listen-address", "127.0.0.1", "--log", "info,sxds=debug"]);
     command.args(["--xds-port", &xds_port.to_string(), "--cacher-port", &rest_port.to_string()]);
     command.arg("--data-dir").arg(dir.join("data"));
+    command.args(args);
     command
 }
 
@@ -298,16 +307,25 @@ fn envoy_on_path() -> bool {
 
 /// The shipped example bootstrap with the xDS and admin ports replaced.
 pub fn bootstrap_yaml(transport: Transport, xds_port: u16, admin_port: u16) -> String {
+    replicas_bootstrap_yaml(transport, &[xds_port], admin_port)
+}
+
+/// The shipped example bootstrap whose `xds_cluster` lists one endpoint per
+/// port of `xds_ports` (sxds replicas), with the admin port replaced.
+pub fn replicas_bootstrap_yaml(transport: Transport, xds_ports: &[u16], admin_port: u16) -> String {
     let file = match transport {
         Transport::Ads => "envoy-ads.yaml",
         Transport::Separate => "envoy-xds.yaml",
     };
     let text = std::fs::read_to_string(example_path(file)).expect("read example bootstrap");
-    for fixed in ["port_value: 8081", "port_value: 9901"] {
+    // The xds_cluster's one endpoint, repeated for each port.
+    let endpoint = "              - endpoint:\n                  address:\n                    socket_address: { address: 127.0.0.1, port_value: 8081 }\n";
+    for fixed in [endpoint, "port_value: 8081", "port_value: 9901"] {
         assert_eq!(text.matches(fixed).count(), 1, "examples/{file} should have exactly one `{fixed}`");
     }
-    text.replace("port_value: 8081", &format!("port_value: {xds_port}"))
-        .replace("port_value: 9901", &format!("port_value: {admin_port}"))
+    assert!(!xds_ports.is_empty(), "at least one xDS port");
+    let endpoints: String = xds_ports.iter().map(|port| endpoint.replace("port_value: 8081", &format!("port_value: {port}"))).collect();
+    text.replace(endpoint, &endpoints).replace("port_value: 9901", &format!("port_value: {admin_port}"))
 }
 
 /// examples/envoy-ads-mtls.yaml with the ports replaced and the
