@@ -58,6 +58,9 @@ for scenario in $SCENARIOS; do
         ingest) run ingest --scenario ingest --streams "$INGEST_STREAMS" ;;
         burst) run burst --scenario burst --streams "$BURST_STREAMS" ;;
         memory) run memory --scenario memory ;;
+        # Three replicas on the etcd that SXDS_STORE names; needs an sxds built
+        # with --features etcd (SXDS_STORE=etcd://... SCENARIOS=replicas scripts/bench.sh).
+        replicas) run replicas --scenario replicas --replicas 3 --streams 9000 --updates 5 ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;
     esac
 done

@@ -47,6 +47,9 @@ enum Scenario {
     /// Resident memory a stored bundle keeps, against its encoded size: `--memory-tiny-clusters`
     /// tiny clusters, then the ingest mesh.
     Memory,
+    /// `--replicas` daemons sharing the etcd that `SXDS_STORE` names, `--streams` nodes
+    /// spread over them; each of `--updates` PUTs goes to the first one.
+    Replicas,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,6 +88,9 @@ struct Args {
     /// Fan-out updates, each changing one endpoint set.
     #[arg(long, default_value_t = 5)]
     updates: usize,
+    /// Daemons in the replicas scenario (the first is the one measured for CPU and RSS).
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
     /// During the fan-out updates, read `GET /nodes` and `GET /metrics` in
     /// a loop with this pause (ms) between reads, as a dashboard would.
     #[arg(long)]
@@ -159,6 +165,7 @@ async fn run(args: &Args, daemon: &Daemon) -> anyhow::Result<Value> {
         Scenario::Ingest => ingest(&mut ctx, &mut fleet).await,
         Scenario::Memory => memory(&mut ctx).await,
         Scenario::Burst => burst(&mut ctx, &mut fleet).await,
+        Scenario::Replicas => replicas(&mut ctx, &mut fleet).await,
     };
     let errors: u32 = fleet.records().iter().map(|r| r.errors).sum();
     fleet.shutdown().await;
@@ -337,6 +344,62 @@ impl StatusPoller {
         }
         summary
     }
+}
+
+/// A PUT on one replica until every stream on every replica has it.
+async fn replicas(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
+    let args = ctx.args;
+    anyhow::ensure!(std::env::var_os("SXDS_STORE").is_some(), "the replicas scenario needs SXDS_STORE=etcd://... for its daemons");
+    let streams = *args.streams.last().context("--streams")?;
+    let per_replica = streams / args.replicas.max(1);
+    let mut mesh = Mesh::new(args.clusters, args.endpoints_per_cluster, args.clusters);
+    ctx.put(serde_json::to_vec(&mesh.bundle("v0"))?).await?;
+    let mut others = Vec::new();
+    for _ in 1..args.replicas {
+        others.push(Daemon::start(&args.sxds).await?);
+    }
+    let mut fleets = Vec::new();
+    for daemon in &others {
+        let mut config = fleet.config().clone();
+        config.xds_url = format!("http://{}", daemon.xds_addr);
+        fleets.push(Fleet::new(config)?);
+    }
+    ctx.connect(fleet, per_replica, "v0").await?;
+    for other in &mut fleets {
+        ctx.connect(other, per_replica, "v0").await?;
+    }
+    let mut updates = Vec::new();
+    for u in 1..=args.updates {
+        ctx.settle().await;
+        mesh.change_endpoints(u * 37);
+        let version = format!("v{u}");
+        let body = serde_json::to_vec(&mesh.bundle(&version))?;
+        let before = ctx.samples()?;
+        let cpu_before: u64 = others.iter().map(|d| d.sample().map_or(0, |s| s.cpu_ms)).sum();
+        let since = Instant::now();
+        let put = ctx.put(body).await?;
+        let target = Target { version, types: vec![ResourceType::Endpoint], since };
+        let mut all = fleet.wait(&target, args.deadline).await;
+        for other in &fleets {
+            let result = other.wait(&target, args.deadline).await;
+            all.latencies.extend(result.latencies);
+            all.never += result.never;
+        }
+        all.latencies.sort();
+        let after = ctx.samples()?;
+        let cpu_after: u64 = others.iter().map(|d| d.sample().map_or(0, |s| s.cpu_ms)).sum();
+        let mut report = update_report(&target.version, put, &all, &before, &after);
+        report["other_replicas_cpu_ms"] = cpu_after.saturating_sub(cpu_before).into();
+        updates.push(report);
+    }
+    print_updates("replicas", streams, &updates);
+    for other in fleets {
+        other.shutdown().await;
+    }
+    for daemon in others {
+        daemon.stop();
+    }
+    Ok(json!({ "streams": streams, "replicas": args.replicas, "clusters": args.clusters, "updates": updates, "worst": worst(&updates) }))
 }
 
 async fn ingest(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {

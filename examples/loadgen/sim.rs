@@ -256,6 +256,11 @@ impl Fleet {
     }
 
     /// Closes every stream and waits (bounded) for the node tasks to end.
+    /// How this fleet reaches its daemon.
+    pub fn config(&self) -> &FleetConfig {
+        &self.shared.config
+    }
+
     pub async fn shutdown(self) {
         self.shared.shutdown.cancel();
         for task in self.tasks {
