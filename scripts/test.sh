@@ -24,12 +24,16 @@ version="$(envoy_version)"
 [[ "$version" == 1.40.* ]] || { echo "test.sh: envoy 1.40 is not on PATH after installing it" >&2; exit 1; }
 echo "test.sh: using envoy $version ($(command -v envoy))"
 
+# Installs Debian packages non-interactively; fails where apt-get cannot (not root).
+apt_install() {
+  echo "test.sh: installing $*: apt-get install $*"
+  { DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"; } </dev/null
+}
+
 # Headless Chromium for the status page test (tests/status_page.rs), from Debian's packages.
 # Without root (and outside CI) the install may fail: the test then says it skipped.
 if [[ ! -x /usr/bin/chromium ]]; then
-  echo "test.sh: installing Chromium: apt-get install chromium"
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get update -q && apt-get install -y -q chromium; } </dev/null || true
+  apt_install chromium || true
 fi
 if [[ -x /usr/bin/chromium ]]; then
   echo "test.sh: using $(/usr/bin/chromium --version 2>/dev/null)"
@@ -41,18 +45,14 @@ fi
 
 # protoc for building etcd-client (the etcd store's gRPC client), from Debian's packages.
 if ! command -v protoc >/dev/null; then
-  echo "test.sh: installing protoc: apt-get install protobuf-compiler"
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get update -q && apt-get install -y -q protobuf-compiler; } </dev/null
+  apt_install protobuf-compiler
 fi
 echo "test.sh: using $(protoc --version)"
 
 # etcd 3.4 for the etcd store tests (tests/store_etcd.rs), from Debian's packages; each test
 # starts its own on free loopback ports. Outside CI a failed install makes those tests skip.
 if [[ ! -x /usr/bin/etcd ]]; then
-  echo "test.sh: installing etcd: apt-get install etcd-server"
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get update -q && apt-get install -y -q etcd-server; } </dev/null || true
+  apt_install etcd-server || true
   # The package starts a system etcd where systemd runs; the tests need none.
   { systemctl disable --now etcd 2>/dev/null || true; } </dev/null
 fi

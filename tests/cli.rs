@@ -1,6 +1,8 @@
 //! The `sxds` binary's command line: every option documented, Go sxds
 //! variables honoured, bad configuration refused in one line.
 
+mod support;
+
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
@@ -8,14 +10,7 @@ use std::{
 };
 
 fn sxds() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sxds"));
-    // Start from a clean slate whatever the caller's environment holds.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("SXDS_") {
-            command.env_remove(key);
-        }
-    }
-    command
+    support::sxds_binary()
 }
 
 #[test]

@@ -40,13 +40,7 @@ impl Run {
 
 /// The binary with a clean `SXDS_*` environment.
 fn sxds() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sxds"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("SXDS_") {
-            command.env_remove(key);
-        }
-    }
-    command
+    support::sxds_binary()
 }
 
 /// Runs the binary to completion within [`RUN_BOUND`], killing it past that.

@@ -270,10 +270,7 @@ async fn fanout(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
     let poller = args.poll_status_ms.map(|pause| StatusPoller::start(ctx.http.clone(), ctx.daemon.rest_addr, Duration::from_millis(pause)));
     let mut updates = Vec::new();
     for u in 1..=args.updates {
-        ctx.settle().await;
-        mesh.change_endpoints(u * 37);
-        let version = format!("v{u}");
-        let body = serde_json::to_vec(&mesh.bundle(&version))?;
+        let (version, body) = next_update(ctx, &mut mesh, u).await?;
         let before = ctx.samples()?;
         let since = Instant::now();
         let put = ctx.put(body).await?;
@@ -346,6 +343,16 @@ impl StatusPoller {
     }
 }
 
+/// After the settle time, update `u` of a fan-out: one endpoint set moved,
+/// as version `v<u>`.
+async fn next_update(ctx: &Ctx<'_>, mesh: &mut Mesh, u: usize) -> anyhow::Result<(String, Vec<u8>)> {
+    ctx.settle().await;
+    mesh.change_endpoints(u * 37);
+    let version = format!("v{u}");
+    let body = serde_json::to_vec(&mesh.bundle(&version))?;
+    Ok((version, body))
+}
+
 /// A PUT on one replica until every stream on every replica has it.
 async fn replicas(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
     let args = ctx.args;
@@ -370,10 +377,7 @@ async fn replicas(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value>
     }
     let mut updates = Vec::new();
     for u in 1..=args.updates {
-        ctx.settle().await;
-        mesh.change_endpoints(u * 37);
-        let version = format!("v{u}");
-        let body = serde_json::to_vec(&mesh.bundle(&version))?;
+        let (version, body) = next_update(ctx, &mut mesh, u).await?;
         let before = ctx.samples()?;
         let cpu_before: u64 = others.iter().map(|d| d.sample().map_or(0, |s| s.cpu_ms)).sum();
         let since = Instant::now();

@@ -136,14 +136,6 @@ impl Registry {
         entries.iter().map(|entry| entry.status()).collect()
     }
 
-    /// How many streams are open.
-    pub fn len(&self) -> usize {
-        lock(&self.0.streams).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A stream's entry in the registry, owned by the stream.
@@ -225,7 +217,7 @@ mod tests {
         assert_eq!(list[1].types[ResourceType::Listener.index()].as_ref().unwrap().rejected.as_ref().unwrap().error, "bad listener");
 
         drop(first);
-        assert_eq!(registry.len(), 1);
+        assert_eq!(registry.list().len(), 1);
         assert_eq!(registry.list()[0].node_id, "sidecar-b");
     }
 

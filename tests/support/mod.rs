@@ -121,6 +121,18 @@ impl TestDaemon {
     }
 }
 
+/// The `sxds` binary, started from a clean slate whatever `SXDS_*`
+/// variables the caller's environment holds.
+pub fn sxds_binary() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sxds"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SXDS_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
 /// Sends a request; answers its status and JSON body (`Null` when not JSON).
 pub async fn send(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
     let response = request.send().await.expect("request");
