@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     node_type::NodeType,
-    resource_type::ResourceType,
+    resource_type::{PerType, ResourceType},
     schema::StoredBundle,
     store::Catalog,
     xds::codec::{encode_bytes_field, EncodedResponse},
@@ -63,15 +63,15 @@ pub struct Snapshot {
     /// The snapshot this one replaced, and per type the names that are new
     /// or changed since: a stream that holds the previous snapshot finds what
     /// to send without comparing every name it subscribes to.
-    changed_since: Option<(u64, [Vec<Arc<str>>; 4])>,
+    changed_since: Option<(u64, PerType<Vec<Arc<str>>>)>,
     version: Arc<str>,
     version_field: Bytes,
-    types: [Resources; 4],
+    types: PerType<Resources>,
     /// Per type, every resource entry concatenated: the body of a wildcard
     /// response in one shared chunk.
-    all: [Bytes; 4],
+    all: PerType<Bytes>,
     /// Per type, a digest of the whole set: tells whether a type changed.
-    set_digests: [u64; 4],
+    set_digests: PerType<u64>,
     /// The stored bundle this was built from, to skip rebuilding it.
     source: Arc<StoredBundle>,
 }
@@ -124,19 +124,19 @@ fn encode_type(source: &StoredBundle, ty: ResourceType) -> (Resources, Bytes) {
 
 impl Snapshot {
     pub fn build(id: u64, source: Arc<StoredBundle>, previous: Option<&Snapshot>) -> Self {
-        let encoded = ResourceType::ALL.map(|ty| encode_type(&source, ty));
-        let all = ResourceType::ALL.map(|ty| encoded[ty.index()].1.clone());
-        let types = encoded.map(|(resources, _)| resources);
+        let encoded = PerType::from_fn(|ty| encode_type(&source, ty));
+        let all = PerType::from_fn(|ty| encoded[ty].1.clone());
+        let types = encoded.map(|_, (resources, _)| resources);
         let changed_since = previous.map(|previous| {
-            let changed = ResourceType::ALL.map(|ty| {
-                let resources = types[ty.index()].0.iter();
+            let changed = PerType::from_fn(|ty| {
+                let resources = types[ty].0.iter();
                 resources.filter(|r| previous.digest(ty, &r.name) != Some(r.digest)).map(|r| r.name.clone()).collect()
             });
             (previous.id, changed)
         });
-        let set_digests = ResourceType::ALL.map(|ty| {
+        let set_digests = PerType::from_fn(|ty| {
             let mut hasher = DefaultHasher::new();
-            types[ty.index()].0.iter().for_each(|r| (&r.name, r.digest).hash(&mut hasher));
+            types[ty].0.iter().for_each(|r| (&r.name, r.digest).hash(&mut hasher));
             hasher.finish()
         });
         let version: Arc<str> = source.version.as_str().into();
@@ -146,7 +146,7 @@ impl Snapshot {
 
     /// Whether the resources of `ty` differ from those of `other`.
     pub fn type_differs(&self, other: &Snapshot, ty: ResourceType) -> bool {
-        self.set_digests[ty.index()] != other.set_digests[ty.index()]
+        self.set_digests[ty] != other.set_digests[ty]
     }
 
     /// Whether only the version differs from `other`: no resource changed.
@@ -158,7 +158,7 @@ impl Snapshot {
     /// `earlier` is the snapshot this one replaced; `None` otherwise.
     pub fn changed_since(&self, earlier: &Snapshot, ty: ResourceType) -> Option<&[Arc<str>]> {
         match &self.changed_since {
-            Some((id, changed)) if *id == earlier.id => Some(&changed[ty.index()]),
+            Some((id, changed)) if *id == earlier.id => Some(&changed[ty]),
             _ => None,
         }
     }
@@ -174,21 +174,21 @@ impl Snapshot {
 
     /// Names of every resource of `ty`, in order.
     pub fn names(&self, ty: ResourceType) -> impl Iterator<Item = &str> {
-        self.types[ty.index()].0.iter().map(|r| &*r.name)
+        self.types[ty].0.iter().map(|r| &*r.name)
     }
 
     /// The snapshot's own copy of a name, for subscriptions to share.
     pub fn shared_name(&self, ty: ResourceType, name: &str) -> Option<Arc<str>> {
-        self.types[ty.index()].get(name).map(|r| r.name.clone())
+        self.types[ty].get(name).map(|r| r.name.clone())
     }
 
     pub fn contains(&self, ty: ResourceType, name: &str) -> bool {
-        self.types[ty.index()].get(name).is_some()
+        self.types[ty].get(name).is_some()
     }
 
     /// Content digest of one resource, `None` when absent.
     pub fn digest(&self, ty: ResourceType, name: &str) -> Option<u64> {
-        self.types[ty.index()].get(name).map(|r| r.digest)
+        self.types[ty].get(name).map(|r| r.digest)
     }
 
     /// A DiscoveryResponse of `ty` carrying `selection`.
@@ -208,14 +208,14 @@ impl Snapshot {
         let mut response = EncodedResponse::default();
         response.push_encoded(self.version_field.clone());
         match selection {
-            Selection::All => response.push_encoded(self.all[ty.index()].clone()),
+            Selection::All => response.push_encoded(self.all[ty].clone()),
             Selection::Named(names) => {
-                let resources = &self.types[ty.index()];
+                let resources = &self.types[ty];
                 names.iter().filter_map(|name| resources.get(*name)).for_each(|r| response.push_encoded(r.entry.clone()));
             }
         }
         if let Some((older, names)) = kept {
-            let resources = &older.types[ty.index()];
+            let resources = &older.types[ty];
             names.iter().filter_map(|name| resources.get(&**name)).for_each(|r| response.push_encoded(r.entry.clone()));
         }
         response.push_string(TYPE_URL, ty.type_url());
@@ -361,8 +361,8 @@ mod tests {
     #[test]
     fn each_entry_is_a_slice_of_its_types_one_chunk() {
         let snapshot = Snapshot::build(1, stored("v1", &["b", "a", "c"]), None);
-        let chunk = &snapshot.all[ResourceType::Cluster.index()];
-        let entries = &snapshot.types[ResourceType::Cluster.index()].0;
+        let chunk = &snapshot.all[ResourceType::Cluster];
+        let entries = &snapshot.types[ResourceType::Cluster].0;
         assert_eq!(entries.iter().map(|r| &*r.name).collect::<Vec<_>>(), ["a", "b", "c"]);
         let mut at = chunk.as_ptr();
         for r in entries.iter() {

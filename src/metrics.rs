@@ -33,7 +33,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{node_type::NodeType, resource_type::ResourceType};
+use crate::{
+    node_type::NodeType,
+    resource_type::{PerType, ResourceType},
+};
 
 /// Distinct node types with labels of their own.
 pub const MAX_NODE_TYPES: usize = 1000;
@@ -142,13 +145,13 @@ impl Metrics {
 
     fn node_type_metrics(&self, label: &str) -> NodeTypeMetrics {
         let labels = |ty: ResourceType| TypeLabels { node_type: label.to_owned(), r#type: ty.name() };
-        let each = |family: &Family<TypeLabels, Counter>| ResourceType::ALL.map(|ty| family.get_or_create_owned(&labels(ty)));
+        let each = |family: &Family<TypeLabels, Counter>| PerType::from_fn(|ty| family.get_or_create_owned(&labels(ty)));
         NodeTypeMetrics {
             label: label.to_owned(),
             responses: each(&self.0.responses),
             acks: each(&self.0.acks),
             nacks: each(&self.0.nacks),
-            push_to_ack: ResourceType::ALL.map(|ty| self.0.push_to_ack.get_or_create_owned(&AckLabels { r#type: ty.name() })),
+            push_to_ack: PerType::from_fn(|ty| self.0.push_to_ack.get_or_create_owned(&AckLabels { r#type: ty.name() })),
         }
     }
 
@@ -178,10 +181,10 @@ impl Metrics {
 /// The counters of one node type, shared by its streams.
 struct NodeTypeMetrics {
     label: String,
-    responses: [Counter; 4],
-    acks: [Counter; 4],
-    nacks: [Counter; 4],
-    push_to_ack: [Histogram; 4],
+    responses: PerType<Counter>,
+    acks: PerType<Counter>,
+    nacks: PerType<Counter>,
+    push_to_ack: PerType<Histogram>,
 }
 
 /// What one stream counts into; leaving the connected-streams gauge on drop.
@@ -192,19 +195,19 @@ pub struct StreamMetrics {
 
 impl StreamMetrics {
     pub fn sent(&self, ty: ResourceType) {
-        self.per_type.responses[ty.index()].inc();
+        self.per_type.responses[ty].inc();
     }
 
     /// An ACK; `push_to_ack` when it answers the version last sent.
     pub fn acked(&self, ty: ResourceType, push_to_ack: Option<Duration>) {
-        self.per_type.acks[ty.index()].inc();
+        self.per_type.acks[ty].inc();
         if let Some(took) = push_to_ack {
-            self.per_type.push_to_ack[ty.index()].observe(took.as_secs_f64());
+            self.per_type.push_to_ack[ty].observe(took.as_secs_f64());
         }
     }
 
     pub fn rejected(&self, ty: ResourceType) {
-        self.per_type.nacks[ty.index()].inc();
+        self.per_type.nacks[ty].inc();
     }
 }
 

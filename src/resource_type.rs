@@ -1,5 +1,8 @@
-//! The four resource types sxds serves, their type URLs, and the order ADS
-//! sends them in. Every protocol constant about types lives here.
+//! The resource types sxds serves. Everything the protocol says about a
+//! type is one row of [`TYPES`]; per-type state is a [`PerType`], an array
+//! indexed by the type. Adding a type is a variant and a row.
+
+use std::ops::{Index, IndexMut};
 
 /// An xDS resource type. The declaration order is the ADS send order (R23):
 /// clusters, then endpoints, then listeners, then routes, so that nothing
@@ -12,67 +15,151 @@ pub enum ResourceType {
     Route,
 }
 
+/// What the protocol says about one resource type.
+#[derive(Debug)]
+pub struct TypeInfo {
+    pub ty: ResourceType,
+    /// `type.googleapis.com/` and the message's full name.
+    pub type_url: &'static str,
+    /// The bundle key listing the type, and its name in logs, metrics and
+    /// the status API.
+    pub key: &'static str,
+    /// The number of the `sxds.v1.Bundle` field that lists the type; it
+    /// also tags each resource in the stored form.
+    pub bundle_field: u32,
+    /// The field of the resource message that names it.
+    pub name_field: &'static str,
+    /// What one resource is called in messages.
+    pub noun: &'static str,
+    /// Full-state types (LDS, CDS) accept a wildcard subscription and are
+    /// answered with the whole set (R14, R18); named ones (RDS, EDS) may be
+    /// answered partially (R19).
+    pub full_state: bool,
+    /// The per-type gRPC service, its short name, and its state-of-the-world
+    /// method.
+    pub service: &'static str,
+    pub short: &'static str,
+    pub sotw_method: &'static str,
+    /// On ADS, the types whose unanswered responses hold this one back (R23).
+    pub waits_for: &'static [ResourceType],
+    /// The type whose update starts resources warming that then re-request
+    /// this one (R21, R22): clusters wait for endpoints, listeners for routes.
+    pub warmed_by: Option<ResourceType>,
+}
+
+/// Every type, in ADS order: row `i` describes `ResourceType::ALL[i]`.
+///
+/// Listeners and routes wait until the clusters they may use are warm.
+/// Envoy ACKs a CDS response only once its new clusters are warm, which
+/// takes their EDS answer, so endpoints never wait. Routes do not wait for
+/// listeners: a new listener warms until its routes arrive.
+pub const TYPES: [TypeInfo; COUNT] = [
+    TypeInfo {
+        ty: ResourceType::Cluster,
+        type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        key: "clusters",
+        noun: "cluster",
+        bundle_field: 3,
+        name_field: "name",
+        full_state: true,
+        service: "envoy.service.cluster.v3.ClusterDiscoveryService",
+        short: "cds",
+        sotw_method: "StreamClusters",
+        waits_for: &[],
+        warmed_by: None,
+    },
+    TypeInfo {
+        ty: ResourceType::Endpoint,
+        type_url: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+        key: "endpoints",
+        noun: "cluster load assignment",
+        bundle_field: 5,
+        name_field: "cluster_name",
+        full_state: false,
+        service: "envoy.service.endpoint.v3.EndpointDiscoveryService",
+        short: "eds",
+        sotw_method: "StreamEndpoints",
+        waits_for: &[],
+        warmed_by: Some(ResourceType::Cluster),
+    },
+    TypeInfo {
+        ty: ResourceType::Listener,
+        type_url: "type.googleapis.com/envoy.config.listener.v3.Listener",
+        key: "listeners",
+        noun: "listener",
+        bundle_field: 2,
+        name_field: "name",
+        full_state: true,
+        service: "envoy.service.listener.v3.ListenerDiscoveryService",
+        short: "lds",
+        sotw_method: "StreamListeners",
+        waits_for: &[ResourceType::Cluster, ResourceType::Endpoint],
+        warmed_by: None,
+    },
+    TypeInfo {
+        ty: ResourceType::Route,
+        type_url: "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        key: "routes",
+        noun: "route configuration",
+        bundle_field: 4,
+        name_field: "name",
+        full_state: false,
+        service: "envoy.service.route.v3.RouteDiscoveryService",
+        short: "rds",
+        sotw_method: "StreamRoutes",
+        waits_for: &[ResourceType::Cluster, ResourceType::Endpoint],
+        warmed_by: Some(ResourceType::Listener),
+    },
+];
+
+/// How many types there are.
+pub const COUNT: usize = 4;
+
 impl ResourceType {
     /// All types, in ADS send order.
-    pub const ALL: [ResourceType; 4] = [Self::Cluster, Self::Endpoint, Self::Listener, Self::Route];
+    pub const ALL: [ResourceType; COUNT] = [Self::Cluster, Self::Endpoint, Self::Listener, Self::Route];
+
+    /// The type's row of [`TYPES`].
+    pub const fn info(self) -> &'static TypeInfo {
+        &TYPES[self as usize]
+    }
 
     pub const fn type_url(self) -> &'static str {
-        match self {
-            Self::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-            Self::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
-            Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
-            Self::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
-        }
+        self.info().type_url
     }
 
     pub fn from_type_url(url: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.type_url() == url)
+        TYPES.iter().find(|t| t.type_url == url).map(|t| t.ty)
     }
 
-    /// Position in [`Self::ALL`], for per-type arrays.
+    /// Position in [`Self::ALL`].
     pub const fn index(self) -> usize {
         self as usize
     }
 
-    /// LDS and CDS are full-state and accept a wildcard subscription (R14, R18);
-    /// RDS and EDS are named and may be answered partially (R19).
     pub const fn is_full_state(self) -> bool {
-        matches!(self, Self::Cluster | Self::Listener)
+        self.info().full_state
     }
 
-    /// The short name used in logs, the bundle and the status API.
+    /// The bundle key, also the type's name in logs and the status API.
     pub const fn name(self) -> &'static str {
-        match self {
-            Self::Cluster => "clusters",
-            Self::Endpoint => "endpoints",
-            Self::Listener => "listeners",
-            Self::Route => "routes",
-        }
+        self.info().key
     }
-}
 
-impl ResourceType {
-    /// The number of the `sxds.v1.Bundle` field that lists this type; it
-    /// also tags each resource in the stored form.
+    pub fn from_name(name: &str) -> Option<Self> {
+        TYPES.iter().find(|t| t.key == name).map(|t| t.ty)
+    }
+
     pub const fn bundle_field(self) -> u32 {
-        match self {
-            Self::Listener => 2,
-            Self::Cluster => 3,
-            Self::Route => 4,
-            Self::Endpoint => 5,
-        }
+        self.info().bundle_field
     }
 
     pub fn from_bundle_field(number: u32) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.bundle_field() == number)
+        TYPES.iter().find(|t| t.bundle_field == number).map(|t| t.ty)
     }
 
-    /// The field of the resource message that names it.
     pub const fn name_field(self) -> &'static str {
-        match self {
-            Self::Endpoint => "cluster_name",
-            _ => "name",
-        }
+        self.info().name_field
     }
 }
 
@@ -82,15 +169,63 @@ impl std::fmt::Display for ResourceType {
     }
 }
 
+/// One `T` per resource type, indexed by the type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PerType<T>([T; COUNT]);
+
+impl<T> PerType<T> {
+    pub fn from_fn(mut f: impl FnMut(ResourceType) -> T) -> Self {
+        Self(std::array::from_fn(|i| f(ResourceType::ALL[i])))
+    }
+
+    pub fn map<U>(self, mut f: impl FnMut(ResourceType, T) -> U) -> PerType<U> {
+        let mut types = ResourceType::ALL.into_iter();
+        PerType(self.0.map(|value| f(types.next().expect("one value per type"), value)))
+    }
+
+    /// Each type with its value, in ADS order.
+    pub fn iter(&self) -> impl Iterator<Item = (ResourceType, &T)> {
+        ResourceType::ALL.into_iter().zip(&self.0)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+}
+
+impl<T> Index<ResourceType> for PerType<T> {
+    type Output = T;
+    fn index(&self, ty: ResourceType) -> &T {
+        &self.0[ty.index()]
+    }
+}
+
+impl<T> IndexMut<ResourceType> for PerType<T> {
+    fn index_mut(&mut self, ty: ResourceType) -> &mut T {
+        &mut self.0[ty.index()]
+    }
+}
+
+/// A map from each type's name to its value, in ADS order.
+impl<T: serde::Serialize> serde::Serialize for PerType<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter().map(|(ty, value)| (ty.name(), value)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn type_urls_round_trip_and_order_is_ads_order() {
-        for t in ResourceType::ALL {
+    fn the_table_has_one_row_per_type_in_ads_order() {
+        for (i, t) in ResourceType::ALL.into_iter().enumerate() {
+            assert_eq!(TYPES[i].ty, t, "row {i}");
+            assert_eq!(t.index(), i);
             assert_eq!(ResourceType::from_type_url(t.type_url()), Some(t));
-            assert_eq!(ResourceType::ALL[t.index()], t);
+            assert_eq!(ResourceType::from_name(t.name()), Some(t));
+            assert!(t.info().waits_for.iter().all(|w| *w < t), "{t} waits only for types sent before it");
+            assert!(t.info().warmed_by.is_none_or(|w| w < t), "{t} is warmed by a type sent before it");
         }
         assert_eq!(ResourceType::from_type_url("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"), None);
         assert!(ResourceType::Cluster < ResourceType::Endpoint && ResourceType::Listener < ResourceType::Route);
@@ -104,7 +239,18 @@ mod tests {
             assert_eq!(field.number(), t.bundle_field());
             assert_eq!(ResourceType::from_bundle_field(t.bundle_field()), Some(t));
             let prost_reflect::Kind::Message(message) = field.kind() else { panic!("{t} is a message list") };
+            assert_eq!(format!("type.googleapis.com/{}", message.full_name()), t.type_url());
             assert!(message.get_field_by_name(t.name_field()).is_some(), "{t} is named by {}", t.name_field());
         }
+    }
+
+    #[test]
+    fn per_type_is_indexed_by_type_and_serializes_by_name() {
+        let mut counts = PerType::from_fn(|t| t.index() * 10);
+        counts[ResourceType::Route] += 1;
+        assert_eq!(counts[ResourceType::Route], 31);
+        assert_eq!(counts.iter().map(|(t, n)| (t, *n)).collect::<Vec<_>>()[0], (ResourceType::Cluster, 0));
+        let json = serde_json::to_value(&counts).unwrap();
+        assert_eq!(json, serde_json::json!({"clusters": 0, "endpoints": 10, "listeners": 20, "routes": 31}));
     }
 }

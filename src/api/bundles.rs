@@ -17,6 +17,7 @@ use super::{auth::Writer, ApiError, ApiState};
 use crate::{
     bundle::{self, BundleError, Counts, Format},
     node_type::NodeType,
+    resource_type::ResourceType,
     schema::StoredBundle,
     store::{IfMatch, StoreError},
 };
@@ -90,8 +91,8 @@ pub(super) async fn put_bundle(
         .await
         .map_err(|e| ApiError::Internal(format!("parser task failed: {e}")))??;
     drop(worker);
-    let counts = Counts::of(&stored);
-    if counts.listeners == 0 && counts.clusters == 0 && !allow_empty {
+    let counts = bundle::counts(&stored);
+    if counts[ResourceType::Listener] == 0 && counts[ResourceType::Cluster] == 0 && !allow_empty {
         return Err(ApiError::WouldEmpty(node_type));
     }
     let version = stored.version.clone();
@@ -163,7 +164,7 @@ pub(super) async fn list_bundles(State(state): State<ApiState>) -> Json<serde_js
         .map(|(node_type, stored)| {
             let mut entry =
                 json!({ "node_type": node_type.as_str(), "version": stored.version, "resource_bytes": stored.resource_bytes() });
-            if let (Some(entry), Ok(serde_json::Value::Object(counts))) = (entry.as_object_mut(), serde_json::to_value(Counts::of(stored))) {
+            if let (Some(entry), Ok(serde_json::Value::Object(counts))) = (entry.as_object_mut(), serde_json::to_value(bundle::counts(stored))) {
                 entry.extend(counts);
             }
             entry
@@ -257,7 +258,7 @@ pub(super) async fn rollback(
         node_type: node_type.to_string(),
         version: current.version.clone(),
         changed: true,
-        counts: Counts::of(current),
+        counts: bundle::counts(current),
         rolled_back_to: Some(request.version),
     }))
 }

@@ -27,7 +27,6 @@ use axum::{
 use serde::Deserialize;
 
 use super::{ApiError, ApiState};
-use crate::bundle::Counts;
 use summary::{Bundle, Filter, DEFAULT_PER_PAGE};
 
 const INDEX_HTML: &str = include_str!("status_page/index.html");
@@ -108,7 +107,7 @@ async fn status(State(state): State<ApiState>, query: Result<Query<StatusQuery>,
     let bundles = catalog.iter().map(|(node_type, stored)| Bundle {
         node_type: node_type.as_str(),
         version: &stored.version,
-        counts: Counts::of(stored),
+        counts: crate::bundle::counts(stored),
     });
     // The summary borrows the list and the catalog: serialise it here.
     let body = serde_json::to_vec(&summary::summarize(bundles, &streams, &filter))

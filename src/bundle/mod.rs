@@ -10,7 +10,7 @@ mod validate;
 pub use parse::{check_version, parse, to_json, Format, Parsed, MAX_VERSION_LEN};
 pub use validate::{validate, Facts};
 
-use crate::{resource_type::ResourceType, schema::StoredBundle};
+use crate::{resource_type::PerType, schema::StoredBundle};
 
 /// A bad bundle: what is wrong and, where there is one, the field path
 /// (`clusters[3].connect_timeout`).
@@ -39,23 +39,11 @@ pub fn accept(body: &[u8], format: Format) -> Result<StoredBundle, BundleError> 
 }
 
 /// Resource counts per type, for REST answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Counts {
-    pub listeners: usize,
-    pub clusters: usize,
-    pub routes: usize,
-    pub endpoints: usize,
-}
+pub type Counts = PerType<usize>;
 
-impl Counts {
-    pub fn of(bundle: &StoredBundle) -> Self {
-        Self {
-            listeners: bundle.count(ResourceType::Listener),
-            clusters: bundle.count(ResourceType::Cluster),
-            routes: bundle.count(ResourceType::Route),
-            endpoints: bundle.count(ResourceType::Endpoint),
-        }
-    }
+/// How many resources of each type `bundle` has.
+pub fn counts(bundle: &StoredBundle) -> Counts {
+    PerType::from_fn(|ty| bundle.count(ty))
 }
 
 /// How many resources a write added, changed and removed, matched by type

@@ -25,16 +25,26 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
 use super::BundleError;
-use crate::{resource_type::ResourceType, schema::StoredBundle};
+use crate::{
+    resource_type::{PerType, ResourceType},
+    schema::StoredBundle,
+};
 
 /// What one resource says about the others: each name it refers to, with
 /// the path of the field that names it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Facts {
-    routes: Vec<(String, String)>,
-    clusters: Vec<(String, String)>,
-    /// An EDS cluster: the ClusterLoadAssignment it needs.
-    endpoints: Option<(String, String)>,
+    references: Vec<Reference>,
+}
+
+/// A name one resource refers to, which the bundle must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reference {
+    /// The type of the resource named.
+    ty: ResourceType,
+    /// The path of the field that names it.
+    path: String,
+    name: String,
 }
 
 /// Decodes resource `index` of type `ty` and notes what it refers to.
@@ -58,25 +68,17 @@ fn decode<M: Message + Default>(path: &str, value: &[u8]) -> Result<M, BundleErr
 /// Validates the cross-resource rules of a parsed bundle, given the facts
 /// of each of its resources, in order.
 pub fn validate(bundle: &StoredBundle, facts: &[Facts]) -> Result<(), BundleError> {
-    let names = ResourceType::ALL.map(|ty| index(ty, bundle.resources(ty).map(|r| r.name.as_str())));
-    let [clusters, endpoints, _listeners, routes] = names;
-    let (clusters, endpoints, routes) = (clusters?, endpoints?, routes?);
-    _listeners?;
-    for facts in facts {
-        for (path, name) in &facts.routes {
-            if !routes.contains_key(name.as_str()) {
-                return Err(BundleError::at(path, format!("route configuration {name:?} is not in the bundle's routes")));
-            }
-        }
-        for (path, name) in &facts.clusters {
-            if !clusters.contains_key(name.as_str()) {
-                return Err(BundleError::at(path, format!("cluster {name:?} is not in the bundle's clusters")));
-            }
-        }
-        if let Some((path, service)) = &facts.endpoints {
-            if !endpoints.contains_key(service.as_str()) {
-                return Err(BundleError::at(path, format!("EDS cluster has no endpoints entry with cluster_name {service:?}")));
-            }
+    let mut names = PerType::<HashMap<&str, usize>>::default();
+    for ty in ResourceType::ALL {
+        names[ty] = index(ty, bundle.resources(ty).map(|r| r.name.as_str()))?;
+    }
+    for Reference { ty, path, name } in facts.iter().flat_map(|facts| &facts.references) {
+        if !names[*ty].contains_key(name.as_str()) {
+            let message = match ty {
+                ResourceType::Endpoint => format!("EDS cluster has no endpoints entry with cluster_name {name:?}"),
+                _ => format!("{} {name:?} is not in the bundle's {ty}", ty.info().noun),
+            };
+            return Err(BundleError::at(path, message));
         }
     }
     Ok(())
@@ -111,6 +113,10 @@ fn eds_service_name(cluster: &Cluster) -> Option<&str> {
 }
 
 impl Facts {
+    fn refer(&mut self, ty: ResourceType, path: String, name: &str) {
+        self.references.push(Reference { ty, path, name: name.to_owned() });
+    }
+
     fn cluster(&mut self, path: &str, cluster: &Cluster) {
         if let Some(service) = eds_service_name(cluster) {
             // Point at the field that names the missing entry.
@@ -118,7 +124,7 @@ impl Facts {
                 Some(eds) if !eds.service_name.is_empty() => "eds_cluster_config.service_name",
                 _ => "name",
             };
-            self.endpoints = Some((format!("{path}.{named_by}"), service.to_owned()));
+            self.refer(ResourceType::Endpoint, format!("{path}.{named_by}"), service);
         }
     }
 
@@ -147,7 +153,7 @@ impl Facts {
 
     fn http_connection_manager(&mut self, path: &str, hcm: &HttpConnectionManager) {
         match &hcm.route_specifier {
-            Some(RouteSpecifier::Rds(rds)) => self.routes.push((format!("{path}.rds.route_config_name"), rds.route_config_name.clone())),
+            Some(RouteSpecifier::Rds(rds)) => self.refer(ResourceType::Route, format!("{path}.rds.route_config_name"), &rds.route_config_name),
             Some(RouteSpecifier::RouteConfig(inline)) => self.route_configuration(&format!("{path}.route_config"), inline),
             _ => {}
         }
@@ -155,10 +161,10 @@ impl Facts {
 
     fn tcp_proxy(&mut self, path: &str, tcp: &TcpProxy) {
         match &tcp.cluster_specifier {
-            Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => self.clusters.push((format!("{path}.cluster"), name.clone())),
+            Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => self.refer(ResourceType::Cluster, format!("{path}.cluster"), name),
             Some(tcp_proxy::ClusterSpecifier::WeightedClusters(weighted)) => {
                 for (i, cluster) in weighted.clusters.iter().enumerate() {
-                    self.clusters.push((format!("{path}.weighted_clusters.clusters[{i}].name"), cluster.name.clone()));
+                    self.refer(ResourceType::Cluster, format!("{path}.weighted_clusters.clusters[{i}].name"), &cluster.name);
                 }
             }
             None => {}
@@ -171,10 +177,10 @@ impl Facts {
                 let Some(Action::Route(action)) = &route.action else { continue };
                 let route_path = format!("{path}.virtual_hosts[{v}].routes[{r}].route");
                 match &action.cluster_specifier {
-                    Some(ClusterSpecifier::Cluster(name)) => self.clusters.push((format!("{route_path}.cluster"), name.clone())),
+                    Some(ClusterSpecifier::Cluster(name)) => self.refer(ResourceType::Cluster, format!("{route_path}.cluster"), name),
                     Some(ClusterSpecifier::WeightedClusters(weighted)) => {
                         for (i, cluster) in weighted.clusters.iter().enumerate() {
-                            self.clusters.push((format!("{route_path}.weighted_clusters.clusters[{i}].name"), cluster.name.clone()));
+                            self.refer(ResourceType::Cluster, format!("{route_path}.weighted_clusters.clusters[{i}].name"), &cluster.name);
                         }
                     }
                     _ => {}

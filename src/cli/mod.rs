@@ -17,6 +17,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use sxds::{
     bundle::{self, Counts, Format},
+    resource_type::ResourceType,
     Config,
 };
 
@@ -288,8 +289,8 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Validate { file, allow_empty } => {
             let (body, format) = read_bundle(&file)?;
             let stored = accept(&body, format)?;
-            let counts = Counts::of(&stored);
-            if counts.listeners == 0 && counts.clusters == 0 && !allow_empty {
+            let counts = bundle::counts(&stored);
+            if counts[ResourceType::Listener] == 0 && counts[ResourceType::Cluster] == 0 && !allow_empty {
                 return Err(Failure::Refused(with_path(
                     "this bundle has no listeners and no clusters: it would empty the config of every Envoy of its node type \
                      (--allow-empty accepts it)",
@@ -359,12 +360,12 @@ fn read_bundle(path: &std::path::Path) -> Result<(Vec<u8>, Format), Failure> {
 }
 
 fn counts_line(counts: &Counts) -> String {
-    format!("{} listeners, {} clusters, {} routes, {} endpoints", counts.listeners, counts.clusters, counts.routes, counts.endpoints)
+    counts.iter().map(|(ty, n)| format!("{n} {ty}")).collect::<Vec<_>>().join(", ")
 }
 
 fn counts_of_json(answer: &Value) -> String {
     let n = |key: &str| answer[key].as_u64().unwrap_or(0) as usize;
-    counts_line(&Counts { listeners: n("listeners"), clusters: n("clusters"), routes: n("routes"), endpoints: n("endpoints") })
+    counts_line(&Counts::from_fn(|ty| n(ty.name())))
 }
 
 fn put_summary(summary: &Value) -> String {

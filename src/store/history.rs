@@ -36,9 +36,14 @@ pub struct Version {
 
 impl From<HistoryEntry> for Version {
     fn from(entry: HistoryEntry) -> Self {
-        let count = |n: u32| n as usize;
+        let legacy = [("listeners", entry.listeners), ("clusters", entry.clusters), ("routes", entry.routes), ("endpoints", entry.endpoints)];
+        let count = |name: &str| match entry.counts.get(name) {
+            Some(n) => *n as usize,
+            None if entry.counts.is_empty() => legacy.iter().find(|(key, _)| *key == name).map_or(0, |(_, n)| *n as usize),
+            None => 0,
+        };
         Self {
-            counts: Counts { listeners: count(entry.listeners), clusters: count(entry.clusters), routes: count(entry.routes), endpoints: count(entry.endpoints) },
+            counts: Counts::from_fn(|ty| count(ty.name())),
             rollback_of: Some(entry.rollback_of).filter(|v| !v.is_empty()),
             version: entry.version,
             at_unix_ms: entry.at_unix_ms,
@@ -93,16 +98,13 @@ pub(super) fn append(
 ) -> Result<(), redb::Error> {
     let existing = entries(history, node_type)?;
     let next = existing.last().map_or(1, |(key, _)| seq_of(key) + 1);
-    let counts = Counts::of(bundle);
-    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let counts = crate::bundle::counts(bundle);
     let entry = HistoryEntry {
         version: bundle.version.clone(),
         at_unix_ms: super::now_ms() as u64,
         rollback_of: rollback_of.unwrap_or_default().to_owned(),
-        listeners: count(counts.listeners),
-        clusters: count(counts.clusters),
-        routes: count(counts.routes),
-        endpoints: count(counts.endpoints),
+        counts: counts.iter().map(|(ty, n)| (ty.name().to_owned(), u32::try_from(*n).unwrap_or(u32::MAX))).collect(),
+        ..HistoryEntry::default()
     };
     let new_key = key(node_type, next);
     history.insert(new_key.as_slice(), entry.encode_to_vec().as_slice())?;

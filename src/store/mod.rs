@@ -457,7 +457,7 @@ mod tests {
         drop(store);
         let store = Store::open_with(dir.path(), 3).unwrap();
         let last = store.history(sidecar()).await.unwrap().pop().unwrap();
-        assert_eq!((last.version.as_str(), last.rollback_of.as_deref(), last.counts.clusters), ("v2-rollback-5", Some("v2"), 1));
+        assert_eq!((last.version.as_str(), last.rollback_of.as_deref(), last.counts[crate::resource_type::ResourceType::Cluster]), ("v2-rollback-5", Some("v2"), 1));
         store.rollback(sidecar(), "v4".into(), Some("v6".into()), IfMatch::Any).await.unwrap();
         assert_eq!(cluster_names(&store.catalog()[&sidecar()]), ["d"]);
     }

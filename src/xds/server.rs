@@ -45,14 +45,14 @@ use crate::{
 /// most one unanswered response.
 const RESPONSE_BUFFER: usize = 4;
 
-/// The gRPC methods served, by path.
-const METHODS: [(&str, StreamKind); 5] = [
-    ("/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources", StreamKind::Aggregated),
-    ("/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners", StreamKind::Single(ResourceType::Listener)),
-    ("/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters", StreamKind::Single(ResourceType::Cluster)),
-    ("/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes", StreamKind::Single(ResourceType::Route)),
-    ("/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints", StreamKind::Single(ResourceType::Endpoint)),
-];
+/// The aggregated discovery service.
+const ADS_SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+
+/// The gRPC methods served: service, method, and the stream each opens.
+fn methods() -> impl Iterator<Item = (&'static str, &'static str, StreamKind)> {
+    let per_type = ResourceType::ALL.into_iter().map(|ty| (ty.info().service, ty.info().sotw_method, StreamKind::Single(ty)));
+    std::iter::once((ADS_SERVICE, "StreamAggregatedResources", StreamKind::Aggregated)).chain(per_type)
+}
 
 /// Serves discovery streams from the cache. Cheap to clone.
 #[derive(Clone)]
@@ -73,11 +73,12 @@ impl XdsServer {
     /// health and reflection; any other method is answered `UNIMPLEMENTED`.
     pub async fn router(&self) -> Router {
         let mut router = Router::new();
-        for (path, kind) in METHODS {
-            router = router.route(path, post(move |State(server): State<XdsServer>, request: Request| server.serve(kind, request)));
+        for (service, method, kind) in methods() {
+            let path = format!("/{service}/{method}");
+            router = router.route(&path, post(move |State(server): State<XdsServer>, request: Request| server.serve(kind, request)));
         }
-        // "/envoy.service.discovery.v3.AggregatedDiscoveryService/Stream..." → the service name.
-        let services: Vec<&str> = METHODS.iter().filter_map(|(path, _)| path.split('/').nth(1)).collect();
+        let mut services: Vec<&str> = methods().map(|(service, _, _)| service).collect();
+        services.dedup();
         let introspection = super::introspection::router(&services, self.shutdown.clone()).await;
         router
             .with_state(self.clone())

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::{
     metrics::{Metrics, StreamMetrics},
     node_type::NodeType,
-    resource_type::ResourceType,
+    resource_type::{PerType, ResourceType},
 };
 
 /// The latest word of one Envoy on one resource type.
@@ -50,11 +50,11 @@ pub struct StreamStatus {
     pub connected_at_unix_ms: u128,
     /// By type name; types never requested are absent.
     #[serde(serialize_with = "by_type_name")]
-    pub types: [Option<TypeStatus>; 4],
+    pub types: PerType<Option<TypeStatus>>,
 }
 
-fn by_type_name<S: serde::Serializer>(types: &[Option<TypeStatus>; 4], serializer: S) -> Result<S::Ok, S::Error> {
-    let named = ResourceType::ALL.iter().zip(types).filter_map(|(ty, status)| Some((ty.name(), status.as_ref()?)));
+fn by_type_name<S: serde::Serializer>(types: &PerType<Option<TypeStatus>>, serializer: S) -> Result<S::Ok, S::Error> {
+    let named = types.iter().filter_map(|(ty, status)| Some((ty.name(), status.as_ref()?)));
     serializer.collect_map(named)
 }
 
@@ -83,7 +83,7 @@ struct Entry {
     service: &'static str,
     connected_at_unix_ms: u128,
     // Only this stream writes it; readers copy it out.
-    types: Mutex<[Option<TypeStatus>; 4]>,
+    types: Mutex<PerType<Option<TypeStatus>>>,
 }
 
 impl Entry {
@@ -151,7 +151,7 @@ impl StreamHandle {
     }
 
     fn update(&self, ty: ResourceType, f: impl FnOnce(&mut TypeStatus)) {
-        f(lock(&self.entry.types)[ty.index()].get_or_insert_with(TypeStatus::default));
+        f(lock(&self.entry.types)[ty].get_or_insert_with(TypeStatus::default));
     }
 
     pub fn sent(&self, ty: ResourceType, version: &Arc<str>) {
@@ -211,10 +211,10 @@ mod tests {
 
         let list = registry.list();
         assert_eq!(list.iter().map(|s| s.node_id.as_str()).collect::<Vec<_>>(), ["sidecar-a", "sidecar-b"]);
-        let clusters = list[0].types[ResourceType::Cluster.index()].as_ref().unwrap();
+        let clusters = list[0].types[ResourceType::Cluster].as_ref().unwrap();
         assert_eq!(clusters.acked_version.as_deref(), Some("v1"));
-        assert!(list[1].types[ResourceType::Cluster.index()].is_none());
-        assert_eq!(list[1].types[ResourceType::Listener.index()].as_ref().unwrap().rejected.as_ref().unwrap().error, "bad listener");
+        assert!(list[1].types[ResourceType::Cluster].is_none());
+        assert_eq!(list[1].types[ResourceType::Listener].as_ref().unwrap().rejected.as_ref().unwrap().error, "bad listener");
 
         drop(first);
         assert_eq!(registry.list().len(), 1);
@@ -240,6 +240,6 @@ mod tests {
             assert!(updated.is_ok(), "a stream's update waited for the registry lock");
         });
         let status = registry.list().remove(0);
-        assert_eq!(status.types[ResourceType::Endpoint.index()].as_ref().unwrap().acked_version.as_deref(), Some("v2"));
+        assert_eq!(status.types[ResourceType::Endpoint].as_ref().unwrap().acked_version.as_deref(), Some("v2"));
     }
 }

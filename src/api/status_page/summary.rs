@@ -69,7 +69,7 @@ pub enum State {
 }
 
 pub fn state(stream: &StreamStatus) -> State {
-    let mut types = stream.types.iter().flatten().peekable();
+    let mut types = stream.types.values().flatten().peekable();
     if types.peek().is_none() {
         return State::Pending;
     }
@@ -198,6 +198,7 @@ mod tests {
     }
 
     fn stream(stream_id: u64, node_id: &str, types: [Option<TypeStatus>; 4]) -> StreamStatus {
+        let types = crate::resource_type::PerType::from_fn(|ty| types[ty.index()].clone());
         let node_type = node_id.split('-').next().unwrap_or(node_id).to_owned();
         StreamStatus { stream_id, node_id: node_id.to_owned(), node_type, service: "ads", connected_at_unix_ms: 1, types }
     }
@@ -219,7 +220,7 @@ mod tests {
     }
 
     fn counts(n: usize) -> Counts {
-        Counts { listeners: n, clusters: n, routes: n, endpoints: n }
+        Counts::from_fn(|_| n)
     }
 
     fn bundles() -> Vec<Bundle<'static>> {

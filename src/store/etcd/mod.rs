@@ -111,10 +111,9 @@ struct Manifest {
     at_unix_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rollback_of: Option<String>,
-    listeners: usize,
-    clusters: usize,
-    routes: usize,
-    endpoints: usize,
+    /// Resources per type, by bundle key, beside the fields above.
+    #[serde(flatten)]
+    counts: BTreeMap<String, usize>,
 }
 
 impl From<Manifest> for Version {
@@ -122,7 +121,7 @@ impl From<Manifest> for Version {
         Self {
             version: m.version,
             at_unix_ms: m.at_unix_ms,
-            counts: Counts { listeners: m.listeners, clusters: m.clusters, routes: m.routes, endpoints: m.endpoints },
+            counts: Counts::from_fn(|ty| m.counts.get(ty.name()).copied().unwrap_or(0)),
             rollback_of: m.rollback_of,
         }
     }
@@ -412,7 +411,6 @@ impl Etcd {
             // Every attempt: a collector may have removed an unreferenced
             // chunk since the last one (the compare below catches that).
             let hashes = self.write_chunks(&record).await?;
-            let counts = Counts::of(&bundle);
             let manifest = Manifest {
                 version: bundle.version.clone(),
                 content_hash: bundle.content_hash.clone(),
@@ -420,10 +418,7 @@ impl Etcd {
                 bytes: record.len(),
                 at_unix_ms: super::now_ms() as u64,
                 rollback_of: rollback_of.map(str::to_owned),
-                listeners: counts.listeners,
-                clusters: counts.clusters,
-                routes: counts.routes,
-                endpoints: counts.endpoints,
+                counts: crate::bundle::counts(&bundle).iter().map(|(ty, n)| (ty.name().to_owned(), *n)).collect(),
             };
             let manifest = serde_json::to_vec(&manifest).map_err(|e| StoreError::Unavailable(e.to_string()))?;
             let current_key = key(&["current", node_type.as_str()]);
