@@ -359,8 +359,11 @@ fn read_bundle(path: &std::path::Path) -> Result<(Vec<u8>, Format), Failure> {
     Ok((body, if yaml { Format::Yaml } else { Format::Json }))
 }
 
+/// "1 listeners, 2 clusters, ...", in the order a bundle lists the types.
 fn counts_line(counts: &Counts) -> String {
-    counts.iter().map(|(ty, n)| format!("{n} {ty}")).collect::<Vec<_>>().join(", ")
+    let mut types: Vec<_> = counts.iter().collect();
+    types.sort_by_key(|(ty, _)| ty.bundle_field());
+    types.iter().map(|(ty, n)| format!("{n} {ty}")).collect::<Vec<_>>().join(", ")
 }
 
 fn counts_of_json(answer: &Value) -> String {
