@@ -12,7 +12,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -21,31 +20,46 @@ use crate::{
     resource_type::{PerType, ResourceType},
     schema::StoredBundle,
     store::Catalog,
-    xds::codec::{encode_bytes_field, EncodedResponse},
+    wire,
 };
 
-// DiscoveryResponse field numbers.
-const VERSION_INFO: u32 = 1;
-const RESOURCES: u32 = 2;
-const TYPE_URL: u32 = 4;
-const NONCE: u32 = 5;
-// google.protobuf.Any field numbers.
-const ANY_TYPE_URL: u32 = 1;
-const ANY_VALUE: u32 = 2;
-
-/// One encoded resource.
+/// One resource, encoded once for every protocol and every stream.
 #[derive(Debug)]
-struct Resource {
+pub struct Resource {
     name: Arc<str>,
-    /// The `resources` field entry of a DiscoveryResponse (tag, length,
-    /// Any): a slice of its type's shared chunk.
+    /// Field 2 holding the resource's `Any`: an entry of a SotW response's
+    /// `resources` and the `resource` field of a delta `Resource` alike. A
+    /// slice of its type's shared chunk.
     entry: Bytes,
-    /// Tells a changed resource from an unchanged one across versions.
+    /// Where the `Any` starts in `entry`.
+    any_at: u8,
+    /// Of the encoded `Any`: tells a changed resource from an unchanged one
+    /// across versions, and is its version on delta streams.
     digest: u64,
 }
 
+impl Resource {
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Field 2 around the resource's `Any`, as both SotW and delta responses carry it.
+    pub fn entry(&self) -> &Bytes {
+        &self.entry
+    }
+
+    /// The encoded `Any`.
+    pub fn any(&self) -> Bytes {
+        self.entry.slice(usize::from(self.any_at)..)
+    }
+
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+}
+
 /// The resources of one type, sorted by name. A sorted slice rather than a
-/// map: a bundle of 100,000 clusters costs 100,000 × 56 bytes here.
+/// map: a bundle of 100,000 clusters costs 100,000 × 48 bytes here.
 #[derive(Debug, Default)]
 struct Resources(Box<[Resource]>);
 
@@ -65,30 +79,14 @@ pub struct Snapshot {
     /// to send without comparing every name it subscribes to.
     changed_since: Option<(u64, PerType<Vec<Arc<str>>>)>,
     version: Arc<str>,
-    version_field: Bytes,
     types: PerType<Resources>,
     /// Per type, every resource entry concatenated: the body of a wildcard
-    /// response in one shared chunk.
+    /// SotW response in one shared chunk.
     all: PerType<Bytes>,
     /// Per type, a digest of the whole set: tells whether a type changed.
     set_digests: PerType<u64>,
     /// The stored bundle this was built from, to skip rebuilding it.
     source: Arc<StoredBundle>,
-}
-
-/// Appends the `resources` entry of a DiscoveryResponse: an `Any` of
-/// `type_url` around `value`.
-fn write_any_entry(buf: &mut Vec<u8>, type_url: &str, value: &[u8]) {
-    let field_len = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
-    let any_len = field_len(ANY_TYPE_URL, type_url.len()) + field_len(ANY_VALUE, value.len());
-    for (tag, len) in [(RESOURCES, any_len), (ANY_TYPE_URL, type_url.len())] {
-        encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(len as u64, buf);
-    }
-    buf.extend_from_slice(type_url.as_bytes());
-    encode_key(ANY_VALUE, WireType::LengthDelimited, buf);
-    encode_varint(value.len() as u64, buf);
-    buf.extend_from_slice(value);
 }
 
 /// The resources of `ty` in `source`: their entries written once, in name
@@ -100,23 +98,25 @@ fn encode_type(source: &StoredBundle, ty: ResourceType) -> (Resources, Bytes) {
     listed.dedup_by(|a, b| a.name == b.name); // names are unique once validated
     let type_url = ty.type_url();
     let mut chunk = Vec::with_capacity(listed.iter().map(|r| r.value.len() + type_url.len() + 16).sum());
-    let ends: Vec<usize> = listed
+    let bounds: Vec<(usize, usize)> = listed
         .iter()
         .map(|r| {
-            write_any_entry(&mut chunk, type_url, &r.value);
-            chunk.len()
+            let start = chunk.len();
+            let any_at = wire::put_any_field(&mut chunk, wire::discovery_response::RESOURCES, type_url, &r.value) - start;
+            (start, any_at)
         })
         .collect();
+    let ends = bounds.iter().skip(1).map(|(start, _)| *start).chain([chunk.len()]);
     let chunk = Bytes::from(chunk);
-    let starts = std::iter::once(0).chain(ends.iter().copied());
     let resources = listed
         .iter()
-        .zip(starts.zip(ends.iter().copied()))
-        .map(|(r, (start, end))| {
+        .zip(bounds.iter().zip(ends))
+        .map(|(r, (&(start, any_at), end))| {
             let entry = chunk.slice(start..end);
-            let mut hasher = DefaultHasher::new();
-            entry.hash(&mut hasher);
-            Resource { name: r.name.as_str().into(), entry, digest: hasher.finish() }
+            let digest = wire::digest(&entry[any_at..]);
+            // A field key and a length: a few bytes.
+            let any_at = u8::try_from(any_at).expect("a field head is at most 15 bytes");
+            Resource { name: r.name.as_str().into(), entry, any_at, digest }
         })
         .collect();
     (Resources(resources), chunk)
@@ -140,8 +140,7 @@ impl Snapshot {
             hasher.finish()
         });
         let version: Arc<str> = source.version.as_str().into();
-        let version_field = encode_bytes_field(VERSION_INFO, version.as_bytes());
-        Self { id, changed_since, version, version_field, types, all, set_digests, source }
+        Self { id, changed_since, version, types, all, set_digests, source }
     }
 
     /// Whether the resources of `ty` differ from those of `other`.
@@ -172,6 +171,21 @@ impl Snapshot {
         &self.version
     }
 
+    /// Every resource of `ty`, in name order.
+    pub fn resources(&self, ty: ResourceType) -> &[Resource] {
+        &self.types[ty].0
+    }
+
+    /// One resource of `ty`, if the snapshot has it.
+    pub fn resource(&self, ty: ResourceType, name: &str) -> Option<&Resource> {
+        self.types[ty].get(name)
+    }
+
+    /// Every resource entry of `ty` in name order, as one shared chunk.
+    pub fn all_entries(&self, ty: ResourceType) -> &Bytes {
+        &self.all[ty]
+    }
+
     /// Names of every resource of `ty`, in order.
     pub fn names(&self, ty: ResourceType) -> impl Iterator<Item = &str> {
         self.types[ty].0.iter().map(|r| &*r.name)
@@ -190,47 +204,6 @@ impl Snapshot {
     pub fn digest(&self, ty: ResourceType, name: &str) -> Option<u64> {
         self.types[ty].get(name).map(|r| r.digest)
     }
-
-    /// A DiscoveryResponse of `ty` carrying `selection`.
-    pub fn response(&self, ty: ResourceType, selection: &Selection<'_>, nonce: &str) -> EncodedResponse {
-        self.response_keeping(ty, selection, None, nonce)
-    }
-
-    /// Like [`Self::response`], plus resources of an older snapshot the
-    /// client must keep a while longer: make before break (R23).
-    pub fn response_keeping(
-        &self,
-        ty: ResourceType,
-        selection: &Selection<'_>,
-        kept: Option<(&Snapshot, &[Arc<str>])>,
-        nonce: &str,
-    ) -> EncodedResponse {
-        let mut response = EncodedResponse::default();
-        response.push_encoded(self.version_field.clone());
-        match selection {
-            Selection::All => response.push_encoded(self.all[ty].clone()),
-            Selection::Named(names) => {
-                let resources = &self.types[ty];
-                names.iter().filter_map(|name| resources.get(*name)).for_each(|r| response.push_encoded(r.entry.clone()));
-            }
-        }
-        if let Some((older, names)) = kept {
-            let resources = &older.types[ty];
-            names.iter().filter_map(|name| resources.get(&**name)).for_each(|r| response.push_encoded(r.entry.clone()));
-        }
-        response.push_string(TYPE_URL, ty.type_url());
-        response.push_string(NONCE, nonce);
-        response
-    }
-}
-
-/// Which resources of one type a response carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selection<'a> {
-    /// Every resource of the type (a wildcard subscription).
-    All,
-    /// These names, where they exist.
-    Named(Vec<&'a str>),
 }
 
 /// The current snapshot of one node type; `None` until it has a bundle.
@@ -324,10 +297,7 @@ impl Cache {
 
 #[cfg(test)]
 mod tests {
-    use envoy_types::pb::envoy::{
-        config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment},
-        service::discovery::v3::DiscoveryResponse,
-    };
+    use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment};
     use envoy_types::pb::google::protobuf::Any;
     use prost::Message;
 
@@ -350,52 +320,21 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_the_any_prost_would_encode() {
-        let value = Cluster { name: "x".into(), ..Default::default() }.encode_to_vec();
-        let any = Any { type_url: ResourceType::Cluster.type_url().to_owned(), value: value.clone() };
-        let mut entry = Vec::new();
-        write_any_entry(&mut entry, ResourceType::Cluster.type_url(), &value);
-        assert_eq!(entry, encode_bytes_field(RESOURCES, &any.encode_to_vec()));
-    }
-
-    #[test]
-    fn each_entry_is_a_slice_of_its_types_one_chunk() {
+    fn each_entry_is_a_slice_of_its_types_one_chunk_around_the_resources_any() {
         let snapshot = Snapshot::build(1, stored("v1", &["b", "a", "c"]), None);
-        let chunk = &snapshot.all[ResourceType::Cluster];
-        let entries = &snapshot.types[ResourceType::Cluster].0;
-        assert_eq!(entries.iter().map(|r| &*r.name).collect::<Vec<_>>(), ["a", "b", "c"]);
+        let chunk = snapshot.all_entries(ResourceType::Cluster);
+        let entries = snapshot.resources(ResourceType::Cluster);
+        assert_eq!(entries.iter().map(|r| &**r.name()).collect::<Vec<_>>(), ["a", "b", "c"]);
         let mut at = chunk.as_ptr();
-        for r in entries.iter() {
-            assert_eq!(r.entry.as_ptr(), at, "{} is in the chunk, in order", r.name);
-            at = at.wrapping_add(r.entry.len());
+        for r in entries {
+            assert_eq!(r.entry().as_ptr(), at, "{} is in the chunk, in order", r.name());
+            at = at.wrapping_add(r.entry().len());
+            let any = Any::decode(r.any()).unwrap();
+            assert_eq!((any.type_url.as_str(), Cluster::decode(any.value.as_slice()).unwrap().name.as_str()), (ResourceType::Cluster.type_url(), &**r.name()));
+            assert_eq!(r.entry(), &crate::wire::encode_bytes_field(crate::wire::discovery_response::RESOURCES, &r.any()));
+            assert_eq!(r.digest(), crate::wire::digest(&r.any()));
         }
         assert_eq!(at, chunk.as_ptr().wrapping_add(chunk.len()));
-    }
-
-    #[test]
-    fn responses_decode_as_discovery_responses() {
-        let snapshot = Snapshot::build(1, stored("v7", &["b", "a"]), None);
-        let response = snapshot.response(ResourceType::Cluster, &Selection::All, "42");
-        let decoded = DiscoveryResponse::decode(response.to_bytes()).unwrap();
-        assert_eq!(decoded.version_info, "v7");
-        assert_eq!(decoded.nonce, "42");
-        assert_eq!(decoded.type_url, ResourceType::Cluster.type_url());
-        let names: Vec<String> =
-            decoded.resources.iter().map(|any| Cluster::decode(any.value.as_slice()).unwrap().name).collect();
-        assert_eq!(names, ["a", "b"]);
-        assert!(decoded.resources.iter().all(|any| any.type_url == ResourceType::Cluster.type_url()));
-        let named = snapshot.response(ResourceType::Cluster, &Selection::Named(vec!["a", "b"]), "42");
-        assert_eq!(named.to_bytes(), response.to_bytes(), "the shared full set is the same bytes");
-    }
-
-    #[test]
-    fn resources_are_encoded_once_and_shared_by_every_response() {
-        let snapshot = Snapshot::build(1, stored("v1", &["a"]), None);
-        let first = snapshot.response(ResourceType::Cluster, &Selection::Named(vec!["a"]), "1");
-        let second = snapshot.response(ResourceType::Cluster, &Selection::Named(vec!["a"]), "2");
-        // chunk 0 is version_info, chunk 1 the resource: the same allocation.
-        assert_eq!(first.chunks()[1].as_ptr(), second.chunks()[1].as_ptr());
-        assert_eq!(first.chunks()[0].as_ptr(), second.chunks()[0].as_ptr());
     }
 
     #[test]

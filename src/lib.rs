@@ -13,12 +13,17 @@
 //!    its change feed. Only then does the PUT answer 200. On etcd, every
 //!    replica's watch publishes the same change on its own feed.
 //! 3. [`cache`] follows the feed and encodes each resource once per version
-//!    into a [`cache::Snapshot`] per node type.
-//! 4. [`xds`] streams (ADS and LDS/CDS/RDS/EDS) watch their node type's
-//!    snapshot; the state machine in [`xds::stream`] decides what is due and
-//!    the codec writes the shared bytes. ACKs and NACKs land in
+//!    into a [`cache::Snapshot`] per node type: its `Any`, framed as the
+//!    field both SotW and delta responses carry, and a stable digest.
+//! 4. [`xds`] streams (ADS and the per-type services) watch their node
+//!    type's snapshot; the state machine in [`xds::stream`] decides what is
+//!    due and frames it from the snapshot's shared bytes, and the codec
+//!    writes them. ACKs and NACKs land in
 //!    [`xds::status`], which `GET /nodes` and the status page at `/` show,
 //!    and in [`metrics`].
+//!
+//! [`resource_type`] is the table of every type served; [`wire`], the bottom
+//! layer, the protobuf pieces responses are assembled from.
 //!
 //! [`net`] serves both listeners (limits, timeouts, back-off, TLS and the
 //! node types a client certificate names); [`run`] wires
@@ -35,6 +40,7 @@ pub mod node_type;
 pub mod resource_type;
 pub mod schema;
 pub mod store;
+pub mod wire;
 pub mod xds;
 
 use tokio::net::TcpListener;

@@ -2,9 +2,8 @@
 //! [`limits`], then decoded with prost (through tonic's `Streaming`);
 //! responses are framed from bytes encoded once per snapshot.
 //!
-//! A protobuf message may be written as the concatenation of its fields, so a
-//! `DiscoveryResponse` is assembled from shared chunks (each resource's
-//! encoded `resources` entry, built once per version) plus a few small
+//! A response is an [`EncodedResponse`] (see [`crate::wire`]): shared chunks
+//! (each resource's encoded entry, built once per version) plus a few small
 //! per-stream fields (`nonce`). The response body hands hyper the 5-byte gRPC
 //! prefix and then slices of those shared chunks: no stream holds a private
 //! copy of a response, however slowly its client reads. Only chunks smaller
@@ -25,10 +24,7 @@ use std::{
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
-use prost::{
-    encoding::{encode_key, encode_varint, WireType},
-    Message,
-};
+use prost::Message;
 use tokio::{sync::mpsc, time::Instant};
 use tonic::{
     codec::{BufferSettings, DecodeBuf, Decoder, Streaming},
@@ -38,6 +34,7 @@ use tonic::{
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::limits;
+pub use crate::wire::EncodedResponse;
 
 /// Largest piece of a response handed to hyper at once. h2 takes a whole
 /// piece into its send buffer as soon as the stream has any window left, so
@@ -53,56 +50,6 @@ const COALESCE_BELOW: usize = 4 << 10;
 
 // A small chunk always fits in an empty piece, so every piece has bytes.
 const _: () = assert!(COALESCE_BELOW <= PIECE_BYTES);
-
-/// A response message as a list of already encoded protobuf fields.
-#[derive(Debug, Clone, Default)]
-pub struct EncodedResponse {
-    chunks: Vec<Bytes>,
-}
-
-impl EncodedResponse {
-    /// Appends an already encoded field (or run of fields).
-    pub fn push_encoded(&mut self, chunk: Bytes) {
-        self.chunks.push(chunk);
-    }
-
-    /// Appends a string field.
-    pub fn push_string(&mut self, tag: u32, value: &str) {
-        if !value.is_empty() {
-            self.chunks.push(encode_bytes_field(tag, value.as_bytes()));
-        }
-    }
-
-    /// The chunks, in order.
-    pub fn chunks(&self) -> &[Bytes] {
-        &self.chunks
-    }
-
-    /// The encoded message size.
-    pub fn len(&self) -> usize {
-        self.chunks.iter().map(Bytes::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The whole message.
-    pub fn to_bytes(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.len());
-        self.chunks.iter().for_each(|chunk| out.put_slice(chunk));
-        out.freeze()
-    }
-}
-
-/// Encodes one length-delimited field (`tag`, then `payload`) as a chunk.
-pub fn encode_bytes_field(tag: u32, payload: &[u8]) -> Bytes {
-    let mut buf = Vec::with_capacity(payload.len() + 10);
-    encode_key(tag, WireType::LengthDelimited, &mut buf);
-    encode_varint(payload.len() as u64, &mut buf);
-    buf.extend_from_slice(payload);
-    buf.into()
-}
 
 /// Decodes the request body of a discovery stream. A request over one of
 /// the [`limits`] comes out as an `INVALID_ARGUMENT` status naming it; one
@@ -268,7 +215,7 @@ impl Outgoing {
         let mut prefix = [0; 5];
         // A response is at most a bundle's size, which is far below 4 GiB.
         prefix[1..].copy_from_slice(&(response.len() as u32).to_be_bytes());
-        Self { prefix: Some(prefix), partial: Bytes::new(), slicing: false, chunks: response.chunks.into_iter() }
+        Self { prefix: Some(prefix), partial: Bytes::new(), slicing: false, chunks: response.into_chunks().into_iter() }
     }
 
     /// The next piece: a slice of a large chunk, or the prefix and a run of
@@ -317,6 +264,7 @@ mod tests {
     use http_body::Body as _;
 
     use super::*;
+    use crate::wire::encode_bytes_field;
 
     /// The body's next frame, or `None` if it would wait.
     async fn next_frame(body: &mut ResponseBody) -> Option<Frame<Bytes>> {
@@ -342,10 +290,10 @@ mod tests {
 
     fn response_with(shared_chunk: &Bytes) -> EncodedResponse {
         let mut response = EncodedResponse::default();
-        response.push_string(1, "v1");
+        response.push_encoded(encode_bytes_field(1, b"v1"));
         response.push_encoded(shared_chunk.clone());
-        response.push_string(4, "type.googleapis.com/envoy.config.cluster.v3.Cluster");
-        response.push_string(5, "7");
+        response.push_encoded(encode_bytes_field(4, b"type.googleapis.com/envoy.config.cluster.v3.Cluster"));
+        response.push_encoded(encode_bytes_field(5, b"7"));
         response
     }
 
@@ -387,7 +335,8 @@ mod tests {
         use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 
         use crate::{
-            cache::{Selection, Snapshot},
+            cache::Snapshot,
+            xds::stream::{frame, Selection},
             resource_type::ResourceType,
             schema::{Bundle, StoredBundle},
         };
@@ -396,7 +345,7 @@ mod tests {
         let bundle = Bundle { version: "v1".into(), clusters, ..Default::default() };
         let stored = Arc::new(StoredBundle::from_bundle(bundle, String::new()));
         let snapshot = Snapshot::build(1, stored, None);
-        let response = snapshot.response(ResourceType::Cluster, &Selection::All, "1");
+        let response = frame(&snapshot, ResourceType::Cluster, &Selection::All, None, "1");
         let (mut sender, mut body) = response_channel(4);
         sender.try_send(response.clone()).unwrap();
         let (pieces, _) = drain(&mut body).await;

@@ -35,10 +35,12 @@ use std::{
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
+use bytes::BytesMut;
+
 use crate::{
-    cache::{Selection, Snapshot},
+    cache::Snapshot,
     resource_type::{PerType, ResourceType},
-    xds::codec::EncodedResponse,
+    wire::{self, discovery_response as field, EncodedResponse},
 };
 
 /// Which service a stream came in on.
@@ -206,7 +208,7 @@ impl StreamState {
             let retiring = self.clusters_to_retire(ty, snapshot);
             let nonce = (self.nonces + 1).to_string();
             let kept = retiring.as_ref().map(|(from, names)| (from.as_ref(), names.as_slice()));
-            let response = snapshot.response_keeping(ty, &names, kept, &nonce);
+            let response = frame(snapshot, ty, &names, kept, &nonce);
             self.nonces += 1;
             let remember_names = ty == ResourceType::Cluster && self.kind == StreamKind::Aggregated;
             let state = &mut self.types[ty];
@@ -218,7 +220,7 @@ impl StreamState {
         let cds = &self.types[ResourceType::Cluster];
         if cds.retiring.is_some() && !self.any_unanswered(&ResourceType::ALL) {
             let nonce = (self.nonces + 1).to_string();
-            let response = snapshot.response(ResourceType::Cluster, &subscribed(ResourceType::Cluster, cds, snapshot), &nonce);
+            let response = frame(snapshot, ResourceType::Cluster, &subscribed(ResourceType::Cluster, cds, snapshot), None, &nonce);
             self.nonces += 1;
             let cds = &mut self.types[ResourceType::Cluster];
             cds.retiring = None;
@@ -400,5 +402,78 @@ fn existing<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Snapshot) 
     }
 }
 
+/// Which resources of one type a response carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection<'a> {
+    /// Every resource of the type (a wildcard subscription).
+    All,
+    /// These names, where they exist.
+    Named(Vec<&'a str>),
+}
+
+/// A DiscoveryResponse of `ty` carrying `selection` from `snapshot`, plus
+/// resources of an older snapshot the client must keep a while longer: make
+/// before break (R23). The small fields come first in one piece; every
+/// resource is its snapshot's shared entry.
+pub fn frame(snapshot: &Snapshot, ty: ResourceType, selection: &Selection<'_>, kept: Option<(&Snapshot, &[Arc<str>])>, nonce: &str) -> EncodedResponse {
+    let (version, type_url) = (snapshot.version().as_bytes(), ty.type_url().as_bytes());
+    let mut head = BytesMut::with_capacity(version.len() + type_url.len() + nonce.len() + 12);
+    wire::put_bytes_field(&mut head, field::VERSION_INFO, version);
+    wire::put_bytes_field(&mut head, field::TYPE_URL, type_url);
+    wire::put_bytes_field(&mut head, field::NONCE, nonce.as_bytes());
+    let mut response = EncodedResponse::default();
+    response.push_encoded(head.freeze());
+    match selection {
+        Selection::All => response.push_encoded(snapshot.all_entries(ty).clone()),
+        Selection::Named(names) => {
+            names.iter().filter_map(|name| snapshot.resource(ty, name)).for_each(|r| response.push_encoded(r.entry().clone()));
+        }
+    }
+    if let Some((older, names)) = kept {
+        names.iter().filter_map(|name| older.resource(ty, name)).for_each(|r| response.push_encoded(r.entry().clone()));
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod frame_tests {
+    use envoy_types::pb::envoy::{config::cluster::v3::Cluster, service::discovery::v3::DiscoveryResponse};
+    use prost::Message;
+
+    use super::*;
+    use crate::schema::{Bundle, StoredBundle};
+
+    fn snapshot(version: &str, clusters: &[&str]) -> Snapshot {
+        let clusters = clusters.iter().map(|name| Cluster { name: (*name).into(), ..Default::default() }).collect();
+        let bundle = Bundle { version: version.into(), clusters, ..Default::default() };
+        Snapshot::build(1, Arc::new(StoredBundle::from_bundle(bundle, String::new())), None)
+    }
+
+    #[test]
+    fn responses_decode_as_discovery_responses() {
+        let snapshot = snapshot("v7", &["b", "a"]);
+        let response = frame(&snapshot, ResourceType::Cluster, &Selection::All, None, "42");
+        let decoded = DiscoveryResponse::decode(response.to_bytes()).unwrap();
+        assert_eq!((decoded.version_info.as_str(), decoded.nonce.as_str()), ("v7", "42"));
+        assert_eq!(decoded.type_url, ResourceType::Cluster.type_url());
+        let names: Vec<String> = decoded.resources.iter().map(|any| Cluster::decode(any.value.as_slice()).unwrap().name).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(decoded.resources.iter().all(|any| any.type_url == ResourceType::Cluster.type_url()));
+        let named = frame(&snapshot, ResourceType::Cluster, &Selection::Named(vec!["a", "b"]), None, "42");
+        assert_eq!(named.to_bytes(), response.to_bytes(), "the shared full set is the same bytes");
+    }
+
+    #[test]
+    fn resources_are_encoded_once_and_shared_by_every_response() {
+        let snapshot = snapshot("v1", &["a"]);
+        let first = frame(&snapshot, ResourceType::Cluster, &Selection::Named(vec!["a"]), None, "1");
+        let second = frame(&snapshot, ResourceType::Cluster, &Selection::Named(vec!["a"]), None, "2");
+        // chunk 0 is the stream's own fields, chunk 1 the resource: the snapshot's bytes.
+        assert_eq!(first.chunks().len(), 2);
+        assert_eq!(first.chunks()[1].as_ptr(), second.chunks()[1].as_ptr());
+        assert_eq!(first.chunks()[1].as_ptr(), snapshot.resource(ResourceType::Cluster, "a").unwrap().entry().as_ptr());
+    }
+}
