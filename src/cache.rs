@@ -74,10 +74,10 @@ impl Resources {
 pub struct Snapshot {
     /// Unique within the process, to tell which snapshot came before which.
     id: u64,
-    /// The snapshot this one replaced, and per type the names that are new
-    /// or changed since: a stream that holds the previous snapshot finds what
-    /// to send without comparing every name it subscribes to.
-    changed_since: Option<(u64, PerType<Vec<Arc<str>>>)>,
+    /// What changed since the snapshot this one replaced: a stream that
+    /// holds the previous snapshot finds what to send without comparing
+    /// every name it subscribes to.
+    changed_since: Option<Changes>,
     version: Arc<str>,
     types: PerType<Resources>,
     /// Per type, every resource entry concatenated: the body of a wildcard
@@ -87,6 +87,17 @@ pub struct Snapshot {
     set_digests: PerType<u64>,
     /// The stored bundle this was built from, to skip rebuilding it.
     source: Arc<StoredBundle>,
+}
+
+/// What changed from one snapshot to the next, per type.
+#[derive(Debug)]
+struct Changes {
+    /// The id of the snapshot replaced.
+    since: u64,
+    /// Names new or changed.
+    changed: PerType<Vec<Arc<str>>>,
+    /// Names gone.
+    removed: PerType<Vec<Arc<str>>>,
 }
 
 /// The resources of `ty` in `source`: their entries written once, in name
@@ -127,12 +138,16 @@ impl Snapshot {
         let encoded = PerType::from_fn(|ty| encode_type(&source, ty));
         let all = PerType::from_fn(|ty| encoded[ty].1.clone());
         let types = encoded.map(|_, (resources, _)| resources);
-        let changed_since = previous.map(|previous| {
-            let changed = PerType::from_fn(|ty| {
+        let changed_since = previous.map(|previous| Changes {
+            since: previous.id,
+            changed: PerType::from_fn(|ty| {
                 let resources = types[ty].0.iter();
                 resources.filter(|r| previous.digest(ty, &r.name) != Some(r.digest)).map(|r| r.name.clone()).collect()
-            });
-            (previous.id, changed)
+            }),
+            removed: PerType::from_fn(|ty| {
+                let resources = previous.types[ty].0.iter();
+                resources.filter(|r| types[ty].get(&r.name).is_none()).map(|r| r.name.clone()).collect()
+            }),
         });
         let set_digests = PerType::from_fn(|ty| {
             let mut hasher = DefaultHasher::new();
@@ -156,10 +171,17 @@ impl Snapshot {
     /// The names of `ty` that are new or changed relative to `earlier`, when
     /// `earlier` is the snapshot this one replaced; `None` otherwise.
     pub fn changed_since(&self, earlier: &Snapshot, ty: ResourceType) -> Option<&[Arc<str>]> {
-        match &self.changed_since {
-            Some((id, changed)) if *id == earlier.id => Some(&changed[ty]),
-            _ => None,
-        }
+        self.changes_since(earlier).map(|changes| &changes.changed[ty][..])
+    }
+
+    /// The names of `ty` that `earlier` had and this one has not, when
+    /// `earlier` is the snapshot this one replaced; `None` otherwise.
+    pub fn removed_since(&self, earlier: &Snapshot, ty: ResourceType) -> Option<&[Arc<str>]> {
+        self.changes_since(earlier).map(|changes| &changes.removed[ty][..])
+    }
+
+    fn changes_since(&self, earlier: &Snapshot) -> Option<&Changes> {
+        self.changed_since.as_ref().filter(|changes| changes.since == earlier.id)
     }
 
     pub fn version(&self) -> &str {
@@ -358,6 +380,9 @@ mod tests {
         assert_eq!(v2.changed_since(&v1, ResourceType::Cluster), Some(&[Arc::from("b")][..]));
         assert_eq!(v3.changed_since(&v2, ResourceType::Cluster), Some(&[][..]));
         assert_eq!(v3.changed_since(&v1, ResourceType::Cluster), None, "only relative to the one it replaced");
+        let v4 = Snapshot::build(4, stored("v4", &["b"]), Some(&v3));
+        assert_eq!(v4.removed_since(&v3, ResourceType::Cluster), Some(&[Arc::from("a")][..]));
+        assert_eq!(v4.removed_since(&v2, ResourceType::Cluster), None);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct TypeInfo {
     pub service: &'static str,
     pub short: &'static str,
     pub sotw_method: &'static str,
+    /// Its delta (incremental) method.
+    pub delta_method: &'static str,
     /// On ADS, the types whose unanswered responses hold this one back (R23).
     pub waits_for: &'static [ResourceType],
     /// The type whose update starts resources warming that then re-request
@@ -65,6 +67,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         service: "envoy.service.cluster.v3.ClusterDiscoveryService",
         short: "cds",
         sotw_method: "StreamClusters",
+        delta_method: "DeltaClusters",
         waits_for: &[],
         warmed_by: None,
     },
@@ -79,6 +82,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         service: "envoy.service.endpoint.v3.EndpointDiscoveryService",
         short: "eds",
         sotw_method: "StreamEndpoints",
+        delta_method: "DeltaEndpoints",
         waits_for: &[],
         warmed_by: Some(ResourceType::Cluster),
     },
@@ -93,6 +97,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         service: "envoy.service.listener.v3.ListenerDiscoveryService",
         short: "lds",
         sotw_method: "StreamListeners",
+        delta_method: "DeltaListeners",
         waits_for: &[ResourceType::Cluster, ResourceType::Endpoint],
         warmed_by: None,
     },
@@ -107,6 +112,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         service: "envoy.service.route.v3.RouteDiscoveryService",
         short: "rds",
         sotw_method: "StreamRoutes",
+        delta_method: "DeltaRoutes",
         waits_for: &[ResourceType::Cluster, ResourceType::Endpoint],
         warmed_by: Some(ResourceType::Listener),
     },

@@ -13,6 +13,7 @@
 use std::{
     collections::VecDeque,
     convert::Infallible,
+    marker::PhantomData,
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -30,8 +31,6 @@ use tonic::{
     codec::{BufferSettings, DecodeBuf, Decoder, Streaming},
     Status,
 };
-
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::limits;
 pub use crate::wire::EncodedResponse;
@@ -51,31 +50,35 @@ const COALESCE_BELOW: usize = 4 << 10;
 // A small chunk always fits in an empty piece, so every piece has bytes.
 const _: () = assert!(COALESCE_BELOW <= PIECE_BYTES);
 
-/// Decodes the request body of a discovery stream. A request over one of
-/// the [`limits`] comes out as an `INVALID_ARGUMENT` status naming it; one
-/// over [`limits::MAX_REQUEST_BYTES`] as tonic's `OUT_OF_RANGE`.
-pub fn requests<B>(body: B) -> Streaming<DiscoveryRequest>
+/// Decodes the request body of a discovery stream, whose messages keep
+/// their names where `layout` says. A request over one of the [`limits`]
+/// comes out as an `INVALID_ARGUMENT` status naming it; one over
+/// [`limits::MAX_REQUEST_BYTES`] as tonic's `OUT_OF_RANGE`.
+pub fn requests<M, B>(body: B, layout: &'static limits::Layout) -> Streaming<M>
 where
+    M: Message + Default + Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<tonic::codegen::StdError>,
 {
-    Streaming::new_request(RequestDecoder, body, None, Some(limits::MAX_REQUEST_BYTES))
+    let decoder = RequestDecoder { layout, message: PhantomData };
+    Streaming::new_request(decoder, body, None, Some(limits::MAX_REQUEST_BYTES))
 }
 
 /// Checks a request's wire bytes against the limits, then decodes it.
-struct RequestDecoder;
+struct RequestDecoder<M> {
+    layout: &'static limits::Layout,
+    message: PhantomData<fn() -> M>,
+}
 
-impl Decoder for RequestDecoder {
-    type Item = DiscoveryRequest;
+impl<M: Message + Default> Decoder for RequestDecoder<M> {
+    type Item = M;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DiscoveryRequest>, Status> {
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<M>, Status> {
         // The whole message is buffered by now; taking it is not a copy.
         let message = src.copy_to_bytes(src.remaining());
-        limits::check_request(&message)?;
-        DiscoveryRequest::decode(message)
-            .map(Some)
-            .map_err(|error| Status::invalid_argument(format!("not a DiscoveryRequest: {error}")))
+        limits::check_request(self.layout, &message)?;
+        M::decode(message).map(Some).map_err(|error| Status::invalid_argument(format!("not a discovery request: {error}")))
     }
 
     fn buffer_settings(&self) -> BufferSettings {

@@ -28,44 +28,53 @@ pub const MAX_RESOURCE_NAME_BYTES: usize = 4 << 10;
 /// kept per stream, shown by `GET /nodes` and written into log lines.
 pub const MAX_NODE_ID_BYTES: usize = 1 << 10;
 
-// DiscoveryRequest and Node field numbers, for the checks on the wire bytes.
-const REQUEST_NODE: u32 = 2;
-const REQUEST_RESOURCE_NAMES: u32 = 3;
-const REQUEST_RESOURCE_LOCATORS: u32 = 7;
-const NODE_ID: u32 = 1;
-const LOCATOR_NAME: u32 = 1;
+/// Where a request message keeps what the limits bound.
+#[derive(Debug)]
+pub struct Layout {
+    /// The `Node` field.
+    node: u32,
+    /// Repeated string fields of resource names.
+    names: &'static [u32],
+    /// Repeated message fields whose field 1 is a resource name: resource
+    /// locators, and entries of a map keyed by name.
+    named: &'static [u32],
+}
 
-/// Walks the top-level fields of an encoded DiscoveryRequest (and into its
-/// node and locators), counting names and measuring ids. Allocates nothing.
-pub(super) fn check_request(mut message: &[u8]) -> Result<(), Status> {
+/// `DiscoveryRequest`: node 2, `resource_names` 3, `resource_locators` 7.
+pub const SOTW: Layout = Layout { node: 2, names: &[3], named: &[7] };
+
+/// `DeltaDiscoveryRequest`: node 1, names to subscribe 3 and unsubscribe 4,
+/// `initial_resource_versions` 5 (a map), locators 8 and 9.
+pub const DELTA: Layout = Layout { node: 1, names: &[3, 4], named: &[5, 8, 9] };
+
+// Field 1 of a Node, of a ResourceLocator and of a map entry.
+const NODE_ID: u32 = 1;
+const ENTRY_NAME: u32 = 1;
+
+/// Walks the top-level fields of an encoded request (and into its node and
+/// named entries), counting names and measuring ids. Allocates nothing.
+pub(super) fn check_request(layout: &Layout, mut message: &[u8]) -> Result<(), Status> {
     let mut names = 0usize;
     while !message.is_empty() {
         let (field, value) = next_field(&mut message)?;
         let Some(value) = value else { continue };
-        match field {
-            REQUEST_RESOURCE_NAMES | REQUEST_RESOURCE_LOCATORS => {
-                names += 1;
-                if names > MAX_RESOURCE_NAMES {
-                    return Err(Status::invalid_argument(format!(
-                        "a discovery request may name at most {MAX_RESOURCE_NAMES} resources"
-                    )));
-                }
-                let name_len = if field == REQUEST_RESOURCE_NAMES { value.len() } else { longest_field(value, LOCATOR_NAME)? };
-                if name_len > MAX_RESOURCE_NAME_BYTES {
-                    return Err(Status::invalid_argument(format!(
-                        "a resource name of {name_len} bytes is longer than the limit of {MAX_RESOURCE_NAME_BYTES} bytes"
-                    )));
-                }
+        let (plain, named) = (layout.names.contains(&field), layout.named.contains(&field));
+        if plain || named {
+            names += 1;
+            if names > MAX_RESOURCE_NAMES {
+                return Err(Status::invalid_argument(format!("a discovery request may name at most {MAX_RESOURCE_NAMES} resources")));
             }
-            REQUEST_NODE => {
-                let id_len = longest_field(value, NODE_ID)?;
-                if id_len > MAX_NODE_ID_BYTES {
-                    return Err(Status::invalid_argument(format!(
-                        "a node.id of {id_len} bytes is longer than the limit of {MAX_NODE_ID_BYTES} bytes"
-                    )));
-                }
+            let name_len = if plain { value.len() } else { longest_field(value, ENTRY_NAME)? };
+            if name_len > MAX_RESOURCE_NAME_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "a resource name of {name_len} bytes is longer than the limit of {MAX_RESOURCE_NAME_BYTES} bytes"
+                )));
             }
-            _ => {}
+        } else if field == layout.node {
+            let id_len = longest_field(value, NODE_ID)?;
+            if id_len > MAX_NODE_ID_BYTES {
+                return Err(Status::invalid_argument(format!("a node.id of {id_len} bytes is longer than the limit of {MAX_NODE_ID_BYTES} bytes")));
+            }
         }
     }
     Ok(())
@@ -88,7 +97,7 @@ fn longest_field(mut message: &[u8], field: u32) -> Result<usize, Status> {
 /// length-delimited, its payload. Groups (which no xDS message uses) and
 /// malformed input are refused, so nothing can hide behind them.
 fn next_field<'a>(message: &mut &'a [u8]) -> Result<(u32, Option<&'a [u8]>), Status> {
-    let malformed = || Status::invalid_argument("not a DiscoveryRequest: malformed protobuf");
+    let malformed = || Status::invalid_argument("not a discovery request: malformed protobuf");
     let (number, wire_type) = decode_key(message).map_err(|_| malformed())?;
     let skip = match wire_type {
         WireType::Varint => {
@@ -125,9 +134,9 @@ mod tests {
         let node = |id: &str| Some(Node { id: id.to_owned(), cluster: "c".to_owned(), ..Default::default() });
         let names = |n: usize, len: usize| (0..n).map(|i| format!("{i:0len$}")).collect::<Vec<_>>();
         let ok = DiscoveryRequest { node: node(&"n".repeat(MAX_NODE_ID_BYTES)), resource_names: names(10, MAX_RESOURCE_NAME_BYTES), ..Default::default() };
-        check_request(&encoded(&ok)).unwrap();
+        check_request(&SOTW, &encoded(&ok)).unwrap();
         let ok = DiscoveryRequest { resource_names: names(MAX_RESOURCE_NAMES, 6), ..Default::default() };
-        check_request(&encoded(&ok)).unwrap();
+        check_request(&SOTW, &encoded(&ok)).unwrap();
 
         let cases = [
             (DiscoveryRequest { resource_names: names(MAX_RESOURCE_NAMES + 1, 1), ..Default::default() }, "100000 resources"),
@@ -135,12 +144,29 @@ mod tests {
             (DiscoveryRequest { node: node(&"n".repeat(MAX_NODE_ID_BYTES + 1)), ..Default::default() }, "1024 bytes"),
         ];
         for (request, limit) in cases {
-            let status = check_request(&encoded(&request)).unwrap_err();
+            let status = check_request(&SOTW, &encoded(&request)).unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
             assert!(status.message().contains(limit), "{:?} does not name {limit}", status.message());
         }
         // A group, which no xDS message has, cannot hide names behind it.
-        assert!(check_request(&[0x0b, 0x0c]).is_err());
-        assert!(check_request(&[0x12, 0x05, b'a']).is_err(), "a truncated field is refused");
+        assert!(check_request(&SOTW, &[0x0b, 0x0c]).is_err());
+        assert!(check_request(&SOTW, &[0x12, 0x05, b'a']).is_err(), "a truncated field is refused");
+    }
+
+    #[test]
+    fn delta_requests_are_held_to_the_same_limits_in_every_name_field() {
+        use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+        let names = |n: usize| (0..n).map(|i| format!("{i:06}")).collect::<Vec<_>>();
+        let half = MAX_RESOURCE_NAMES / 2;
+        let ok = DeltaDiscoveryRequest { resource_names_subscribe: names(half), resource_names_unsubscribe: names(half), ..Default::default() };
+        check_request(&DELTA, &ok.encode_to_vec()).unwrap();
+        let versions = names(2).into_iter().map(|n| (n, "v".to_owned())).collect();
+        let over = DeltaDiscoveryRequest { resource_names_subscribe: names(half), resource_names_unsubscribe: names(half), initial_resource_versions: versions, ..Default::default() };
+        assert!(check_request(&DELTA, &over.encode_to_vec()).unwrap_err().message().contains("100000 resources"));
+        let long = DeltaDiscoveryRequest { initial_resource_versions: [("x".repeat(MAX_RESOURCE_NAME_BYTES + 1), String::new())].into(), ..Default::default() };
+        assert!(check_request(&DELTA, &long.encode_to_vec()).unwrap_err().message().contains("4096 bytes"));
+        let node = Some(Node { id: "n".repeat(MAX_NODE_ID_BYTES + 1), ..Default::default() });
+        let request = DeltaDiscoveryRequest { node, ..Default::default() };
+        assert!(check_request(&DELTA, &request.encode_to_vec()).unwrap_err().message().contains("1024 bytes"));
     }
 }

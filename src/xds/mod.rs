@@ -3,8 +3,10 @@
 //! the status of every connected Envoy; gRPC health and reflection.
 
 pub mod codec;
+pub mod delta;
 pub mod introspection;
 pub mod limits;
+mod names;
 pub mod server;
 pub mod status;
 pub mod stream;

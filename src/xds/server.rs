@@ -1,5 +1,6 @@
-//! The xDS gRPC endpoints. ADS and the four per-type services all run the
-//! same stream loop; only the [`StreamKind`] differs.
+//! The xDS gRPC endpoints. ADS and every per-type service, state of the
+//! world and delta, run the same stream loop over a [`Protocol`]'s state
+//! machine; only that and the [`StreamKind`] differ.
 //!
 //! The endpoints are plain HTTP/2 handlers rather than generated tonic
 //! services: a response is framed from shared pre-encoded bytes (see
@@ -23,14 +24,19 @@ use axum::{
     routing::post,
     Router,
 };
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::{
+    config::core::v3::Node,
+    service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest},
+};
 use http::header::CONTENT_TYPE;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, Streaming};
 
 use super::{
-    codec::{self, ResponseBody, ResponseSender},
+    codec::{self, EncodedResponse, ResponseBody, ResponseSender},
+    delta::DeltaState,
+    limits,
     status::{Registry, StreamHandle},
     stream::{Received, StreamKind, StreamState},
 };
@@ -42,16 +48,88 @@ use crate::{
 };
 
 /// Responses in flight per stream: one per type, since each type holds at
-/// most one unanswered response.
-const RESPONSE_BUFFER: usize = 4;
+/// most one unanswered response, and one more for a make-before-break
+/// removal.
+const RESPONSE_BUFFER: usize = crate::resource_type::COUNT + 1;
 
 /// The aggregated discovery service.
 const ADS_SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 
+/// The two ways of speaking xDS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    StateOfTheWorld,
+    Delta,
+}
+
 /// The gRPC methods served: service, method, and the stream each opens.
-fn methods() -> impl Iterator<Item = (&'static str, &'static str, StreamKind)> {
-    let per_type = ResourceType::ALL.into_iter().map(|ty| (ty.info().service, ty.info().sotw_method, StreamKind::Single(ty)));
-    std::iter::once((ADS_SERVICE, "StreamAggregatedResources", StreamKind::Aggregated)).chain(per_type)
+fn methods() -> impl Iterator<Item = (&'static str, &'static str, Flavour, StreamKind)> {
+    let ads = [
+        (ADS_SERVICE, "StreamAggregatedResources", Flavour::StateOfTheWorld, StreamKind::Aggregated),
+        (ADS_SERVICE, "DeltaAggregatedResources", Flavour::Delta, StreamKind::Aggregated),
+    ];
+    let per_type = ResourceType::ALL.into_iter().flat_map(|ty| {
+        let info = ty.info();
+        [(info.service, info.sotw_method, Flavour::StateOfTheWorld, StreamKind::Single(ty)), (info.service, info.delta_method, Flavour::Delta, StreamKind::Single(ty))]
+    });
+    ads.into_iter().chain(per_type)
+}
+
+/// What the stream loop needs of a protocol: its request message, where
+/// the limits find names in it, and its state machine.
+trait Protocol: Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
+    const LAYOUT: &'static limits::Layout;
+    /// How `GET /nodes` and the logs call it.
+    const NAME: &'static str;
+    fn new(kind: StreamKind) -> Self;
+    fn node(request: &Self::Request) -> Option<&Node>;
+    /// What the client says it applied, for the log of a NACK.
+    fn applied_version(request: &Self::Request) -> &str;
+    fn on_request<'a>(&mut self, request: &'a Self::Request, snapshot: Option<&Snapshot>) -> Received<'a>;
+    fn due(&mut self, snapshot: &Arc<Snapshot>) -> Vec<(ResourceType, EncodedResponse)>;
+}
+
+impl Protocol for StreamState {
+    type Request = DiscoveryRequest;
+    const LAYOUT: &'static limits::Layout = &limits::SOTW;
+    const NAME: &'static str = "sotw";
+    fn new(kind: StreamKind) -> Self {
+        StreamState::new(kind)
+    }
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+    fn applied_version(request: &DiscoveryRequest) -> &str {
+        &request.version_info
+    }
+    fn on_request<'a>(&mut self, request: &'a DiscoveryRequest, snapshot: Option<&Snapshot>) -> Received<'a> {
+        StreamState::on_request(self, request, snapshot)
+    }
+    fn due(&mut self, snapshot: &Arc<Snapshot>) -> Vec<(ResourceType, EncodedResponse)> {
+        StreamState::due(self, snapshot)
+    }
+}
+
+impl Protocol for DeltaState {
+    type Request = DeltaDiscoveryRequest;
+    const LAYOUT: &'static limits::Layout = &limits::DELTA;
+    const NAME: &'static str = "delta";
+    fn new(kind: StreamKind) -> Self {
+        DeltaState::new(kind)
+    }
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+    fn applied_version(_: &DeltaDiscoveryRequest) -> &str {
+        ""
+    }
+    fn on_request<'a>(&mut self, request: &'a DeltaDiscoveryRequest, snapshot: Option<&Snapshot>) -> Received<'a> {
+        DeltaState::on_request(self, request, snapshot)
+    }
+    fn due(&mut self, snapshot: &Arc<Snapshot>) -> Vec<(ResourceType, EncodedResponse)> {
+        DeltaState::due(self, snapshot)
+    }
 }
 
 /// Serves discovery streams from the cache. Cheap to clone.
@@ -73,25 +151,28 @@ impl XdsServer {
     /// health and reflection; any other method is answered `UNIMPLEMENTED`.
     pub async fn router(&self) -> Router {
         let mut router = Router::new();
-        for (service, method, kind) in methods() {
+        for (service, method, flavour, kind) in methods() {
             let path = format!("/{service}/{method}");
-            router = router.route(&path, post(move |State(server): State<XdsServer>, request: Request| server.serve(kind, request)));
+            router = match flavour {
+                Flavour::StateOfTheWorld => router.route(&path, post(move |State(server): State<XdsServer>, request: Request| server.serve::<StreamState>(kind, request))),
+                Flavour::Delta => router.route(&path, post(move |State(server): State<XdsServer>, request: Request| server.serve::<DeltaState>(kind, request))),
+            };
         }
-        let mut services: Vec<&str> = methods().map(|(service, _, _)| service).collect();
+        let mut services: Vec<&str> = methods().map(|(service, ..)| service).collect();
         services.dedup();
         let introspection = super::introspection::router(&services, self.shutdown.clone()).await;
         router
             .with_state(self.clone())
             .merge(introspection)
-            .fallback(|| async { Status::unimplemented("sxds serves state-of-the-world ADS, LDS, CDS, RDS and EDS").into_http::<Body>() })
+            .fallback(|| async { Status::unimplemented("sxds serves ADS and the per-type discovery services, state of the world and delta").into_http::<Body>() })
     }
 
-    async fn serve(self, kind: StreamKind, request: Request) -> Response {
+    async fn serve<P: Protocol>(self, kind: StreamKind, request: Request) -> Response {
         let closer = request.extensions().get::<ConnectionCloser>().cloned();
         // Ends with the connection (--max-stream-age) or at shutdown.
         let drain = request.extensions().get::<ConnectionDrain>().map_or_else(|| self.shutdown.clone(), |d| d.0.clone());
         let certified = request.extensions().get::<CertifiedNodeTypes>().cloned();
-        match self.open(kind, codec::requests(request.into_body()), closer, certified, drain).await {
+        match self.open::<P>(kind, codec::requests(request.into_body(), P::LAYOUT), closer, certified, drain).await {
             Ok(body) => {
                 let headers = [(CONTENT_TYPE, "application/grpc")];
                 (headers, Body::new(body)).into_response()
@@ -108,10 +189,10 @@ impl XdsServer {
     /// Reads the first request (it must carry the node, R2) and starts the
     /// stream's loop; its responses come out of the returned body. With a
     /// client certificate (`certified`), the node type must be one it names.
-    async fn open(
+    async fn open<P: Protocol>(
         &self,
         kind: StreamKind,
-        mut inbound: Streaming<DiscoveryRequest>,
+        mut inbound: Streaming<P::Request>,
         closer: Option<ConnectionCloser>,
         certified: Option<CertifiedNodeTypes>,
         drain: CancellationToken,
@@ -122,7 +203,7 @@ impl XdsServer {
             () = drain.cancelled() => return Err(Status::unavailable("sxds is shutting down or this connection is draining")),
         };
         let first = first.ok_or_else(|| Status::invalid_argument("stream closed before its first request"))?;
-        let node_id = match &first.node {
+        let node_id = match P::node(&first) {
             Some(node) if !node.id.is_empty() => node.id.clone(),
             _ => return Err(Status::invalid_argument("the first discovery request must carry node.id")),
         };
@@ -135,12 +216,12 @@ impl XdsServer {
                 node_type.as_str()
             )));
         }
-        let handle = self.registry.open(&node_id, &node_type, kind.service_name());
-        tracing::info!(node_id, %node_type, service = kind.service_name(), stream = handle.id(), "stream opened");
+        let handle = self.registry.open(&node_id, &node_type, kind.service_name(), P::NAME);
+        tracing::info!(node_id, %node_type, service = kind.service_name(), protocol = P::NAME, stream = handle.id(), "stream opened");
 
         let (responses, body) = codec::response_channel(RESPONSE_BUFFER);
         let mut stream = XdsStream {
-            state: StreamState::new(kind),
+            state: P::new(kind),
             snapshots: self.cache.subscribe(&node_type),
             cache: self.cache.clone(),
             node_id,
@@ -177,8 +258,8 @@ enum Ending {
 }
 
 /// One open stream: its protocol state and its channels.
-struct XdsStream {
-    state: StreamState,
+struct XdsStream<P> {
+    state: P,
     snapshots: SnapshotWatch,
     cache: Cache,
     node_id: String,
@@ -188,10 +269,10 @@ struct XdsStream {
     send_timeout: Duration,
 }
 
-impl XdsStream {
+impl<P: Protocol> XdsStream<P> {
     async fn run(
         mut self,
-        inbound: Streaming<DiscoveryRequest>,
+        inbound: Streaming<P::Request>,
         shutdown: CancellationToken,
         closer: Option<ConnectionCloser>,
         early: Option<Ending>,
@@ -216,7 +297,7 @@ impl XdsStream {
         cache.release(&node_type);
     }
 
-    async fn serve(&mut self, mut inbound: Streaming<DiscoveryRequest>, shutdown: CancellationToken) -> Ending {
+    async fn serve(&mut self, mut inbound: Streaming<P::Request>, shutdown: CancellationToken) -> Ending {
         loop {
             // The oldest response the client has not taken in full, if any,
             // must be taken by this deadline.
@@ -265,7 +346,7 @@ impl XdsStream {
         ))))
     }
 
-    fn receive(&mut self, request: &DiscoveryRequest) {
+    fn receive(&mut self, request: &P::Request) {
         let node_id = self.node_id.as_str();
         let snapshot = self.snapshots.borrow().clone();
         match self.state.on_request(request, snapshot.as_deref()) {
@@ -275,17 +356,17 @@ impl XdsStream {
             }
             Received::Nack { ty, nonce, error } => {
                 // R7: visible, and not resent until the bundle changes.
-                tracing::warn!(node_id, node_type = %self.node_type, %ty, nonce, error, accepted_version = request.version_info, "NACK: Envoy rejected the config");
+                tracing::warn!(node_id, node_type = %self.node_type, %ty, nonce, error, accepted_version = P::applied_version(request), "NACK: Envoy rejected the config");
                 self.handle.rejected(ty, nonce, error);
             }
             Received::Request { ty } => {
-                tracing::debug!(node_id, %ty, names = request.resource_names.len(), "discovery request");
+                tracing::debug!(node_id, %ty, "discovery request");
             }
             Received::Stale { ty } => {
-                tracing::debug!(node_id, %ty, nonce = request.response_nonce, "stale nonce ignored");
+                tracing::debug!(node_id, %ty, "stale nonce: not an ACK");
             }
             Received::Repeat { ty } => {
-                tracing::debug!(node_id, %ty, nonce = request.response_nonce, "repeated request, nothing changed; ignored");
+                tracing::debug!(node_id, %ty, "repeated request, nothing changed; ignored");
             }
             Received::Unknown { type_url } => {
                 tracing::debug!(node_id, type_url, "type not served by sxds; ignored");

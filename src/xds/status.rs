@@ -47,6 +47,8 @@ pub struct StreamStatus {
     pub node_type: String,
     /// `ads`, or the single type of a per-type service.
     pub service: &'static str,
+    /// `sotw` (state of the world) or `delta`.
+    pub protocol: &'static str,
     pub connected_at_unix_ms: u128,
     /// By type name; types never requested are absent.
     #[serde(serialize_with = "by_type_name")]
@@ -81,6 +83,7 @@ struct Entry {
     node_id: String,
     node_type: String,
     service: &'static str,
+    protocol: &'static str,
     connected_at_unix_ms: u128,
     // Only this stream writes it; readers copy it out.
     types: Mutex<PerType<Option<TypeStatus>>>,
@@ -93,6 +96,7 @@ impl Entry {
             node_id: self.node_id.clone(),
             node_type: self.node_type.clone(),
             service: self.service,
+            protocol: self.protocol,
             connected_at_unix_ms: self.connected_at_unix_ms,
             types: lock(&self.types).clone(),
         }
@@ -109,13 +113,14 @@ pub(crate) fn now_ms() -> u128 {
 
 impl Registry {
     /// Registers a stream; it is removed when the returned handle drops.
-    pub fn open(&self, node_id: &str, node_type: &NodeType, service: &'static str) -> StreamHandle {
+    pub fn open(&self, node_id: &str, node_type: &NodeType, service: &'static str, protocol: &'static str) -> StreamHandle {
         let stream_id = self.0.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Arc::new(Entry {
             stream_id,
             node_id: node_id.to_owned(),
             node_type: node_type.to_string(),
             service,
+            protocol,
             connected_at_unix_ms: now_ms(),
             types: Mutex::default(),
         });
@@ -163,9 +168,12 @@ impl StreamHandle {
         });
     }
 
-    pub fn acked(&self, ty: ResourceType, version: &str) {
+    /// The client ACKed `version`, or (`None`, as delta ACKs name no
+    /// version) the one last sent.
+    pub fn acked(&self, ty: ResourceType, version: Option<&str>) {
         let mut push_to_ack = None;
         self.update(ty, |s| {
+            let Some(version) = version.or(s.sent_version.as_deref()) else { return };
             let sent = s.sent_version.as_ref().filter(|sent| &***sent == version);
             if sent.is_some() {
                 push_to_ack = s.sent_at.take().map(|at| at.elapsed());
@@ -203,10 +211,10 @@ mod tests {
     fn a_stream_updates_its_own_entry_and_leaves_on_drop() {
         let registry = Registry::default();
         let node_type = NodeType::of_node_id("sidecar-a");
-        let first = registry.open("sidecar-a", &node_type, "ads");
-        let second = registry.open("sidecar-b", &node_type, "ads");
+        let first = registry.open("sidecar-a", &node_type, "ads", "sotw");
+        let second = registry.open("sidecar-b", &node_type, "ads", "sotw");
         first.sent(ResourceType::Cluster, &Arc::from("v1"));
-        first.acked(ResourceType::Cluster, "v1");
+        first.acked(ResourceType::Cluster, Some("v1"));
         second.rejected(ResourceType::Listener, "n1", "bad listener");
 
         let list = registry.list();
@@ -224,7 +232,7 @@ mod tests {
     #[test]
     fn updates_take_no_registry_lock() {
         let registry = Registry::default();
-        let handle = registry.open("sidecar-a", &NodeType::of_node_id("sidecar-a"), "ads");
+        let handle = registry.open("sidecar-a", &NodeType::of_node_id("sidecar-a"), "ads", "sotw");
         // With the map held (a reader walking it, a stream opening), the
         // stream still records what it sent and what came back.
         let held = lock(&registry.0.streams);
@@ -232,7 +240,7 @@ mod tests {
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 handle.sent(ResourceType::Endpoint, &Arc::from("v2"));
-                handle.acked(ResourceType::Endpoint, "v2");
+                handle.acked(ResourceType::Endpoint, Some("v2"));
                 done.send(()).unwrap();
             });
             let updated = finished.recv_timeout(std::time::Duration::from_secs(10));

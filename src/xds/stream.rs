@@ -37,6 +37,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use bytes::BytesMut;
 
+use super::names::Names;
 use crate::{
     cache::Snapshot,
     resource_type::{PerType, ResourceType},
@@ -53,6 +54,15 @@ pub enum StreamKind {
 }
 
 impl StreamKind {
+    /// The type a request of `type_url` is about, if this stream serves it.
+    pub fn type_of(self, type_url: &str) -> Option<ResourceType> {
+        match self {
+            Self::Single(ty) if type_url.is_empty() || type_url == ty.type_url() => Some(ty),
+            Self::Single(_) => None,
+            Self::Aggregated => ResourceType::from_type_url(type_url),
+        }
+    }
+
     pub fn service_name(self) -> &'static str {
         match self {
             Self::Aggregated => "ads",
@@ -66,8 +76,9 @@ impl StreamKind {
 pub enum Received<'a> {
     /// First request of a type, or a subscription change.
     Request { ty: ResourceType },
-    /// The client applied our last response (R5).
-    Ack { ty: ResourceType, version: &'a str },
+    /// The client applied our last response (R5), of this version (a delta
+    /// ACK names none: the version sent).
+    Ack { ty: ResourceType, version: Option<&'a str> },
     /// The client rejected our last response (R6).
     Nack { ty: ResourceType, nonce: &'a str, error: &'a str },
     /// A nonce other than our latest for the type: ignored (R10).
@@ -138,14 +149,8 @@ impl StreamState {
     /// `snapshot` (the node type's current one, if any) lends its copies of
     /// resource names to the subscription, so streams share them.
     pub fn on_request<'a>(&mut self, request: &'a DiscoveryRequest, snapshot: Option<&Snapshot>) -> Received<'a> {
-        let ty = match (self.kind, request.type_url.as_str()) {
-            (StreamKind::Single(ty), "") => ty,
-            (StreamKind::Single(ty), url) if url == ty.type_url() => ty,
-            (StreamKind::Aggregated, url) => match ResourceType::from_type_url(url) {
-                Some(ty) => ty,
-                None => return Received::Unknown { type_url: url },
-            },
-            (StreamKind::Single(_), url) => return Received::Unknown { type_url: url },
+        let Some(ty) = self.kind.type_of(&request.type_url) else {
+            return Received::Unknown { type_url: &request.type_url };
         };
         // On ADS, a CDS (LDS) response sent after this type's last response
         // may have started a cluster (listener) warming, and Envoy repeats
@@ -167,7 +172,7 @@ impl StreamState {
             state.awaiting_reply = false;
             return match &request.error_detail {
                 Some(error) => Received::Nack { ty, nonce, error: &error.message },
-                None => Received::Ack { ty, version: &request.version_info },
+                None => Received::Ack { ty, version: Some(&request.version_info) },
             };
         }
         // Not a reply to our latest response. A new subscription supersedes
@@ -302,41 +307,6 @@ fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: 
     state.newly_named = Names::new(still_new.chain(added).map(|name| names.shared(name)));
     state.names = names;
     true
-}
-
-/// A set of resource names: sorted, each shared with the snapshot that has
-/// it. A stream subscribed to 100 clusters holds 100 pointers, not 100
-/// strings.
-#[derive(Debug, Default, Clone)]
-struct Names(Box<[Arc<str>]>);
-
-impl Names {
-    fn new(names: impl Iterator<Item = Arc<str>>) -> Self {
-        let mut names: Vec<Arc<str>> = names.collect();
-        names.sort_unstable();
-        names.dedup();
-        Self(names.into_boxed_slice())
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.0.binary_search_by(|n| (**n).cmp(name)).is_ok()
-    }
-
-    /// This set's copy of `name`, which must be in it.
-    fn shared(&self, name: &str) -> Arc<str> {
-        match self.0.binary_search_by(|n| (**n).cmp(name)) {
-            Ok(i) => self.0[i].clone(),
-            Err(_) => Arc::from(name),
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|name| &**name)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 fn names_digest(names: &[String]) -> u64 {

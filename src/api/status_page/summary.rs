@@ -200,7 +200,7 @@ mod tests {
     fn stream(stream_id: u64, node_id: &str, types: [Option<TypeStatus>; 4]) -> StreamStatus {
         let types = crate::resource_type::PerType::from_fn(|ty| types[ty.index()].clone());
         let node_type = node_id.split('-').next().unwrap_or(node_id).to_owned();
-        StreamStatus { stream_id, node_id: node_id.to_owned(), node_type, service: "ads", connected_at_unix_ms: 1, types }
+        StreamStatus { stream_id, node_id: node_id.to_owned(), node_type, service: "ads", protocol: "sotw", connected_at_unix_ms: 1, types }
     }
 
     /// Stream `i` of 10,000: node types `sidecar` and `gateway` alternate;

@@ -1,0 +1,342 @@
+//! The delta (incremental) stream state machine. Pure logic, like the
+//! state-of-the-world one in [`super::stream`], and driven by the same I/O
+//! loop.
+//!
+//! Each resource has its own version, its digest in hex (R29): a response
+//! carries only the resources the client lacks or holds at another version,
+//! and names it must drop in `removed_resources`. Per type a stream keeps
+//! its subscription (explicit names, and whether it is a wildcard one) and
+//! the snapshot its view matches: after each response the client holds,
+//! for every subscribed name, exactly what that snapshot has (the name's
+//! resource, or nothing). The next snapshot is then compared with it, and
+//! when it is the snapshot's direct successor, only the names it changed or
+//! dropped are looked at.
+//!
+//! - A request is never dropped for a stale nonce: its subscription changes
+//!   count (R28). Only a request naming the type's latest nonce is an ACK,
+//!   or a NACK when it carries `error_detail` (R27); a NACKed version is
+//!   not sent again, only a later change is (no resend loop).
+//! - A newly subscribed name is answered even if the client may hold it
+//!   (R30): with the resource, or in `removed_resources` when the bundle has
+//!   no such resource (R32), and sent once it appears. Unsubscribing a name
+//!   the client never had changes nothing (R31).
+//! - The first request's `initial_resource_versions` say what a
+//!   reconnecting client holds (R33): what it holds at the current version
+//!   is not sent again, and what is gone is removed.
+//! - An empty first subscription to LDS or CDS is the legacy wildcard;
+//!   `*` subscribes to every resource of any type, and unsubscribing `*`
+//!   ends that.
+//! - On ADS the order of the state-of-the-world streams holds (R23):
+//!   listeners and routes wait while clusters or endpoints are unanswered,
+//!   and clusters and endpoints that a new bundle drops are removed only
+//!   once every other type is answered (make before break).
+
+use std::{collections::HashMap, sync::Arc};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+
+use super::{
+    names::Names,
+    stream::{Received, StreamKind},
+};
+use crate::{
+    cache::{Resource, Snapshot},
+    resource_type::{PerType, ResourceType},
+    wire::{self, delta_discovery_response as field, resource as resource_field, EncodedResponse},
+};
+
+/// The version a delta stream reports for a resource: its digest in hex.
+pub fn resource_version(digest: u64) -> String {
+    format!("{digest:016x}")
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    /// A request for the type has been seen.
+    requested: bool,
+    /// Subscribed to every resource of the type.
+    wildcard: bool,
+    /// Explicitly subscribed names.
+    names: Names,
+    /// Names subscribed since the last response: answered whatever the
+    /// client may hold (R30, R32).
+    newly_named: Names,
+    /// `*` was subscribed since the last response: every resource not
+    /// named before is new to the client.
+    widened: bool,
+    /// What the first request said the client holds (R33), until the first
+    /// response is worked out.
+    initial: Option<HashMap<String, String>>,
+    /// The snapshot the client's view of every subscribed name matches;
+    /// `None` before the first response is worked out.
+    synced: Option<Arc<Snapshot>>,
+    /// On ADS, clusters or endpoints a new bundle dropped that the client
+    /// keeps until every other type is answered (R23).
+    retiring: Vec<Arc<str>>,
+    /// Nonce of the last response; empty before the first.
+    nonce: String,
+    /// The last response has not been ACKed or NACKed yet.
+    awaiting_reply: bool,
+}
+
+impl TypeState {
+    fn subscribes(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// Per-stream delta protocol state.
+#[derive(Debug)]
+pub struct DeltaState {
+    kind: StreamKind,
+    types: PerType<TypeState>,
+    nonces: u64,
+}
+
+/// What one response of a type carries.
+#[derive(Default)]
+struct Diff<'a> {
+    updated: Vec<&'a Resource>,
+    removed: Vec<Arc<str>>,
+}
+
+impl DeltaState {
+    pub fn new(kind: StreamKind) -> Self {
+        Self { kind, types: Default::default(), nonces: 0 }
+    }
+
+    /// Takes in one request: subscription changes, then ACK/NACK bookkeeping.
+    pub fn on_request<'a>(&mut self, request: &'a DeltaDiscoveryRequest, snapshot: Option<&Snapshot>) -> Received<'a> {
+        let Some(ty) = self.kind.type_of(&request.type_url) else {
+            return Received::Unknown { type_url: &request.type_url };
+        };
+        let state = &mut self.types[ty];
+        let first = !state.requested;
+        state.requested = true;
+        let changed = subscribe(ty, state, request, first, snapshot);
+        if first {
+            state.initial = Some(request.initial_resource_versions.clone());
+        }
+        let nonce = request.response_nonce.as_str();
+        if !nonce.is_empty() && nonce == state.nonce && state.awaiting_reply {
+            state.awaiting_reply = false;
+            return match &request.error_detail {
+                Some(error) => Received::Nack { ty, nonce, error: &error.message },
+                None => Received::Ack { ty, version: None },
+            };
+        }
+        match (first || changed, nonce.is_empty() || nonce == state.nonce) {
+            (true, _) => Received::Request { ty },
+            // R28: its subscription changes were taken in all the same.
+            (false, false) => Received::Stale { ty },
+            (false, true) => Received::Repeat { ty },
+        }
+    }
+
+    /// The responses due now, in ADS order, given the node type's snapshot.
+    pub fn due(&mut self, snapshot: &Arc<Snapshot>) -> Vec<(ResourceType, EncodedResponse)> {
+        let mut responses = Vec::new();
+        for ty in ResourceType::ALL {
+            if self.kind == StreamKind::Aggregated && self.any_unanswered(ty.info().waits_for) {
+                continue;
+            }
+            let state = &self.types[ty];
+            if !state.requested || state.awaiting_reply {
+                continue;
+            }
+            let mut diff = diff(ty, state, snapshot);
+            let retire = self.retires(ty);
+            let state = &mut self.types[ty];
+            state.retiring.retain(|name| !diff.updated.iter().any(|r| r.name() == name));
+            if retire {
+                for name in diff.removed.drain(..) {
+                    if !state.retiring.contains(&name) {
+                        state.retiring.push(name);
+                    }
+                }
+            }
+            state.synced = Some(snapshot.clone());
+            state.newly_named = Names::default();
+            state.widened = false;
+            state.initial = None;
+            if diff.updated.is_empty() && diff.removed.is_empty() {
+                continue;
+            }
+            let response = self.respond(ty, snapshot, &diff.updated, &diff.removed);
+            responses.push((ty, response));
+        }
+        // Everything else is answered: drop what was kept for make before break.
+        for ty in ResourceType::ALL {
+            if self.types[ty].retiring.is_empty() || self.any_unanswered(&ResourceType::ALL) {
+                continue;
+            }
+            let removed = std::mem::take(&mut self.types[ty].retiring);
+            let response = self.respond(ty, snapshot, &[], &removed);
+            responses.push((ty, response));
+        }
+        responses
+    }
+
+    fn any_unanswered(&self, types: &[ResourceType]) -> bool {
+        types.iter().any(|t| self.types[*t].awaiting_reply)
+    }
+
+    /// On ADS, whether what a new bundle drops of `ty` waits until the
+    /// types that may still use it are answered: clusters and endpoints,
+    /// while the stream has listeners or routes.
+    fn retires(&self, ty: ResourceType) -> bool {
+        self.kind == StreamKind::Aggregated
+            && ResourceType::ALL.iter().any(|t| t.info().waits_for.contains(&ty) && self.types[*t].requested)
+    }
+
+    fn respond(&mut self, ty: ResourceType, snapshot: &Snapshot, updated: &[&Resource], removed: &[Arc<str>]) -> EncodedResponse {
+        self.nonces += 1;
+        let nonce = self.nonces.to_string();
+        let response = frame(snapshot, ty, updated, removed, &nonce);
+        let state = &mut self.types[ty];
+        state.nonce = nonce;
+        state.awaiting_reply = true;
+        response
+    }
+}
+
+/// Applies a request's subscription changes; `true` if any.
+fn subscribe(ty: ResourceType, state: &mut TypeState, request: &DeltaDiscoveryRequest, first: bool, snapshot: Option<&Snapshot>) -> bool {
+    let (subscribe, unsubscribe) = (&request.resource_names_subscribe, &request.resource_names_unsubscribe);
+    if subscribe.is_empty() && unsubscribe.is_empty() {
+        // The legacy wildcard: LDS and CDS clients that name nothing.
+        if first && ty.is_full_state() {
+            state.wildcard = true;
+        }
+        return false;
+    }
+    let shared = |name: &String| snapshot.and_then(|s| s.shared_name(ty, name)).unwrap_or_else(|| Arc::from(name.as_str()));
+    let mut names: Vec<Arc<str>> = state.names.shared_names().cloned().collect();
+    let mut newly: Vec<Arc<str>> = state.newly_named.shared_names().cloned().collect();
+    for name in subscribe {
+        if name == "*" {
+            state.widened |= !state.wildcard;
+            state.wildcard = true;
+        } else {
+            let name = shared(name);
+            names.push(name.clone());
+            newly.push(name);
+        }
+    }
+    for name in unsubscribe {
+        if name == "*" {
+            state.wildcard = false;
+        } else {
+            names.retain(|n| **n != **name);
+            newly.retain(|n| **n != **name);
+            state.retiring.retain(|n| **n != **name);
+        }
+    }
+    state.names = Names::new(names.into_iter());
+    state.newly_named = Names::new(newly.into_iter());
+    true
+}
+
+/// What a response of `ty` must carry for the client's view to match
+/// `snapshot`.
+fn diff<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot) -> Diff<'a> {
+    let mut diff = Diff::default();
+    match (&state.initial, &state.synced) {
+        // R33: the first response, from what the client says it holds.
+        (Some(held), _) => {
+            let holds_current = |r: &Resource| held.get(&**r.name()).is_some_and(|v| *v == resource_version(r.digest()));
+            diff.updated = subscribed(ty, state, snapshot, |r| !holds_current(r));
+            let gone = held.keys().filter(|name| state.subscribes(name) && !snapshot.contains(ty, name));
+            diff.removed = gone.map(|name| Arc::from(name.as_str())).collect();
+        }
+        (None, synced) => {
+            let synced = synced.as_deref();
+            match synced.and_then(|s| Some((snapshot.changed_since(s, ty)?, snapshot.removed_since(s, ty)?))) {
+                // The common case: the snapshot's own list of changes decides.
+                Some((changed, gone)) => {
+                    diff.updated = changed.iter().filter(|name| state.subscribes(name)).filter_map(|name| snapshot.resource(ty, name)).collect();
+                    diff.removed = gone.iter().filter(|name| state.subscribes(name)).cloned().collect();
+                }
+                None => {
+                    let held = |name: &str| synced.and_then(|s| s.digest(ty, name));
+                    diff.updated = subscribed(ty, state, snapshot, |r| held(r.name()) != Some(r.digest()));
+                    if let Some(synced) = synced {
+                        let gone = synced.resources(ty).iter().map(Resource::name).filter(|name| state.subscribes(name) && !snapshot.contains(ty, name));
+                        diff.removed = gone.cloned().collect();
+                    }
+                }
+            }
+        }
+    }
+    // R30, R32: every new subscription gets an answer, but what the first
+    // request says the client holds at the current version stays (R33).
+    let first = state.initial.is_some();
+    if state.widened && !first {
+        let unnamed = snapshot.resources(ty).iter().filter(|r| !state.names.contains(r.name()));
+        let unnamed: Vec<&Resource> = unnamed.filter(|r| !diff.updated.iter().any(|u| u.name() == r.name())).collect();
+        diff.updated.extend(unnamed);
+        diff.updated.sort_by(|a, b| a.name().cmp(b.name()));
+    }
+    for name in state.newly_named.shared_names() {
+        match snapshot.resource(ty, name) {
+            Some(resource) if !first && !diff.updated.iter().any(|r| r.name() == name) => diff.updated.push(resource),
+            None if !diff.removed.contains(name) => diff.removed.push(name.clone()),
+            _ => {}
+        }
+    }
+    diff
+}
+
+/// Every resource of `ty` in `snapshot` that the subscription names, kept
+/// when `keep` says so.
+fn subscribed<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot, keep: impl Fn(&Resource) -> bool) -> Vec<&'a Resource> {
+    if state.wildcard {
+        snapshot.resources(ty).iter().filter(|r| keep(r)).collect()
+    } else {
+        state.names.iter().filter_map(|name| snapshot.resource(ty, name)).filter(|r| keep(r)).collect()
+    }
+}
+
+/// A DeltaDiscoveryResponse of `ty`: `updated` resources from `snapshot`
+/// (each its name, version and the snapshot's shared `Any` entry) and the
+/// names in `removed`.
+pub fn frame(snapshot: &Snapshot, ty: ResourceType, updated: &[&Resource], removed: &[Arc<str>], nonce: &str) -> EncodedResponse {
+    let (version, type_url) = (snapshot.version().as_bytes(), ty.type_url().as_bytes());
+    let mut head = BytesMut::with_capacity(version.len() + type_url.len() + nonce.len() + 12);
+    wire::put_bytes_field(&mut head, field::SYSTEM_VERSION_INFO, version);
+    wire::put_bytes_field(&mut head, field::TYPE_URL, type_url);
+    wire::put_bytes_field(&mut head, field::NONCE, nonce.as_bytes());
+    removed.iter().for_each(|name| put_string(&mut head, field::REMOVED_RESOURCES, name));
+    let mut response = EncodedResponse::default();
+    response.push_encoded(head.freeze());
+    for resource in updated {
+        response.push_encoded(resource_head(resource));
+        response.push_encoded(resource.entry().clone());
+    }
+    response
+}
+
+/// A `Resource` entry of a delta response up to its `Any`: the field head,
+/// the name and the version. The `Any` field, shared, follows.
+fn resource_head(resource: &Resource) -> Bytes {
+    let version = resource_version(resource.digest());
+    let name = resource.name().as_bytes();
+    let inner = wire::field_len(resource_field::NAME, name.len()) + wire::field_len(resource_field::VERSION, version.len()) + resource.entry().len();
+    let mut head = BytesMut::with_capacity(inner - resource.entry().len() + 6);
+    wire::put_field_head(&mut head, field::RESOURCES, inner);
+    // A name is never empty once validated; written even if it were.
+    wire::put_field_head(&mut head, resource_field::NAME, name.len());
+    head.put_slice(name);
+    wire::put_bytes_field(&mut head, resource_field::VERSION, version.as_bytes());
+    head.freeze()
+}
+
+/// A repeated string field, written even when empty.
+fn put_string(buf: &mut BytesMut, tag: u32, value: &str) {
+    wire::put_field_head(buf, tag, value.len());
+    buf.put_slice(value.as_bytes());
+}
+
+#[cfg(test)]
+mod tests;
