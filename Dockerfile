@@ -6,8 +6,9 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 # etcd-client (the etcd store) compiles etcd's .proto files with protoc.
 RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler && rm -rf /var/lib/apt/lists/*
-# build.rs runs `cargo metadata` to find the envoy-types descriptors; the
-# builder has registry access, so that just works here.
+# build.rs runs `cargo metadata` to find the envoy-types descriptors and the
+# cncf/xds protos of data-plane-api; the builder has registry access, so that
+# just works here.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src

@@ -1,5 +1,6 @@
 //! sxds's own protobuf schema (`proto/sxds/v1`) and the descriptor pool that
-//! holds it beside every Envoy type, so canonical JSON with any `@type` can be
+//! holds it beside every Envoy type and the CNCF `xds.*` and `udpa.*` ones
+//! Envoy accepts in an `Any`, so canonical JSON with any `@type` can be
 //! parsed and printed.
 
 use std::sync::OnceLock;
@@ -17,8 +18,9 @@ use crate::resource_type::ResourceType;
 
 const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
-/// The pool of every Envoy message plus sxds's. Built once (about 65 ms) on
-/// first use and immutable after that, so one process-wide copy is shared.
+/// The pool of every Envoy and CNCF message plus sxds's. Built once (about
+/// 65 ms) on first use and immutable after that, so one process-wide copy is
+/// shared.
 pub fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTORS).expect("descriptor set compiled in by build.rs is valid"))

@@ -257,3 +257,40 @@ async fn envoy_nack_is_visible_not_resent_and_old_config_keeps_serving_r6_r7() {
     let streams = daemon.streams(node).await;
     assert!(streams.iter().all(|s| s["types"]["clusters"]["rejected"].is_null()), "NACK not cleared by the ACK: {streams:?}");
 }
+
+/// Lua that marks every response, to show the filter really runs.
+const MARK_RESPONSES: &str = r#"function envoy_on_response(response) response:headers():add("x-sxds-lua", "typed-struct") end"#;
+
+/// HTTP filters configured through TypedStructs instead of their own types:
+/// a Lua filter inside cncf/xds's `xds.type.v3.TypedStruct`, the router inside
+/// the older `udpa.type.v1.TypedStruct`. sxds takes the bundle, Envoy ACKs the
+/// listener (R5, no NACK: R6) and the Lua filter runs on the traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_filters_configured_through_typed_structs_are_acked_and_run_r5() {
+    let backend = Backend::start("backend-A").await;
+    let (port, node) = (free_port(), "sidecar-typed-struct");
+    let mut bundle = example_bundle("sidecar.json", "1", port, backend.port);
+    bundle["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"] = json!([
+        {"name": "envoy.filters.http.lua", "typed_config": {
+            "@type": "type.googleapis.com/xds.type.v3.TypedStruct",
+            "type_url": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "value": {"default_source_code": {"inline_string": MARK_RESPONSES}},
+        }},
+        {"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+            "type_url": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            "value": {},
+        }},
+    ]);
+    let (daemon, envoy) = serving(Transport::Ads, node, &bundle).await;
+    daemon.wait_acked(node, &ALL_TYPES, "1", CONVERGE).await;
+    wait_for_body(port, "/", "backend-A", CONVERGE).await;
+    let streams = daemon.streams(node).await;
+    assert!(streams.iter().all(|s| s["types"]["listeners"]["rejected"].is_null()), "listeners NACKed: {streams:?}");
+    assert_clean_updates(&envoy).await;
+
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().expect("HTTP client");
+    let response = http.get(format!("http://127.0.0.1:{port}/")).send().await.expect("a request through Envoy");
+    let mark = response.headers().get("x-sxds-lua").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(mark.as_deref(), Some("typed-struct"), "the Lua filter's header on {response:?}");
+}

@@ -440,6 +440,62 @@ mod tests {
     }
 
     #[test]
+    fn http_filters_configured_through_typed_structs_parse_and_print_back() {
+        // Both TypedStructs Envoy accepts in an Any: cncf/xds's and its udpa predecessor.
+        let lua = json!({
+            "@type": "type.googleapis.com/xds.type.v3.TypedStruct",
+            "type_url": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "value": {"default_source_code": {"inline_string": "function envoy_on_response(h) end"}},
+        });
+        let router = json!({
+            "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+            "type_url": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            "value": {},
+        });
+        let hcm = json!({"@type": HCM, "stat_prefix": "s", "http_filters": [
+            {"name": "lua", "typed_config": lua},
+            {"name": "router", "typed_config": router},
+        ]});
+        let parsed = parse(listener_with_typed_config(hcm).as_bytes(), Format::Json).expect("TypedStructs are known types");
+        let printed: serde_json::Value = serde_json::from_slice(&to_json(&parsed.stored).unwrap()).unwrap();
+        let filters = &printed["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
+        assert_eq!(filters[0]["typed_config"], lua);
+        assert_eq!(filters[1]["typed_config"], router);
+        assert_eq!(parse(printed.to_string().as_bytes(), Format::Json).unwrap().stored, parsed.stored);
+    }
+
+    #[test]
+    fn the_xds_matcher_family_is_known() {
+        for name in [
+            "xds.type.matcher.v3.Matcher",
+            "xds.type.matcher.v3.IPMatcher",
+            "xds.type.matcher.v3.ServerNameMatcher",
+            "xds.type.matcher.v3.CelMatcher",
+            "xds.type.matcher.v3.HttpAttributesCelMatchInput",
+            "xds.type.matcher.v3.Int64RangeMatcher",
+            "xds.type.v3.Int64Range",
+        ] {
+            assert!(schema::pool().get_message_by_name(name).is_some(), "{name} is in the pool");
+        }
+        // A listener choosing its filter chain by the client's address with an IPMatcher.
+        let ip_matcher = json!({
+            "@type": "type.googleapis.com/xds.type.matcher.v3.IPMatcher",
+            "range_matchers": [{
+                "ranges": [{"address_prefix": "127.0.0.0", "prefix_len": 8}],
+                "on_match": {"action": {"name": "chain", "typed_config": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue", "value": "local"}}},
+            }],
+        });
+        let body = json!({"listeners": [{"name": "l", "filter_chain_matcher": {"matcher_tree": {
+            "input": {"name": "ip", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourceIPInput"}},
+            "custom_match": {"name": "ip", "typed_config": ip_matcher},
+        }}}]});
+        let printed: serde_json::Value = serde_json::from_slice(&to_json(&stored(&body)).unwrap()).unwrap();
+        assert_eq!(printed["listeners"][0]["filter_chain_matcher"]["matcher_tree"]["custom_match"]["typed_config"], ip_matcher);
+    }
+
+    #[test]
     fn syntax_errors_say_which_syntax_and_have_no_field_path() {
         for body in [r#"{"clusters": [{"name": "a",}]}"#, r#"{"clusters": [{"name": "a""#, r#"{"clusters": []} x"#] {
             let e = error(body, Format::Json);
