@@ -84,11 +84,39 @@ async fn serving(transport: Transport, node_id: &str, bundle: &Value) -> (Daemon
     (daemon, envoy)
 }
 
+/// The protocol every stream of `node` speaks, by GET /nodes.
+async fn assert_protocol(daemon: &Daemon, node: &str, transport: Transport) {
+    let expected = if matches!(transport, Transport::DeltaAds | Transport::DeltaSeparate) { "delta" } else { "sotw" };
+    let streams = daemon.streams(node).await;
+    assert!(!streams.is_empty() && streams.iter().all(|s| s["protocol"] == expected), "every stream of {node} speaks {expected}: {streams:?}");
+}
+
+/// The example bundle for per-type services, its RDS and EDS config
+/// sources speaking delta too when the bootstrap does.
+fn separate_bundle(transport: Transport, version: &str, listener_port: u16, backend_port: u16) -> Value {
+    let bundle = example_bundle("sidecar-xds.json", version, listener_port, backend_port);
+    match transport {
+        Transport::DeltaSeparate => serde_json::from_str(&bundle.to_string().replace(r#""api_type":"GRPC""#, r#""api_type":"DELTA_GRPC""#)).unwrap(),
+        _ => bundle,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ads_endpoint_then_cluster_change_switch_traffic_without_a_failed_request_r21_r22_r23() {
+    switch_traffic_over_ads(Transport::Ads, "sidecar-ads").await;
+}
+
+/// The same three changes on delta ADS: the dropped cluster goes out in
+/// `removed_resources` only after the routes moved off it (R23, R29).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_ads_endpoint_then_cluster_change_switch_traffic_without_a_failed_request_r23_r29() {
+    switch_traffic_over_ads(Transport::DeltaAds, "sidecar-delta-ads").await;
+}
+
+async fn switch_traffic_over_ads(transport: Transport, node: &str) {
     let (a, b, c) = (Backend::start("backend-A").await, Backend::start("backend-B").await, Backend::start("backend-C").await);
-    let (port, node) = (free_port(), "sidecar-ads");
-    let (daemon, envoy) = serving(Transport::Ads, node, &example_bundle("sidecar.json", "1", port, a.port)).await;
+    let port = free_port();
+    let (daemon, envoy) = serving(transport, node, &example_bundle("sidecar.json", "1", port, a.port)).await;
     wait_for_body(port, "/", "backend-A", CONVERGE).await;
     daemon.wait_acked(node, &ALL_TYPES, "1", CONVERGE).await;
 
@@ -124,25 +152,39 @@ async fn ads_endpoint_then_cluster_change_switch_traffic_without_a_failed_reques
 
     assert_clean_updates(&envoy).await;
     assert_eq!(envoy.stat("control_plane.connected_state").await, 1);
+    assert_protocol(&daemon, node, transport).await;
+    if matches!(transport, Transport::DeltaAds) {
+        let dump = envoy.config_dump().await.to_string();
+        assert!(!dump.contains(r#""name":"backend""#), "the dropped cluster was removed");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_services_switch_traffic_and_answer_every_eds_subscription_r16_r19() {
+    switch_traffic_over_separate_services(Transport::Separate, "sidecar-separate").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_separate_services_switch_traffic_and_answer_every_eds_subscription_r29_r30() {
+    switch_traffic_over_separate_services(Transport::DeltaSeparate, "sidecar-delta-separate").await;
+}
+
+async fn switch_traffic_over_separate_services(transport: Transport, node: &str) {
     let (a, b, c) = (Backend::start("backend-A").await, Backend::start("backend-B").await, Backend::start("backend-C").await);
-    let (port, node) = (free_port(), "sidecar-separate");
-    let (daemon, envoy) = serving(Transport::Separate, node, &example_bundle("sidecar-xds.json", "1", port, a.port)).await;
+    let port = free_port();
+    let (daemon, envoy) = serving(transport, node, &separate_bundle(transport, "1", port, a.port)).await;
     wait_for_body(port, "/", "backend-A", CONVERGE).await;
     daemon.wait_acked(node, &ALL_TYPES, "1", CONVERGE).await;
 
     let traffic = Traffic::start(port, "/", &["backend-A", "backend-B"]);
-    daemon.put_ok("sidecar", &example_bundle("sidecar-xds.json", "2", port, b.port)).await;
+    daemon.put_ok("sidecar", &separate_bundle(transport, "2", port, b.port)).await;
     wait_for_body(port, "/", "backend-B", CONVERGE).await;
     traffic.assert_all_ok("while the endpoint moved from A to B").await;
     daemon.wait_acked(node, &ENDPOINT_MOVE, "2", CONVERGE).await;
 
     // Three EDS clusters: Envoy subscribes to each; every one must be answered.
     let clusters = [("one", a.port), ("two", b.port), ("three", c.port)];
-    let v3 = with_clusters(example_bundle("sidecar-xds.json", "3", port, a.port), &clusters);
+    let v3 = with_clusters(separate_bundle(transport, "3", port, a.port), &clusters);
     daemon.put_ok("sidecar", &v3).await;
     for (path, body) in [("/one", "backend-A"), ("/two", "backend-B"), ("/three", "backend-C")] {
         wait_for_body(port, path, body, CONVERGE).await;
@@ -161,6 +203,7 @@ async fn separate_services_switch_traffic_and_answer_every_eds_subscription_r16_
         assert!(envoy.stat(&format!("cluster.{name}.update_success")).await >= 1, "EDS for cluster {name} answered");
     }
     assert_clean_updates(&envoy).await;
+    assert_protocol(&daemon, node, transport).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -229,6 +229,16 @@ pub enum Transport {
     Ads,
     /// examples/envoy-xds.yaml: LDS and CDS on their own streams.
     Separate,
+    /// examples/envoy-ads.yaml with `api_type: DELTA_GRPC`: one delta stream.
+    DeltaAds,
+    /// examples/envoy-xds.yaml with `api_type: DELTA_GRPC`: delta LDS and CDS.
+    DeltaSeparate,
+}
+
+impl Transport {
+    fn is_delta(self) -> bool {
+        matches!(self, Self::DeltaAds | Self::DeltaSeparate)
+    }
 }
 
 /// A real Envoy on a bootstrap generated from the shipped example, with the
@@ -314,10 +324,14 @@ pub fn bootstrap_yaml(transport: Transport, xds_port: u16, admin_port: u16) -> S
 /// port of `xds_ports` (sxds replicas), with the admin port replaced.
 pub fn replicas_bootstrap_yaml(transport: Transport, xds_ports: &[u16], admin_port: u16) -> String {
     let file = match transport {
-        Transport::Ads => "envoy-ads.yaml",
-        Transport::Separate => "envoy-xds.yaml",
+        Transport::Ads | Transport::DeltaAds => "envoy-ads.yaml",
+        Transport::Separate | Transport::DeltaSeparate => "envoy-xds.yaml",
     };
-    let text = std::fs::read_to_string(example_path(file)).expect("read example bootstrap");
+    let mut text = std::fs::read_to_string(example_path(file)).expect("read example bootstrap");
+    if transport.is_delta() {
+        assert!(text.contains("api_type: GRPC"), "examples/{file} names its api_type");
+        text = text.replace("api_type: GRPC", "api_type: DELTA_GRPC");
+    }
     // The xds_cluster's one endpoint, repeated for each port.
     let endpoint = "              - endpoint:\n                  address:\n                    socket_address: { address: 127.0.0.1, port_value: 8081 }\n";
     for fixed in [endpoint, "port_value: 8081", "port_value: 9901"] {
