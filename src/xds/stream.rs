@@ -28,10 +28,7 @@
 //! new listeners and routes are in; a final CDS response drops them once
 //! every other type is answered.
 
-use std::{
-    hash::{Hash, Hasher},
-    sync::{Arc, Weak},
-};
+use std::sync::{Arc, Weak};
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
@@ -298,7 +295,8 @@ fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: 
     }));
     let was_wildcard = state.wildcard;
     state.wildcard = ty.is_full_state() && (star || (names.is_empty() && !state.ever_named));
-    state.ever_named |= !names.is_empty();
+    // An explicit `*` names too: an empty list after it unsubscribes (R15).
+    state.ever_named |= !names.is_empty() || star;
     if state.wildcard && !was_wildcard {
         state.refresh = true;
     }
@@ -309,10 +307,10 @@ fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: 
     true
 }
 
+/// A digest of a list of names that does not depend on their order: the
+/// same set listed another way is the same subscription (R8).
 fn names_digest(names: &[String]) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    names.hash(&mut hasher);
-    hasher.finish()
+    names.iter().fold(names.len() as u64, |digest, name| digest.wrapping_add(wire::digest(name.as_bytes())))
 }
 
 /// The names a response of `ty` should carry now, or `None` if none is due.
@@ -326,7 +324,13 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snaps
         // version is sent on its own only when it changed nothing at all
         // (versions are per type, R4: an endpoint change leaves CDS alone).
         let moved = state.sent.as_ref().is_none_or(|sent| {
-            sent.version() != snapshot.version() && (snapshot.type_differs(sent, ty) || snapshot.same_resources(sent))
+            let changed = if state.wildcard {
+                snapshot.type_differs(sent, ty)
+            } else {
+                // A named subscription (proxyless gRPC): only its names count (R8).
+                state.names.iter().any(|name| sent.digest(ty, name) != snapshot.digest(ty, name))
+            };
+            sent.version() != snapshot.version() && (changed || snapshot.same_resources(sent))
         });
         return (moved || state.refresh || !state.newly_named.is_empty()).then(|| subscribed(ty, state, snapshot));
     }
