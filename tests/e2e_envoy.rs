@@ -206,11 +206,39 @@ async fn switch_traffic_over_separate_services(transport: Transport, node: &str)
     assert_protocol(&daemon, node, transport).await;
 }
 
+/// The example bundle that suits `transport`'s bootstrap.
+fn mode_bundle(transport: Transport, version: &str, listener_port: u16, backend_port: u16) -> Value {
+    match transport {
+        Transport::Ads | Transport::DeltaAds => example_bundle("sidecar.json", version, listener_port, backend_port),
+        Transport::Separate | Transport::DeltaSeparate => separate_bundle(transport, version, listener_port, backend_port),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_restart_keeps_envoy_serving_then_resyncs_r35_r36() {
+    graceful_restart(Transport::Ads, "sidecar-restart").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_services_graceful_restart_keeps_envoy_serving_then_resyncs_r35_r36() {
+    graceful_restart(Transport::Separate, "sidecar-restart-separate").await;
+}
+
+/// A reconnecting delta Envoy names what it holds; nothing current is resent (R33).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_ads_graceful_restart_keeps_envoy_serving_then_resyncs_r33_r35_r36() {
+    graceful_restart(Transport::DeltaAds, "sidecar-restart-delta").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_separate_services_graceful_restart_keeps_envoy_serving_then_resyncs_r33_r35_r36() {
+    graceful_restart(Transport::DeltaSeparate, "sidecar-restart-delta-separate").await;
+}
+
+async fn graceful_restart(transport: Transport, node: &str) {
     let (a, b) = (Backend::start("backend-A").await, Backend::start("backend-B").await);
-    let (port, node) = (free_port(), "sidecar-restart");
-    let (mut daemon, envoy) = serving(Transport::Ads, node, &example_bundle("sidecar.json", "1", port, a.port)).await;
+    let port = free_port();
+    let (mut daemon, envoy) = serving(transport, node, &mode_bundle(transport, "1", port, a.port)).await;
     wait_for_body(port, "/", "backend-A", CONVERGE).await;
     daemon.wait_acked(node, &ALL_TYPES, "1", CONVERGE).await;
 
@@ -229,22 +257,42 @@ async fn graceful_restart_keeps_envoy_serving_then_resyncs_r35_r36() {
     daemon.wait_acked(node, &ALL_TYPES, "1", RECONNECT).await;
     traffic.assert_all_ok("while sxds was stopped and restarted").await;
 
-    daemon.put_ok("sidecar", &example_bundle("sidecar.json", "2", port, b.port)).await;
+    daemon.put_ok("sidecar", &mode_bundle(transport, "2", port, b.port)).await;
     wait_for_body(port, "/", "backend-B", CONVERGE).await;
     daemon.wait_acked(node, &ENDPOINT_MOVE, "2", CONVERGE).await;
     assert_clean_updates(&envoy).await;
+    assert_protocol(&daemon, node, transport).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_after_a_put_loses_nothing_and_never_empties_envoy_r37() {
+    kill_9_after_a_put(Transport::Ads, "sidecar-kill9").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_services_kill_9_after_a_put_loses_nothing_and_never_empties_envoy_r37() {
+    kill_9_after_a_put(Transport::Separate, "sidecar-kill9-separate").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_ads_kill_9_after_a_put_loses_nothing_and_never_empties_envoy_r33_r37() {
+    kill_9_after_a_put(Transport::DeltaAds, "sidecar-kill9-delta").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_separate_services_kill_9_after_a_put_loses_nothing_and_never_empties_envoy_r33_r37() {
+    kill_9_after_a_put(Transport::DeltaSeparate, "sidecar-kill9-delta-separate").await;
+}
+
+async fn kill_9_after_a_put(transport: Transport, node: &str) {
     let (a, b) = (Backend::start("backend-A").await, Backend::start("backend-B").await);
-    let (port, node) = (free_port(), "sidecar-kill9");
-    let (mut daemon, envoy) = serving(Transport::Ads, node, &example_bundle("sidecar.json", "1", port, a.port)).await;
+    let port = free_port();
+    let (mut daemon, envoy) = serving(transport, node, &mode_bundle(transport, "1", port, a.port)).await;
     wait_for_body(port, "/", "backend-A", CONVERGE).await;
     daemon.wait_acked(node, &ALL_TYPES, "1", CONVERGE).await;
 
     let traffic = Traffic::start(port, "/", &["backend-A", "backend-B"]);
-    daemon.put_ok("sidecar", &example_bundle("sidecar.json", "2", port, b.port)).await;
+    daemon.put_ok("sidecar", &mode_bundle(transport, "2", port, b.port)).await;
     daemon.kill9();
     daemon.restart().await;
     assert_eq!(daemon.get_json("/resources/sidecar").await["version"], "2", "the answered PUT survived kill -9");
@@ -258,6 +306,7 @@ async fn kill_9_after_a_put_loses_nothing_and_never_empties_envoy_r37() {
     assert_eq!(envoy.stat("listener_manager.listener_removed").await, 0, "a listener was removed");
     assert_eq!(envoy.stat("cluster_manager.cluster_removed").await, 0, "a cluster was removed");
     assert_clean_updates(&envoy).await;
+    assert_protocol(&daemon, node, transport).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

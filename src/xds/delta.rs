@@ -92,6 +92,9 @@ pub struct DeltaState {
     kind: StreamKind,
     types: PerType<TypeState>,
     nonces: u64,
+    /// Types whose first answer was nothing at all: the client reconnected
+    /// holding all of it (R33). Reported so the status shows the version.
+    in_sync: Vec<ResourceType>,
 }
 
 /// What one response of a type carries.
@@ -103,7 +106,7 @@ struct Diff<'a> {
 
 impl DeltaState {
     pub fn new(kind: StreamKind) -> Self {
-        Self { kind, types: Default::default(), nonces: 0 }
+        Self { kind, types: Default::default(), nonces: 0, in_sync: Vec::new() }
     }
 
     /// Takes in one request: subscription changes, then ACK/NACK bookkeeping.
@@ -148,6 +151,7 @@ impl DeltaState {
             let mut diff = diff(ty, state, snapshot);
             let retire = self.retires(ty);
             let state = &mut self.types[ty];
+            let first = state.initial.is_some();
             state.retiring.retain(|name| !diff.updated.iter().any(|r| r.name() == name));
             if retire {
                 for name in diff.removed.drain(..) {
@@ -161,6 +165,9 @@ impl DeltaState {
             state.widened = false;
             state.initial = None;
             if diff.updated.is_empty() && diff.removed.is_empty() {
+                if first {
+                    self.in_sync.push(ty);
+                }
                 continue;
             }
             let response = self.respond(ty, snapshot, &diff.updated, &diff.removed);
@@ -176,6 +183,11 @@ impl DeltaState {
             responses.push((ty, response));
         }
         responses
+    }
+
+    /// The types found in sync with no response since the last call.
+    pub fn take_in_sync(&mut self) -> Vec<ResourceType> {
+        std::mem::take(&mut self.in_sync)
     }
 
     fn any_unanswered(&self, types: &[ResourceType]) -> bool {

@@ -88,6 +88,10 @@ trait Protocol: Send + 'static {
     fn applied_version(request: &Self::Request) -> &str;
     fn on_request<'a>(&mut self, request: &'a Self::Request, snapshot: Option<&Snapshot>) -> Received<'a>;
     fn due(&mut self, snapshot: &Arc<Snapshot>) -> Vec<(ResourceType, EncodedResponse)>;
+    /// Types the client was found to hold in full without a response.
+    fn take_in_sync(&mut self) -> Vec<ResourceType> {
+        Vec::new()
+    }
 }
 
 impl Protocol for StreamState {
@@ -129,6 +133,9 @@ impl Protocol for DeltaState {
     }
     fn due(&mut self, snapshot: &Arc<Snapshot>) -> Vec<(ResourceType, EncodedResponse)> {
         DeltaState::due(self, snapshot)
+    }
+    fn take_in_sync(&mut self) -> Vec<ResourceType> {
+        DeltaState::take_in_sync(self)
     }
 }
 
@@ -380,7 +387,12 @@ impl<P: Protocol> XdsStream<P> {
     fn send_due(&mut self) -> Result<(), Ending> {
         let snapshot: Option<Arc<Snapshot>> = self.snapshots.borrow_and_update().clone();
         let Some(snapshot) = snapshot else { return Ok(()) };
-        for (ty, response) in self.state.due(&snapshot) {
+        let due = self.state.due(&snapshot);
+        for ty in self.state.take_in_sync() {
+            tracing::debug!(node_id = self.node_id, %ty, version = snapshot.version(), "the client holds everything current; nothing sent");
+            self.handle.in_sync(ty, snapshot.shared_version());
+        }
+        for (ty, response) in due {
             self.handle.sent(ty, snapshot.shared_version());
             tracing::debug!(node_id = self.node_id, %ty, version = snapshot.version(), bytes = response.len(), "response sent");
             match self.responses.try_send(response) {

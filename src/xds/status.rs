@@ -187,6 +187,16 @@ impl StreamHandle {
         self.metrics.acked(ty, push_to_ack);
     }
 
+    /// The client holds `version` in full, by its own account, though
+    /// nothing was sent (a delta reconnect, R33).
+    pub fn in_sync(&self, ty: ResourceType, version: &Arc<str>) {
+        self.update(ty, |s| {
+            s.sent_version = Some(version.clone());
+            s.acked_version = Some(version.clone());
+            s.sent_at = None;
+        });
+    }
+
     pub fn rejected(&self, ty: ResourceType, nonce: &str, error: &str) {
         self.metrics.rejected(ty);
         let rejection = Rejection { nonce: nonce.to_owned(), error: error.to_owned(), at_unix_ms: now_ms() };

@@ -239,6 +239,8 @@ fn r33_a_reconnect_with_initial_resource_versions_sends_only_what_changed_and_re
     let mut reconnect = request(EDS, &["a", "b"], &[], "");
     reconnect.initial_resource_versions = [("a", version_of(&v2, EDS, "a")), ("b", version_of(&v2, EDS, "b"))].into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
     assert!(answer(&mut state, &reconnect, &v2).is_empty());
+    assert_eq!(state.take_in_sync(), [EDS], "reported in sync, for the status");
+    assert!(state.take_in_sync().is_empty());
 }
 
 /// The wildcard forms: an empty first LDS/CDS subscription (legacy), an
