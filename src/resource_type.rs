@@ -42,6 +42,8 @@ pub struct TypeInfo {
     pub sotw_method: &'static str,
     /// Its delta (incremental) method.
     pub delta_method: &'static str,
+    /// Its REST path, `/v3/discovery:` and this (R34).
+    pub rest: &'static str,
     /// On ADS, the types whose unanswered responses hold this one back (R23).
     pub waits_for: &'static [ResourceType],
     /// The type whose update starts resources warming that then re-request
@@ -68,6 +70,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         short: "cds",
         sotw_method: "StreamClusters",
         delta_method: "DeltaClusters",
+        rest: "clusters",
         waits_for: &[],
         warmed_by: None,
     },
@@ -83,6 +86,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         short: "eds",
         sotw_method: "StreamEndpoints",
         delta_method: "DeltaEndpoints",
+        rest: "endpoints",
         waits_for: &[],
         warmed_by: Some(ResourceType::Cluster),
     },
@@ -98,6 +102,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         short: "lds",
         sotw_method: "StreamListeners",
         delta_method: "DeltaListeners",
+        rest: "listeners",
         waits_for: &[ResourceType::Cluster, ResourceType::Endpoint],
         warmed_by: None,
     },
@@ -113,6 +118,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         short: "rds",
         sotw_method: "StreamRoutes",
         delta_method: "DeltaRoutes",
+        rest: "routes",
         waits_for: &[ResourceType::Cluster, ResourceType::Endpoint],
         warmed_by: Some(ResourceType::Listener),
     },
@@ -150,6 +156,11 @@ impl ResourceType {
     /// The bundle key, also the type's name in logs and the status API.
     pub const fn name(self) -> &'static str {
         self.info().key
+    }
+
+    /// The type a REST discovery path (`/v3/discovery:clusters`) serves.
+    pub fn from_rest(rest: &str) -> Option<Self> {
+        TYPES.iter().find(|t| t.rest == rest).map(|t| t.ty)
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
