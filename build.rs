@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let packages = package_dirs(&[ENVOY_TYPES, CNCF_PROTOS])?;
 
     let envoy_set_bytes = fs::read(packages[ENVOY_TYPES].join("src/generated/types.bin"))?;
-    let mut envoy_set = prost_types::FileDescriptorSet::decode(envoy_set_bytes.as_slice())?;
+    let envoy_set = prost_types::FileDescriptorSet::decode(envoy_set_bytes.as_slice())?;
     fs::write(out_dir.join("reflection.bin"), served_closure(&envoy_set_bytes)?)?;
     let cncf_files = cncf_files(&packages[CNCF_PROTOS].join("xds"), &envoy_set_bytes, &envoy_set)?;
 
@@ -63,10 +63,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     compiler.open_files(OWN_PROTOS)?;
     let own_set = compiler.file_descriptor_set();
 
-    // Runtime pool: every Envoy and CNCF type (any `@type` may appear in typed_config) plus ours.
-    envoy_set.file.extend(cncf_files);
-    envoy_set.file.extend(own_set.file.iter().cloned());
-    fs::write(out_dir.join("descriptors.bin"), envoy_set.encode_to_vec())?;
+    // Runtime pool: every Envoy and CNCF type (any `@type` may appear in
+    // typed_config) plus ours. Envoy's files stay as encoded: their custom
+    // options (`udpa.annotations.sensitive` marks key material) survive.
+    let mut runtime_set = EncodedFileSet::decode(envoy_set_bytes.as_slice())?;
+    runtime_set.file.extend(cncf_files.iter().chain(&own_set.file).map(Message::encode_to_vec));
+    fs::write(out_dir.join("descriptors.bin"), runtime_set.encode_to_vec())?;
 
     prost_build::Config::new()
         .extern_path(".envoy", "::envoy_types::pb::envoy")

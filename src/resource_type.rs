@@ -13,6 +13,10 @@ pub enum ResourceType {
     Endpoint,
     Listener,
     Route,
+    ScopedRoute,
+    Secret,
+    Runtime,
+    ExtensionConfig,
 }
 
 /// What the protocol says about one resource type.
@@ -46,9 +50,10 @@ pub struct TypeInfo {
     pub rest: &'static str,
     /// On ADS, the types whose unanswered responses hold this one back (R23).
     pub waits_for: &'static [ResourceType],
-    /// The type whose update starts resources warming that then re-request
-    /// this one (R21, R22): clusters wait for endpoints, listeners for routes.
-    pub warmed_by: Option<ResourceType>,
+    /// The types whose update starts resources warming that then re-request
+    /// this one (R21, R22): clusters wait for endpoints and secrets,
+    /// listeners for routes, scopes, secrets and filter configs.
+    pub warmed_by: &'static [ResourceType],
 }
 
 /// Every type, in ADS order: row `i` describes `ResourceType::ALL[i]`.
@@ -72,7 +77,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         delta_method: "DeltaClusters",
         rest: "clusters",
         waits_for: &[],
-        warmed_by: None,
+        warmed_by: &[],
     },
     TypeInfo {
         ty: ResourceType::Endpoint,
@@ -88,7 +93,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         delta_method: "DeltaEndpoints",
         rest: "endpoints",
         waits_for: &[],
-        warmed_by: Some(ResourceType::Cluster),
+        warmed_by: &[ResourceType::Cluster],
     },
     TypeInfo {
         ty: ResourceType::Listener,
@@ -104,7 +109,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         delta_method: "DeltaListeners",
         rest: "listeners",
         waits_for: &[ResourceType::Cluster, ResourceType::Endpoint],
-        warmed_by: None,
+        warmed_by: &[],
     },
     TypeInfo {
         ty: ResourceType::Route,
@@ -120,16 +125,82 @@ pub const TYPES: [TypeInfo; COUNT] = [
         delta_method: "DeltaRoutes",
         rest: "routes",
         waits_for: &[ResourceType::Cluster, ResourceType::Endpoint],
-        warmed_by: Some(ResourceType::Listener),
+        warmed_by: &[ResourceType::Listener],
+    },
+    TypeInfo {
+        ty: ResourceType::ScopedRoute,
+        type_url: "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration",
+        key: "scoped_routes",
+        noun: "scoped route configuration",
+        bundle_field: 9,
+        name_field: "name",
+        // Envoy's SRDS subscription takes every scope of the listener's source.
+        full_state: true,
+        service: "envoy.service.route.v3.ScopedRoutesDiscoveryService",
+        short: "srds",
+        sotw_method: "StreamScopedRoutes",
+        delta_method: "DeltaScopedRoutes",
+        rest: "scoped-routes",
+        waits_for: &[ResourceType::Cluster, ResourceType::Endpoint],
+        warmed_by: &[ResourceType::Listener],
+    },
+    TypeInfo {
+        ty: ResourceType::Secret,
+        type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        key: "secrets",
+        noun: "secret",
+        bundle_field: 6,
+        name_field: "name",
+        full_state: false,
+        service: "envoy.service.secret.v3.SecretDiscoveryService",
+        short: "sds",
+        sotw_method: "StreamSecrets",
+        delta_method: "DeltaSecrets",
+        rest: "secrets",
+        waits_for: &[],
+        warmed_by: &[ResourceType::Cluster, ResourceType::Listener],
+    },
+    TypeInfo {
+        ty: ResourceType::Runtime,
+        type_url: "type.googleapis.com/envoy.service.runtime.v3.Runtime",
+        key: "runtimes",
+        noun: "runtime layer",
+        bundle_field: 7,
+        name_field: "name",
+        full_state: false,
+        service: "envoy.service.runtime.v3.RuntimeDiscoveryService",
+        short: "rtds",
+        sotw_method: "StreamRuntime",
+        delta_method: "DeltaRuntime",
+        rest: "runtime",
+        waits_for: &[],
+        warmed_by: &[],
+    },
+    TypeInfo {
+        ty: ResourceType::ExtensionConfig,
+        type_url: "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+        key: "extension_configs",
+        noun: "extension config",
+        bundle_field: 8,
+        name_field: "name",
+        full_state: false,
+        service: "envoy.service.extension.v3.ExtensionConfigDiscoveryService",
+        short: "ecds",
+        sotw_method: "StreamExtensionConfigs",
+        delta_method: "DeltaExtensionConfigs",
+        rest: "extension_configs",
+        waits_for: &[],
+        warmed_by: &[ResourceType::Listener],
     },
 ];
 
 /// How many types there are.
-pub const COUNT: usize = 4;
+pub const COUNT: usize = 8;
 
 impl ResourceType {
     /// All types, in ADS send order.
-    pub const ALL: [ResourceType; COUNT] = [Self::Cluster, Self::Endpoint, Self::Listener, Self::Route];
+    pub const ALL: [ResourceType; COUNT] =
+        [Self::Cluster, Self::Endpoint, Self::Listener, Self::Route, Self::ScopedRoute, Self::Secret, Self::Runtime, Self::ExtensionConfig];
 
     /// The type's row of [`TYPES`].
     pub const fn info(self) -> &'static TypeInfo {
@@ -242,9 +313,9 @@ mod tests {
             assert_eq!(ResourceType::from_type_url(t.type_url()), Some(t));
             assert_eq!(ResourceType::from_name(t.name()), Some(t));
             assert!(t.info().waits_for.iter().all(|w| *w < t), "{t} waits only for types sent before it");
-            assert!(t.info().warmed_by.is_none_or(|w| w < t), "{t} is warmed by a type sent before it");
+            assert!(t.info().warmed_by.iter().all(|w| *w < t), "{t} is warmed by types sent before it");
         }
-        assert_eq!(ResourceType::from_type_url("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"), None);
+        assert_eq!(ResourceType::from_type_url("type.googleapis.com/envoy.config.route.v3.VirtualHost"), None);
         assert!(ResourceType::Cluster < ResourceType::Endpoint && ResourceType::Listener < ResourceType::Route);
     }
 
@@ -268,6 +339,8 @@ mod tests {
         assert_eq!(counts[ResourceType::Route], 31);
         assert_eq!(counts.iter().map(|(t, n)| (t, *n)).collect::<Vec<_>>()[0], (ResourceType::Cluster, 0));
         let json = serde_json::to_value(&counts).unwrap();
-        assert_eq!(json, serde_json::json!({"clusters": 0, "endpoints": 10, "listeners": 20, "routes": 31}));
+        assert_eq!(json["clusters"], 0);
+        assert_eq!(json["routes"], 31);
+        assert_eq!(json.as_object().unwrap().len(), COUNT, "one entry per type");
     }
 }

@@ -418,6 +418,7 @@ async fn open_single(
         ResourceType::Listener => ListenerDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).stream_listeners(rx).await,
         ResourceType::Endpoint => EndpointDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).stream_endpoints(rx).await,
         ResourceType::Route => RouteDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).stream_routes(rx).await,
+        other => return Err(format!("the load generator simulates no {other} stream")),
     };
     let inbound = opened.map_err(|s| format!("{ty}: {s}"))?;
     responses.push(inbound.into_inner().boxed());

@@ -4,6 +4,7 @@
 //! version.
 
 mod parse;
+mod redact;
 mod strict;
 mod validate;
 

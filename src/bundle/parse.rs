@@ -319,8 +319,9 @@ fn derived_version(content_hash: &str) -> String {
 }
 
 /// Prints a stored bundle as canonical proto3 JSON with Envoy's snake_case
-/// field names, the way users write it. Written straight to bytes, one
-/// resource at a time: no JSON tree of the whole bundle is ever built.
+/// field names, the way users write it, key material `[redacted]` (see
+/// `redact`). Written straight to bytes, one resource at a time: no JSON
+/// tree of the whole bundle is ever built.
 pub fn to_json(stored: &StoredBundle) -> Result<Vec<u8>, BundleError> {
     let failed = |e: &dyn std::fmt::Display| BundleError::new(format!("stored bundle cannot be printed: {e}"));
     let options = SerializeOptions::new().use_proto_field_name(true);
@@ -338,7 +339,8 @@ pub fn to_json(stored: &StoredBundle) -> Result<Vec<u8>, BundleError> {
             if i > 0 {
                 out.push(b',');
             }
-            let decoded = DynamicMessage::decode(message.clone(), resource.value.clone()).map_err(|e| failed(&e))?;
+            let mut decoded = DynamicMessage::decode(message.clone(), resource.value.clone()).map_err(|e| failed(&e))?;
+            super::redact::redact(&mut decoded);
             decoded.serialize_with_options(&mut serde_json::Serializer::new(&mut out), &options).map_err(|e| failed(&e))?;
         }
         out.push(b']');

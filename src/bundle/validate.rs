@@ -12,14 +12,21 @@ use std::collections::HashMap;
 use envoy_types::pb::envoy::{
     config::{
         cluster::v3::{cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster},
+        core::v3::{transport_socket, TransportSocket, TypedExtensionConfig},
         endpoint::v3::ClusterLoadAssignment,
         listener::v3::{filter::ConfigType, Filter, FilterChain, Listener},
-        route::v3::{route::Action, route_action::ClusterSpecifier, RouteConfiguration},
+        route::v3::{route::Action, route_action::ClusterSpecifier, RouteConfiguration, ScopedRouteConfiguration},
     },
-    extensions::filters::network::{
-        http_connection_manager::v3::{http_connection_manager::RouteSpecifier, HttpConnectionManager},
-        tcp_proxy::v3::{tcp_proxy, TcpProxy},
+    extensions::{
+        filters::network::{
+            http_connection_manager::v3::{http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager},
+            tcp_proxy::v3::{tcp_proxy, TcpProxy},
+        },
+        transport_sockets::tls::v3::{
+            common_tls_context::ValidationContextType, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret, UpstreamTlsContext,
+        },
     },
+    service::runtime::v3::Runtime,
 };
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
@@ -54,9 +61,13 @@ pub fn facts(ty: ResourceType, index: usize, value: &[u8]) -> Result<Facts, Bund
     match ty {
         ResourceType::Listener => facts.listener(&path, &decode(&path, value)?)?,
         ResourceType::Route => facts.route_configuration(&path, &decode(&path, value)?),
-        ResourceType::Cluster => facts.cluster(&path, &decode(&path, value)?),
-        // Nothing to note, but it must decode like the others.
+        ResourceType::Cluster => facts.cluster(&path, &decode(&path, value)?)?,
+        ResourceType::ScopedRoute => facts.scoped_route(&path, &decode(&path, value)?),
+        // Nothing to note, but they must decode like the others.
         ResourceType::Endpoint => drop(decode::<ClusterLoadAssignment>(&path, value)?),
+        ResourceType::Secret => drop(decode::<Secret>(&path, value)?),
+        ResourceType::Runtime => drop(decode::<Runtime>(&path, value)?),
+        ResourceType::ExtensionConfig => drop(decode::<TypedExtensionConfig>(&path, value)?),
     }
     Ok(facts)
 }
@@ -117,7 +128,15 @@ impl Facts {
         self.references.push(Reference { ty, path, name: name.to_owned() });
     }
 
-    fn cluster(&mut self, path: &str, cluster: &Cluster) {
+    fn cluster(&mut self, path: &str, cluster: &Cluster) -> Result<(), BundleError> {
+        if let Some(socket) = &cluster.transport_socket {
+            let socket_path = format!("{path}.transport_socket.typed_config");
+            if let Some(any) = socket_typed_config(socket) {
+                if let Some(tls) = decode_as::<UpstreamTlsContext>(any, &socket_path)? {
+                    self.tls_context(&format!("{socket_path}.common_tls_context"), tls.common_tls_context.as_ref());
+                }
+            }
+        }
         if let Some(service) = eds_service_name(cluster) {
             // Point at the field that names the missing entry.
             let named_by = match &cluster.eds_cluster_config {
@@ -125,6 +144,39 @@ impl Facts {
                 _ => "name",
             };
             self.refer(ResourceType::Endpoint, format!("{path}.{named_by}"), service);
+        }
+        Ok(())
+    }
+
+    /// The secrets a TLS context fetches over SDS from this control plane:
+    /// those with an `sds_config` (without one, Envoy's bootstrap has them).
+    fn tls_context(&mut self, path: &str, common: Option<&CommonTlsContext>) {
+        let Some(common) = common else { return };
+        for (i, secret) in common.tls_certificate_sds_secret_configs.iter().enumerate() {
+            self.sds_secret(format!("{path}.tls_certificate_sds_secret_configs[{i}]"), secret);
+        }
+        match &common.validation_context_type {
+            Some(ValidationContextType::ValidationContextSdsSecretConfig(secret)) => {
+                self.sds_secret(format!("{path}.validation_context_sds_secret_config"), secret);
+            }
+            Some(ValidationContextType::CombinedValidationContext(combined)) => {
+                if let Some(secret) = &combined.validation_context_sds_secret_config {
+                    self.sds_secret(format!("{path}.combined_validation_context.validation_context_sds_secret_config"), secret);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn sds_secret(&mut self, path: String, secret: &SdsSecretConfig) {
+        if secret.sds_config.is_some() {
+            self.refer(ResourceType::Secret, format!("{path}.name"), &secret.name);
+        }
+    }
+
+    fn scoped_route(&mut self, path: &str, scope: &ScopedRouteConfiguration) {
+        if scope.route_configuration.is_none() {
+            self.refer(ResourceType::Route, format!("{path}.route_configuration_name"), &scope.route_configuration_name);
         }
     }
 
@@ -134,10 +186,25 @@ impl Facts {
         for (chain_path, chain) in chains.chain(default_chain) {
             self.filter_chain(&chain_path, chain)?;
         }
+        // A proxyless gRPC client's listener: its HCM names routes too.
+        if let Some(any) = listener.api_listener.as_ref().and_then(|api| api.api_listener.as_ref()) {
+            let api_path = format!("{path}.api_listener.api_listener");
+            if let Some(hcm) = decode_as::<HttpConnectionManager>(any, &api_path)? {
+                self.http_connection_manager(&api_path, &hcm);
+            }
+        }
         Ok(())
     }
 
     fn filter_chain(&mut self, path: &str, chain: &FilterChain) -> Result<(), BundleError> {
+        if let Some(socket) = &chain.transport_socket {
+            let socket_path = format!("{path}.transport_socket.typed_config");
+            if let Some(any) = socket_typed_config(socket) {
+                if let Some(tls) = decode_as::<DownstreamTlsContext>(any, &socket_path)? {
+                    self.tls_context(&format!("{socket_path}.common_tls_context"), tls.common_tls_context.as_ref());
+                }
+            }
+        }
         for (i, filter) in chain.filters.iter().enumerate() {
             let filter_path = format!("{path}.filters[{i}].typed_config");
             if let Some(any) = typed_config(filter) {
@@ -152,6 +219,12 @@ impl Facts {
     }
 
     fn http_connection_manager(&mut self, path: &str, hcm: &HttpConnectionManager) {
+        for (i, filter) in hcm.http_filters.iter().enumerate() {
+            // A filter whose config comes over ECDS is named by its filter name.
+            if let Some(http_filter::ConfigType::ConfigDiscovery(_)) = &filter.config_type {
+                self.refer(ResourceType::ExtensionConfig, format!("{path}.http_filters[{i}].config_discovery"), &filter.name);
+            }
+        }
         match &hcm.route_specifier {
             Some(RouteSpecifier::Rds(rds)) => self.refer(ResourceType::Route, format!("{path}.rds.route_config_name"), &rds.route_config_name),
             Some(RouteSpecifier::RouteConfig(inline)) => self.route_configuration(&format!("{path}.route_config"), inline),
@@ -187,6 +260,13 @@ impl Facts {
                 }
             }
         }
+    }
+}
+
+fn socket_typed_config(socket: &TransportSocket) -> Option<&Any> {
+    match &socket.config_type {
+        Some(transport_socket::ConfigType::TypedConfig(any)) => Some(any),
+        None => None,
     }
 }
 

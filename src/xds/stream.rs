@@ -154,7 +154,7 @@ impl StreamState {
         // its EDS (RDS) request for it: an EDS response sent first, while
         // the CDS one waited for the ACK of the one before, does not count.
         let warming_since = self.kind == StreamKind::Aggregated
-            && ty.info().warmed_by.is_some_and(|parent| self.types[parent].sent_seq > self.types[ty].sent_seq);
+            && ty.info().warmed_by.iter().any(|parent| self.types[*parent].sent_seq > self.types[ty].sent_seq);
         let state = &mut self.types[ty];
         let nonce = request.response_nonce.as_str();
         if !nonce.is_empty() && nonce != state.nonce {
