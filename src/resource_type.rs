@@ -35,6 +35,9 @@ pub struct TypeInfo {
     pub name_field: &'static str,
     /// What one resource is called in messages.
     pub noun: &'static str,
+    /// One of the four types of Go sxds's bundles: REST answers always
+    /// count it, other types only when a bundle has some.
+    pub core: bool,
     /// Full-state types (LDS, CDS) accept a wildcard subscription and are
     /// answered with the whole set (R14, R18); named ones (RDS, EDS) may be
     /// answered partially (R19).
@@ -67,6 +70,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         ty: ResourceType::Cluster,
         type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
         key: "clusters",
+        core: true,
         noun: "cluster",
         bundle_field: 3,
         name_field: "name",
@@ -83,6 +87,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         ty: ResourceType::Endpoint,
         type_url: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
         key: "endpoints",
+        core: true,
         noun: "cluster load assignment",
         bundle_field: 5,
         name_field: "cluster_name",
@@ -99,6 +104,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         ty: ResourceType::Listener,
         type_url: "type.googleapis.com/envoy.config.listener.v3.Listener",
         key: "listeners",
+        core: true,
         noun: "listener",
         bundle_field: 2,
         name_field: "name",
@@ -115,6 +121,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         ty: ResourceType::Route,
         type_url: "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
         key: "routes",
+        core: true,
         noun: "route configuration",
         bundle_field: 4,
         name_field: "name",
@@ -131,6 +138,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         ty: ResourceType::ScopedRoute,
         type_url: "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration",
         key: "scoped_routes",
+        core: false,
         noun: "scoped route configuration",
         bundle_field: 9,
         name_field: "name",
@@ -148,6 +156,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         ty: ResourceType::Secret,
         type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
         key: "secrets",
+        core: false,
         noun: "secret",
         bundle_field: 6,
         name_field: "name",
@@ -164,6 +173,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         ty: ResourceType::Runtime,
         type_url: "type.googleapis.com/envoy.service.runtime.v3.Runtime",
         key: "runtimes",
+        core: false,
         noun: "runtime layer",
         bundle_field: 7,
         name_field: "name",
@@ -180,6 +190,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         ty: ResourceType::ExtensionConfig,
         type_url: "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
         key: "extension_configs",
+        core: false,
         noun: "extension config",
         bundle_field: 8,
         name_field: "name",

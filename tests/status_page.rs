@@ -211,7 +211,7 @@ async fn status_counts_streams_per_node_type_and_pages_them() {
     assert_eq!(code, 200);
     assert_eq!(
         all["node_types"],
-        json!([{"node_type": "sidecar", "version": "v1", "resources": {"listeners": 1, "clusters": 1, "routes": 1, "endpoints": 1, "secrets": 0, "runtimes": 0, "extension_configs": 0, "scoped_routes": 0},
+        json!([{"node_type": "sidecar", "version": "v1", "resources": {"listeners": 1, "clusters": 1, "routes": 1, "endpoints": 1},
                 "streams": 3, "acked": 3, "pending": 0, "nacking": 0}])
     );
     assert_eq!(all["streams_connected"], 3);

@@ -11,7 +11,10 @@ mod validate;
 pub use parse::{check_version, parse, to_json, Format, Parsed, MAX_VERSION_LEN};
 pub use validate::{validate, Facts};
 
-use crate::{resource_type::PerType, schema::StoredBundle};
+use crate::{
+    resource_type::{PerType, ResourceType},
+    schema::StoredBundle,
+};
 
 /// A bad bundle: what is wrong and, where there is one, the field path
 /// (`clusters[3].connect_timeout`).
@@ -39,12 +42,34 @@ pub fn accept(body: &[u8], format: Format) -> Result<StoredBundle, BundleError> 
     Ok(stored)
 }
 
-/// Resource counts per type, for REST answers.
-pub type Counts = PerType<usize>;
+/// Resource counts per type, for REST answers: by bundle key, the core
+/// four always, other types when there are some.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts(PerType<usize>);
+
+impl Counts {
+    pub fn from_fn(f: impl FnMut(ResourceType) -> usize) -> Self {
+        Self(PerType::from_fn(f))
+    }
+}
+
+impl std::ops::Deref for Counts {
+    type Target = PerType<usize>;
+    fn deref(&self) -> &PerType<usize> {
+        &self.0
+    }
+}
+
+impl serde::Serialize for Counts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let shown = self.0.iter().filter(|(ty, n)| ty.info().core || **n > 0);
+        serializer.collect_map(shown.map(|(ty, n)| (ty.name(), n)))
+    }
+}
 
 /// How many resources of each type `bundle` has.
 pub fn counts(bundle: &StoredBundle) -> Counts {
-    PerType::from_fn(|ty| bundle.count(ty))
+    Counts::from_fn(|ty| bundle.count(ty))
 }
 
 /// How many resources a write added, changed and removed, matched by type
@@ -87,6 +112,14 @@ mod tests {
     fn bundle(clusters: &[(&str, &str)]) -> StoredBundle {
         let clusters: Vec<_> = clusters.iter().map(|(name, timeout)| serde_json::json!({"name": name, "connect_timeout": timeout})).collect();
         accept(serde_json::json!({"version": "v", "clusters": clusters}).to_string().as_bytes(), Format::Json).unwrap()
+    }
+
+    #[test]
+    fn counts_show_the_core_types_always_and_others_when_present() {
+        let mut stored = bundle(&[("a", "1s")]);
+        assert_eq!(serde_json::to_value(counts(&stored)).unwrap(), serde_json::json!({"clusters": 1, "endpoints": 0, "listeners": 0, "routes": 0}));
+        stored.resources.push(crate::schema::StoredResource { field: ResourceType::Secret.bundle_field(), name: "s".into(), value: Default::default() });
+        assert_eq!(serde_json::to_value(counts(&stored)).unwrap()["secrets"], 1);
     }
 
     #[test]
