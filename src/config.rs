@@ -24,7 +24,7 @@ pub struct Config {
     pub cacher_port: u16,
 
     /// Kept for compatibility with Go sxds; changes nothing. ADS and the
-    /// separate LDS/CDS/RDS/EDS services are always served together.
+    /// per-type services, state of the world and delta, are always served together.
     #[arg(long, env = "SXDS_ADS_MODE", value_parser = BoolishValueParser::new(), action = ArgAction::Set,
           num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     pub ads_mode: bool,
