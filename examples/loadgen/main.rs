@@ -32,7 +32,8 @@ use bundles::Mesh;
 use daemon::{Daemon, Sample};
 use sim::{Convergence, Fleet, FleetConfig, Service, Target};
 
-const ALL_TYPES: [ResourceType; 4] = ResourceType::ALL;
+/// The types a simulated Envoy subscribes to.
+const ALL_TYPES: [ResourceType; 4] = [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Listener, ResourceType::Route];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
