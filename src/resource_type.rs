@@ -17,6 +17,7 @@ pub enum ResourceType {
     Secret,
     Runtime,
     ExtensionConfig,
+    VirtualHost,
 }
 
 /// What the protocol says about one resource type.
@@ -43,13 +44,16 @@ pub struct TypeInfo {
     /// answered partially (R19).
     pub full_state: bool,
     /// The per-type gRPC service, its short name, and its state-of-the-world
-    /// method.
+    /// method (empty when it has none).
     pub service: &'static str,
     pub short: &'static str,
     pub sotw_method: &'static str,
     /// Its delta (incremental) method.
     pub delta_method: &'static str,
-    /// Its REST path, `/v3/discovery:` and this (R34).
+    /// Served over delta only, its names resolved on demand (VHDS, see
+    /// `xds::vhds`); it has no state-of-the-world method.
+    pub on_demand: bool,
+    /// Its REST path, `/v3/discovery:` and this (R34); empty when it has none.
     pub rest: &'static str,
     /// On ADS, the types whose unanswered responses hold this one back (R23).
     pub waits_for: &'static [ResourceType],
@@ -79,6 +83,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         short: "cds",
         sotw_method: "StreamClusters",
         delta_method: "DeltaClusters",
+        on_demand: false,
         rest: "clusters",
         waits_for: &[],
         warmed_by: &[],
@@ -96,6 +101,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         short: "eds",
         sotw_method: "StreamEndpoints",
         delta_method: "DeltaEndpoints",
+        on_demand: false,
         rest: "endpoints",
         waits_for: &[],
         warmed_by: &[ResourceType::Cluster],
@@ -113,6 +119,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         short: "lds",
         sotw_method: "StreamListeners",
         delta_method: "DeltaListeners",
+        on_demand: false,
         rest: "listeners",
         waits_for: &[ResourceType::Cluster, ResourceType::Endpoint],
         warmed_by: &[],
@@ -130,6 +137,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         short: "rds",
         sotw_method: "StreamRoutes",
         delta_method: "DeltaRoutes",
+        on_demand: false,
         rest: "routes",
         waits_for: &[ResourceType::Cluster, ResourceType::Endpoint],
         warmed_by: &[ResourceType::Listener],
@@ -148,6 +156,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         short: "srds",
         sotw_method: "StreamScopedRoutes",
         delta_method: "DeltaScopedRoutes",
+        on_demand: false,
         rest: "scoped-routes",
         waits_for: &[ResourceType::Cluster, ResourceType::Endpoint],
         warmed_by: &[ResourceType::Listener],
@@ -165,6 +174,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         short: "sds",
         sotw_method: "StreamSecrets",
         delta_method: "DeltaSecrets",
+        on_demand: false,
         rest: "secrets",
         waits_for: &[],
         warmed_by: &[ResourceType::Cluster, ResourceType::Listener],
@@ -182,6 +192,7 @@ pub const TYPES: [TypeInfo; COUNT] = [
         short: "rtds",
         sotw_method: "StreamRuntime",
         delta_method: "DeltaRuntime",
+        on_demand: false,
         rest: "runtime",
         waits_for: &[],
         warmed_by: &[],
@@ -199,19 +210,39 @@ pub const TYPES: [TypeInfo; COUNT] = [
         short: "ecds",
         sotw_method: "StreamExtensionConfigs",
         delta_method: "DeltaExtensionConfigs",
+        on_demand: false,
         rest: "extension_configs",
         waits_for: &[],
         warmed_by: &[ResourceType::Listener],
     },
+    TypeInfo {
+        ty: ResourceType::VirtualHost,
+        type_url: "type.googleapis.com/envoy.config.route.v3.VirtualHost",
+        key: "virtual_hosts",
+        core: false,
+        noun: "virtual host",
+        bundle_field: 10,
+        // `<route configuration>/<virtual host>`.
+        name_field: "name",
+        full_state: false,
+        service: "envoy.service.route.v3.VirtualHostDiscoveryService",
+        short: "vhds",
+        sotw_method: "",
+        delta_method: "DeltaVirtualHosts",
+        on_demand: true,
+        rest: "",
+        waits_for: &[],
+        warmed_by: &[ResourceType::Route],
+    },
 ];
 
 /// How many types there are.
-pub const COUNT: usize = 8;
+pub const COUNT: usize = 9;
 
 impl ResourceType {
     /// All types, in ADS send order.
     pub const ALL: [ResourceType; COUNT] =
-        [Self::Cluster, Self::Endpoint, Self::Listener, Self::Route, Self::ScopedRoute, Self::Secret, Self::Runtime, Self::ExtensionConfig];
+        [Self::Cluster, Self::Endpoint, Self::Listener, Self::Route, Self::ScopedRoute, Self::Secret, Self::Runtime, Self::ExtensionConfig, Self::VirtualHost];
 
     /// The type's row of [`TYPES`].
     pub const fn info(self) -> &'static TypeInfo {
@@ -326,7 +357,7 @@ mod tests {
             assert!(t.info().waits_for.iter().all(|w| *w < t), "{t} waits only for types sent before it");
             assert!(t.info().warmed_by.iter().all(|w| *w < t), "{t} is warmed by types sent before it");
         }
-        assert_eq!(ResourceType::from_type_url("type.googleapis.com/envoy.config.route.v3.VirtualHost"), None);
+        assert_eq!(ResourceType::from_type_url("type.googleapis.com/envoy.config.route.v3.Vhds"), None);
         assert!(ResourceType::Cluster < ResourceType::Endpoint && ResourceType::Listener < ResourceType::Route);
     }
 

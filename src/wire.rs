@@ -39,6 +39,7 @@ pub mod resource {
     /// one encoded entry serves both.
     pub const RESOURCE: u32 = 2;
     pub const NAME: u32 = 3;
+    pub const ALIASES: u32 = 4;
 }
 
 // One encoded `resources` entry of a SotW response is the `resource` field

@@ -4,6 +4,10 @@
 
 mod support;
 
+
+/// The types a simulated Envoy subscribes to.
+const SIMULATED: [ResourceType; 4] = [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Listener, ResourceType::Route];
+
 #[path = "../examples/loadgen/sim.rs"]
 mod sim;
 
@@ -31,7 +35,7 @@ async fn smoke(service: Service, streams: usize) {
     .expect("xDS URL");
     let since = Instant::now();
     fleet.add(streams);
-    let initial = Target { version: "v1".into(), types: ResourceType::ALL.to_vec(), since };
+    let initial = Target { version: "v1".into(), types: SIMULATED.to_vec(), since };
     let result = fleet.wait(&initial, Duration::from_secs(60)).await;
     assert_eq!(result.never, 0, "{} of {streams} nodes never got the whole v1 config", result.never);
 
@@ -47,7 +51,7 @@ async fn smoke(service: Service, streams: usize) {
 
     for (i, record) in fleet.records().iter().enumerate() {
         assert_eq!(record.connects, 1, "node {i} reconnected: {:?}", record.last_error);
-        for ty in ResourceType::ALL {
+        for ty in SIMULATED {
             let seen = &record.types[ty.index()];
             assert_eq!(seen.acks, seen.responses, "node {i} left a {ty} response unACKed");
         }

@@ -7,7 +7,7 @@ mod support;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_client::LoadReportingServiceClient;
 use prost::Message;
 use rustls::ClientConfig;
 use serde_json::Value;
@@ -292,8 +292,8 @@ async fn health_says_serving_then_not_serving_at_shutdown_and_reflection_describ
     ));
 
     // Methods sxds does not serve still fall back to UNIMPLEMENTED.
-    let delta = AggregatedDiscoveryServiceClient::new(channel.clone()).delta_aggregated_resources(tokio_stream::iter(vec![])).await;
-    assert_eq!(delta.err().map(|s| s.code()), Some(Code::Unimplemented));
+    let lrs = LoadReportingServiceClient::new(channel.clone()).stream_load_stats(tokio_stream::iter(vec![])).await;
+    assert_eq!(lrs.err().map(|s| s.code()), Some(Code::Unimplemented));
 
     // A watcher sees NOT_SERVING once shutdown starts, then its stream ends.
     let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.expect("Watch").into_inner();

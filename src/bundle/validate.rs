@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::{
         core::v3::{transport_socket, TransportSocket, TypedExtensionConfig},
         endpoint::v3::ClusterLoadAssignment,
         listener::v3::{filter::ConfigType, Filter, FilterChain, Listener},
-        route::v3::{route::Action, route_action::ClusterSpecifier, RouteConfiguration, ScopedRouteConfiguration},
+        route::v3::{route::Action, route_action::ClusterSpecifier, RouteConfiguration, ScopedRouteConfiguration, VirtualHost},
     },
     extensions::{
         filters::network::{
@@ -63,6 +63,7 @@ pub fn facts(ty: ResourceType, index: usize, value: &[u8]) -> Result<Facts, Bund
         ResourceType::Route => facts.route_configuration(&path, &decode(&path, value)?),
         ResourceType::Cluster => facts.cluster(&path, &decode(&path, value)?)?,
         ResourceType::ScopedRoute => facts.scoped_route(&path, &decode(&path, value)?),
+        ResourceType::VirtualHost => facts.vhds_virtual_host(&path, &decode(&path, value)?)?,
         // Nothing to note, but they must decode like the others.
         ResourceType::Endpoint => drop(decode::<ClusterLoadAssignment>(&path, value)?),
         ResourceType::Secret => drop(decode::<Secret>(&path, value)?),
@@ -246,9 +247,26 @@ impl Facts {
 
     fn route_configuration(&mut self, path: &str, config: &RouteConfiguration) {
         for (v, host) in config.virtual_hosts.iter().enumerate() {
+            self.virtual_host(&format!("{path}.virtual_hosts[{v}]"), host);
+        }
+    }
+
+    /// A VHDS virtual host: named `<route configuration>/<name>`, and its
+    /// routes' clusters like any virtual host's.
+    fn vhds_virtual_host(&mut self, path: &str, host: &VirtualHost) -> Result<(), BundleError> {
+        let Some((route_config, _)) = host.name.rsplit_once('/') else {
+            return Err(BundleError::at(format!("{path}.name"), "a VHDS virtual host is named <route configuration>/<virtual host>"));
+        };
+        self.refer(ResourceType::Route, format!("{path}.name"), route_config);
+        self.virtual_host(path, host);
+        Ok(())
+    }
+
+    fn virtual_host(&mut self, path: &str, host: &VirtualHost) {
+        {
             for (r, route) in host.routes.iter().enumerate() {
                 let Some(Action::Route(action)) = &route.action else { continue };
-                let route_path = format!("{path}.virtual_hosts[{v}].routes[{r}].route");
+                let route_path = format!("{path}.routes[{r}].route");
                 match &action.cluster_specifier {
                     Some(ClusterSpecifier::Cluster(name)) => self.refer(ResourceType::Cluster, format!("{route_path}.cluster"), name),
                     Some(ClusterSpecifier::WeightedClusters(weighted)) => {

@@ -359,9 +359,10 @@ fn read_bundle(path: &std::path::Path) -> Result<(Vec<u8>, Format), Failure> {
     Ok((body, if yaml { Format::Yaml } else { Format::Json }))
 }
 
-/// "1 listeners, 2 clusters, ...", in the order a bundle lists the types.
+/// "1 listeners, 2 clusters, ...", in the order a bundle lists the types:
+/// the core four, and others when there are some.
 fn counts_line(counts: &Counts) -> String {
-    let mut types: Vec<_> = counts.iter().collect();
+    let mut types: Vec<_> = counts.iter().filter(|(ty, n)| ty.info().core || **n > 0).collect();
     types.sort_by_key(|(ty, _)| ty.bundle_field());
     types.iter().map(|(ty, n)| format!("{n} {ty}")).collect::<Vec<_>>().join(", ")
 }

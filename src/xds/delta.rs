@@ -39,6 +39,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use super::{
     names::Names,
     stream::{Received, StreamKind},
+    vhds::{self, Resolved},
 };
 use crate::{
     cache::{Resource, Snapshot},
@@ -102,6 +103,25 @@ pub struct DeltaState {
 struct Diff<'a> {
     updated: Vec<&'a Resource>,
     removed: Vec<Arc<str>>,
+    /// On-demand types: what subscribed names resolved to, under those
+    /// names as aliases.
+    aliased: Vec<Aliased<'a>>,
+    /// A response is due even if it carries nothing (a VHDS namespace
+    /// subscription).
+    answer_anyway: bool,
+}
+
+/// An entry sent under the names it was subscribed by: a resource, or
+/// (`None`) word that nothing serves them.
+pub struct Aliased<'a> {
+    pub resource: Option<&'a Resource>,
+    pub aliases: Vec<Arc<str>>,
+}
+
+impl Diff<'_> {
+    fn is_empty(&self) -> bool {
+        self.updated.is_empty() && self.removed.is_empty() && self.aliased.is_empty() && !self.answer_anyway
+    }
 }
 
 impl DeltaState {
@@ -148,7 +168,7 @@ impl DeltaState {
             if !state.requested || state.awaiting_reply {
                 continue;
             }
-            let mut diff = diff(ty, state, snapshot);
+            let mut diff = if ty.info().on_demand { on_demand_diff(ty, state, snapshot) } else { diff(ty, state, snapshot) };
             let retire = self.retires(ty);
             let state = &mut self.types[ty];
             let first = state.initial.is_some();
@@ -164,13 +184,13 @@ impl DeltaState {
             state.newly_named = Names::default();
             state.widened = false;
             state.initial = None;
-            if diff.updated.is_empty() && diff.removed.is_empty() {
+            if diff.is_empty() {
                 if first {
                     self.in_sync.push(ty);
                 }
                 continue;
             }
-            let response = self.respond(ty, snapshot, &diff.updated, &diff.removed);
+            let response = self.respond(ty, snapshot, &diff);
             responses.push((ty, response));
         }
         // Everything else is answered: drop what was kept for make before break.
@@ -179,7 +199,7 @@ impl DeltaState {
                 continue;
             }
             let removed = std::mem::take(&mut self.types[ty].retiring);
-            let response = self.respond(ty, snapshot, &[], &removed);
+            let response = self.respond(ty, snapshot, &Diff { removed, ..Diff::default() });
             responses.push((ty, response));
         }
         responses
@@ -202,10 +222,10 @@ impl DeltaState {
             && ResourceType::ALL.iter().any(|t| t.info().waits_for.contains(&ty) && self.types[*t].requested)
     }
 
-    fn respond(&mut self, ty: ResourceType, snapshot: &Snapshot, updated: &[&Resource], removed: &[Arc<str>]) -> EncodedResponse {
+    fn respond(&mut self, ty: ResourceType, snapshot: &Snapshot, diff: &Diff<'_>) -> EncodedResponse {
         self.nonces += 1;
         let nonce = self.nonces.to_string();
-        let response = frame(snapshot, ty, updated, removed, &nonce);
+        let response = frame(snapshot, ty, &diff.updated, &diff.aliased, &diff.removed, &nonce);
         let state = &mut self.types[ty];
         state.nonce = nonce;
         state.awaiting_reply = true;
@@ -300,6 +320,41 @@ fn diff<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot) -> Diff
     diff
 }
 
+/// What a response of an on-demand type (VHDS) must carry: each subscribed
+/// name resolved in `snapshot` against what it resolved to in the snapshot
+/// the client's view matches (or, newly subscribed, answered anyway).
+fn on_demand_diff<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot) -> Diff<'a> {
+    let mut diff = Diff::default();
+    // Envoy's first VHDS request names nothing: its route configuration is
+    // the namespace, and waits for a first answer in it. Each route
+    // configuration that fetches virtual hosts gets a removal in its
+    // namespace (Envoy refuses an entry without a resource): the answer,
+    // with nothing loaded yet.
+    if state.initial.is_some() && state.names.is_empty() {
+        diff.removed = vhds::namespaces(snapshot);
+        diff.answer_anyway = true;
+    }
+    let synced = state.synced.as_deref().filter(|_| state.initial.is_none());
+    for name in state.names.shared_names() {
+        let before = synced.filter(|_| !state.newly_named.contains(name)).map(|synced| vhds::resolve(synced, name));
+        match (vhds::resolve(snapshot, name), before) {
+            (Resolved::Namespace, Some(Resolved::Namespace)) | (Resolved::Missing, Some(Resolved::Missing)) => {}
+            (Resolved::Host(now), Some(Resolved::Host(then))) if now.name() == then.name() && now.digest() == then.digest() => {}
+            (Resolved::Namespace, _) => diff.answer_anyway = true,
+            (Resolved::Missing, Some(Resolved::Host(gone))) if !snapshot.contains(ty, gone.name()) => diff.removed.push(gone.name().clone()),
+            (Resolved::Host(resource), _) => match diff.aliased.iter_mut().find(|a| a.resource.is_some_and(|r| r.name() == resource.name())) {
+                Some(entry) => entry.aliases.push(name.clone()),
+                None => diff.aliased.push(Aliased { resource: Some(resource), aliases: vec![name.clone()] }),
+            },
+            // Envoy resumes a request paused on a host only on an entry
+            // aliased by it: one without a resource says no virtual host
+            // serves it (Envoy answers 404).
+            (Resolved::Missing, _) => diff.aliased.push(Aliased { resource: None, aliases: vec![name.clone()] }),
+        }
+    }
+    diff
+}
+
 /// Every resource of `ty` in `snapshot` that the subscription names, kept
 /// when `keep` says so.
 fn subscribed<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot, keep: impl Fn(&Resource) -> bool) -> Vec<&'a Resource> {
@@ -311,9 +366,9 @@ fn subscribed<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot, k
 }
 
 /// A DeltaDiscoveryResponse of `ty`: `updated` resources from `snapshot`
-/// (each its name, version and the snapshot's shared `Any` entry) and the
-/// names in `removed`.
-pub fn frame(snapshot: &Snapshot, ty: ResourceType, updated: &[&Resource], removed: &[Arc<str>], nonce: &str) -> EncodedResponse {
+/// (each its name, version and the snapshot's shared `Any` entry), the
+/// `aliased` ones with their aliases, and the names in `removed`.
+pub fn frame(snapshot: &Snapshot, ty: ResourceType, updated: &[&Resource], aliased: &[Aliased<'_>], removed: &[Arc<str>], nonce: &str) -> EncodedResponse {
     let (version, type_url) = (snapshot.version().as_bytes(), ty.type_url().as_bytes());
     let mut head = BytesMut::with_capacity(version.len() + type_url.len() + nonce.len() + 12);
     wire::put_bytes_field(&mut head, field::SYSTEM_VERSION_INFO, version);
@@ -322,24 +377,29 @@ pub fn frame(snapshot: &Snapshot, ty: ResourceType, updated: &[&Resource], remov
     removed.iter().for_each(|name| put_string(&mut head, field::REMOVED_RESOURCES, name));
     let mut response = EncodedResponse::default();
     response.push_encoded(head.freeze());
-    for resource in updated {
-        response.push_encoded(resource_head(resource));
-        response.push_encoded(resource.entry().clone());
+    let entries = updated.iter().map(|r| (r.name(), Some(*r), &[][..])).chain(aliased.iter().map(|a| (a.resource.map_or(&a.aliases[0], |r| r.name()), a.resource, &a.aliases[..])));
+    for (name, resource, aliases) in entries {
+        response.push_encoded(resource_head(name, resource, aliases));
+        if let Some(resource) = resource {
+            response.push_encoded(resource.entry().clone());
+        }
     }
     response
 }
 
 /// A `Resource` entry of a delta response up to its `Any`: the field head,
-/// the name and the version. The `Any` field, shared, follows.
-fn resource_head(resource: &Resource) -> Bytes {
-    let version = resource_version(resource.digest());
-    let name = resource.name().as_bytes();
-    let inner = wire::field_len(resource_field::NAME, name.len()) + wire::field_len(resource_field::VERSION, version.len()) + resource.entry().len();
-    let mut head = BytesMut::with_capacity(inner - resource.entry().len() + 6);
-    wire::put_field_head(&mut head, field::RESOURCES, inner);
+/// the name, aliases and version. The `Any` field of `resource`, shared,
+/// follows.
+fn resource_head(name: &str, resource: Option<&Resource>, aliases: &[Arc<str>]) -> Bytes {
+    let version = resource.map(|r| resource_version(r.digest())).unwrap_or_default();
+    let head_len = wire::field_len(resource_field::NAME, name.len())
+        + aliases.iter().map(|a| wire::field_len(resource_field::ALIASES, a.len())).sum::<usize>()
+        + if version.is_empty() { 0 } else { wire::field_len(resource_field::VERSION, version.len()) };
+    let mut head = BytesMut::with_capacity(head_len + 6);
+    wire::put_field_head(&mut head, field::RESOURCES, head_len + resource.map_or(0, |r| r.entry().len()));
     // A name is never empty once validated; written even if it were.
-    wire::put_field_head(&mut head, resource_field::NAME, name.len());
-    head.put_slice(name);
+    put_string(&mut head, resource_field::NAME, name);
+    aliases.iter().for_each(|alias| put_string(&mut head, resource_field::ALIASES, alias));
     wire::put_bytes_field(&mut head, resource_field::VERSION, version.as_bytes());
     head.freeze()
 }

@@ -10,5 +10,6 @@ mod names;
 pub mod server;
 pub mod status;
 pub mod stream;
+pub mod vhds;
 
 pub use server::XdsServer;

@@ -70,7 +70,8 @@ fn methods() -> impl Iterator<Item = (&'static str, &'static str, Flavour, Strea
     ];
     let per_type = ResourceType::ALL.into_iter().flat_map(|ty| {
         let info = ty.info();
-        [(info.service, info.sotw_method, Flavour::StateOfTheWorld, StreamKind::Single(ty)), (info.service, info.delta_method, Flavour::Delta, StreamKind::Single(ty))]
+        let sotw = (!info.sotw_method.is_empty()).then_some((info.service, info.sotw_method, Flavour::StateOfTheWorld, StreamKind::Single(ty)));
+        sotw.into_iter().chain([(info.service, info.delta_method, Flavour::Delta, StreamKind::Single(ty))])
     });
     ads.into_iter().chain(per_type)
 }

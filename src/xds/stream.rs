@@ -146,7 +146,8 @@ impl StreamState {
     /// `snapshot` (the node type's current one, if any) lends its copies of
     /// resource names to the subscription, so streams share them.
     pub fn on_request<'a>(&mut self, request: &'a DiscoveryRequest, snapshot: Option<&Snapshot>) -> Received<'a> {
-        let Some(ty) = self.kind.type_of(&request.type_url) else {
+        // On-demand types (VHDS) are delta only.
+        let Some(ty) = self.kind.type_of(&request.type_url).filter(|ty| !ty.info().on_demand) else {
             return Received::Unknown { type_url: &request.type_url };
         };
         // On ADS, a CDS (LDS) response sent after this type's last response

@@ -296,3 +296,64 @@ fn r23_on_delta_ads_listeners_wait_for_clusters_and_dropped_clusters_are_removed
     let v4 = snapshot(4, "v4", &[("a", 1), ("back", 1)], &["l"], Some(&v3));
     assert_eq!(seen(state.due(&v4)).iter().map(|s| (s.ty, names(s))).collect::<Vec<_>>(), [(CDS, vec!["back"])], "CDS goes while LDS is unanswered");
 }
+
+/// VHDS, delta only: Envoy first subscribes to its route configuration
+/// (answered at once, empty), then to `<route configuration>/<host>` for a
+/// host it cannot route, answered with the virtual host serving it under
+/// its own name, the subscribed name an alias; or with no resource.
+#[test]
+fn vhds_answers_a_namespace_at_once_and_hosts_on_demand_by_their_domains() {
+    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+
+    use crate::schema::StoredResource;
+    const VHDS: ResourceType = ResourceType::VirtualHost;
+    let build = |id: u64, version: &str, app_domain: &str, previous: Option<&Snapshot>| {
+        let vhost = |name: &str, domain: &str| StoredResource {
+            field: VHDS.bundle_field(),
+            name: name.into(),
+            value: VirtualHost { name: name.into(), domains: vec![domain.into()], ..Default::default() }.encode_to_vec().into(),
+        };
+        let route = StoredResource { field: ResourceType::Route.bundle_field(), name: "rc".into(), value: RouteConfiguration { name: "rc".into(), ..Default::default() }.encode_to_vec().into() };
+        let resources = vec![route, vhost("rc/app", app_domain), vhost("rc/wild", "*.wild.example")];
+        Arc::new(Snapshot::build(id, Arc::new(StoredBundle { version: version.into(), content_hash: version.into(), resources }), previous))
+    };
+    let aliases = |response: &DeltaDiscoveryResponse| -> Vec<(String, Vec<String>, bool)> {
+        response.resources.iter().map(|r| (r.name.clone(), r.aliases.clone(), r.resource.is_some())).collect()
+    };
+    let v1 = build(1, "v1", "app.example", None);
+    let mut state = DeltaState::new(StreamKind::Single(VHDS));
+    let respond = |state: &mut DeltaState, request: &DeltaDiscoveryRequest, snapshot: &Arc<Snapshot>| {
+        state.on_request(request, Some(snapshot));
+        state.due(snapshot).into_iter().map(|(_, r)| DeltaDiscoveryResponse::decode(r.to_bytes()).unwrap()).collect::<Vec<_>>()
+    };
+
+    let first = respond(&mut state, &request(VHDS, &["rc"], &[], ""), &v1);
+    assert_eq!(first.len(), 1, "the namespace subscription is answered");
+    assert!(first[0].resources.is_empty() && first[0].removed_resources.is_empty());
+    let on_demand = respond(&mut state, &request(VHDS, &["rc/app.example:8080"], &[], &first[0].nonce), &v1);
+    assert_eq!(aliases(&on_demand[0]), [("rc/app".to_owned(), vec!["rc/app.example:8080".to_owned()], true)]);
+    let more = respond(&mut state, &request(VHDS, &["rc/a.wild.example", "rc/nobody.example"], &[], &on_demand[0].nonce), &v1);
+    let mut got = aliases(&more[0]);
+    got.sort();
+    assert_eq!(got, [("rc/nobody.example".to_owned(), vec!["rc/nobody.example".to_owned()], false), ("rc/wild".to_owned(), vec!["rc/a.wild.example".to_owned()], true)]);
+    assert!(respond(&mut state, &ack(VHDS, &more[0].nonce), &v1).is_empty());
+
+    // rc/app changes: resent under the alias that asked for it; nothing else.
+    let v2 = build(2, "v2", "app.example:8080", Some(&v1));
+    let update = seen_vhds(state.due(&v2));
+    assert_eq!(update, [("rc/app".to_owned(), vec!["rc/app.example:8080".to_owned()], true)]);
+
+    // State of the world does not serve VHDS.
+    let mut sotw = crate::xds::stream::StreamState::new(StreamKind::Aggregated);
+    let vhds_request = DiscoveryRequest { type_url: VHDS.type_url().into(), resource_names: vec!["rc".into()], ..Default::default() };
+    assert!(matches!(sotw.on_request(&vhds_request, Some(&v2)), Received::Unknown { .. }));
+
+    fn seen_vhds(responses: Vec<(ResourceType, EncodedResponse)>) -> Vec<(String, Vec<String>, bool)> {
+        responses
+            .into_iter()
+            .flat_map(|(_, r)| DeltaDiscoveryResponse::decode(r.to_bytes()).unwrap().resources)
+            .map(|r| (r.name, r.aliases, r.resource.is_some()))
+            .collect()
+    }
+}
