@@ -5,6 +5,12 @@
 #   scripts/bench.sh                      # everything, ADS, the issue's sizes
 #   SCENARIOS="idle fanout" scripts/bench.sh
 #   SERVICE=separate FANOUT_STREAMS=2000 scripts/bench.sh
+#   PROTOCOLS="sotw delta" SCENARIOS="idle fanout" scripts/bench.sh   # both, same rows
+#   PROTOCOL=delta scripts/bench.sh                                    # delta only
+#
+# Every scenario but memory (which opens no streams) runs once per protocol
+# in $PROTOCOLS (sotw, delta; default sotw); delta results are kept as
+# <scenario>-delta.json and their rows are marked (delta).
 #
 # Each scenario starts its own daemon (target/release/sxds) on free loopback
 # ports with a temporary data directory. Raw JSON summaries are kept in
@@ -15,6 +21,7 @@ cd "$(dirname "$0")/.."
 
 SCENARIOS=${SCENARIOS:-"idle fanout ingest burst memory"}
 SERVICE=${SERVICE:-ads}
+PROTOCOLS=${PROTOCOLS:-${PROTOCOL:-sotw}}
 IDLE_LEVELS=${IDLE_LEVELS:-1000,5000,10000}
 FANOUT_STREAMS=${FANOUT_STREAMS:-10000}
 FANOUT_UPDATES=${FANOUT_UPDATES:-5}
@@ -36,13 +43,14 @@ cp target/release/sxds target/release/examples/loadgen "$OUT/bin/"
 LOADGEN=$OUT/bin/loadgen
 SXDS=$OUT/bin/sxds
 
-run() { # name, loadgen args...
-    local name=$1; shift
+run() { # name, protocol, loadgen args...
+    local name=$1 protocol=$2; shift 2
+    [[ $protocol == sotw ]] || name=$name-$protocol
     echo "== $name: loadgen $* (load average before: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
     echo "$name $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/loadavg"
     # A bounded run: a wedged scenario must not hang the bench, and a failed
     # one must not hide the others.
-    if timeout 900 "$LOADGEN" --sxds "$SXDS" --service "$SERVICE" "$@" | tee "$OUT/$name.txt" >&2; then
+    if timeout 900 "$LOADGEN" --sxds "$SXDS" --service "$SERVICE" --protocol "$protocol" "$@" | tee "$OUT/$name.txt" >&2; then
         tail -n 1 "$OUT/$name.txt" > "$OUT/$name.json"
     else
         echo "== $name FAILED (see $OUT/$name.txt)" >&2
@@ -51,50 +59,63 @@ run() { # name, loadgen args...
 }
 FAILED=
 
-for scenario in $SCENARIOS; do
-    case $scenario in
-        idle) run idle --scenario idle --streams "$IDLE_LEVELS" ;;
-        fanout) run fanout --scenario fanout --streams "$FANOUT_STREAMS" --updates "$FANOUT_UPDATES" ;;
-        ingest) run ingest --scenario ingest --streams "$INGEST_STREAMS" ;;
-        burst) run burst --scenario burst --streams "$BURST_STREAMS" ;;
-        memory) run memory --scenario memory ;;
-        # Three replicas on the etcd that SXDS_STORE names; needs an sxds built
-        # with --features etcd (SXDS_STORE=etcd://... SCENARIOS=replicas scripts/bench.sh).
-        replicas) run replicas --scenario replicas --replicas 3 --streams 9000 --updates 5 ;;
-        *) echo "unknown scenario $scenario" >&2; exit 2 ;;
-    esac
+for protocol in $PROTOCOLS; do
+    case $protocol in sotw | delta) ;; *) echo "unknown protocol $protocol (sotw, delta)" >&2; exit 2 ;; esac
+done
+for protocol in $PROTOCOLS; do
+    for scenario in $SCENARIOS; do
+        case $scenario in
+            idle) run idle "$protocol" --scenario idle --streams "$IDLE_LEVELS" ;;
+            fanout) run fanout "$protocol" --scenario fanout --streams "$FANOUT_STREAMS" --updates "$FANOUT_UPDATES" ;;
+            ingest) run ingest "$protocol" --scenario ingest --streams "$INGEST_STREAMS" ;;
+            burst) run burst "$protocol" --scenario burst --streams "$BURST_STREAMS" ;;
+            # No streams: the same for every protocol, so measured once.
+            memory) [[ -f $OUT/memory.txt ]] || run memory sotw --scenario memory ;;
+            # Three replicas on the etcd that SXDS_STORE names; needs an sxds built
+            # with --features etcd (SXDS_STORE=etcd://... SCENARIOS=replicas scripts/bench.sh).
+            replicas) run replicas "$protocol" --scenario replicas --replicas 3 --streams 9000 --updates 5 ;;
+            *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+        esac
+    done
 done
 
 kib() { jq -r "$1 | if . == null then \"-\" else (. / 1024 * 10 | round / 10 | tostring) + \" KiB\" end" "$2"; }
 msf() { jq -r "$1 | if . == null then \"-\" else (. | round | tostring) + \" ms\" end" "$2"; }
 
 echo
-echo "sxds benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $REV, $(nproc) cores, $(uname -r), service=$SERVICE"
+echo "sxds benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $REV, $(nproc) cores, $(uname -r), service=$SERVICE, protocols=${PROTOCOLS// /+}"
 echo
 echo "Load average (1/5/15 min) when each scenario started — other work on the machine shows here: $(awk '{printf "%s%s %s/%s/%s", (NR>1 ? "; " : ""), $1, $2, $3, $4}' "$OUT/loadavg")."
 echo
 echo "| scenario | measure | result | target |"
 echo "|---|---|---|---|"
-if [[ -f $OUT/idle.json ]]; then
-    jq -r '.levels[] | "| idle, \(.streams) streams | daemon RSS per stream (RSS \(.rss_kib) KiB − base \(.rss_base_kib) KiB) | \((.bytes_per_stream / 1024 * 10 | round) / 10) KiB | ≤ 32 KiB at 10,000 |"' "$OUT/idle.json"
-fi
-if [[ -f $OUT/fanout.json ]]; then
-    f=$OUT/fanout.json
-    n=$(jq -r .streams "$f")
-    echo "| fan-out, $n streams, 1 of $(jq -r .clusters "$f") endpoint sets changed | convergence p50 / p99 / max (worst of $(jq '.updates | length' "$f") updates) | $(msf .worst.p50_ms "$f") / $(msf .worst.p99_ms "$f") / $(msf .worst.max_ms "$f") | p99 ≤ 1 s |"
-    echo "| | never converged (all updates) | $(jq -r .worst.never "$f") | 0 |"
-    echo "| | PUT answered (median) / daemon CPU per update (median) | $(jq -r '[.updates[].put_ms] | sort | .[length/2|floor] | round' "$f") ms / $(jq -r '[.updates[].daemon_cpu_ms] | sort | .[length/2|floor]' "$f") ms | |"
-fi
-if [[ -f $OUT/ingest.json ]]; then
-    f=$OUT/ingest.json
-    echo "| ingest, $(jq -r .clusters "$f") clusters + CLAs, $(jq -r '.body_bytes / 1e6 * 10 | round / 10' "$f") MB JSON | PUT answered 200 | $(msf .put_ms "$f") | ≤ 1 s |"
-    echo "| | first Envoy has the clusters / all $(jq -r .streams "$f") have clusters + endpoints | $(msf .first_cds_ms "$f") / $(msf .update.max_ms "$f") | ≤ 1 s |"
-    echo "| | daemon peak RSS (VmHWM) | $(jq -r '.peak_rss_kib / 1024 | round' "$f") MiB | |"
-fi
-if [[ -f $OUT/burst.json ]]; then
-    f=$OUT/burst.json
-    jq -r --argjson n "$(jq .streams "$f")" '.rounds[] | "| burst round \(.round), \(.puts) PUTs in \(.puts_ms | round) ms, \($n) streams | streams on the last version / never / EDS responses per stream (mean, max) / unACKed | \(.ended_on_last) / \(.never) / \(.eds_responses_per_stream_mean * 10 | round / 10), \(.eds_responses_per_stream_max) / \(.unacked_responses) | all / 0 / < PUTs / 0 |\n| | daemon RSS before → after | \(.rss_before_kib) → \(.rss_after_kib) KiB | no growth |"' "$f"
-fi
+for protocol in $PROTOCOLS; do
+    # The files and row labels of this protocol: sotw keeps the plain ones.
+    suffix= tag=
+    [[ $protocol == sotw ]] || { suffix=-$protocol; tag=" ($protocol)"; }
+    if [[ -f $OUT/idle$suffix.json ]]; then
+        jq -r --arg tag "$tag" '.levels[] | "| idle\($tag), \(.streams) streams | daemon RSS per stream (RSS \(.rss_kib) KiB − base \(.rss_base_kib) KiB) | \((.bytes_per_stream / 1024 * 10 | round) / 10) KiB | ≤ 32 KiB at 10,000 |"' "$OUT/idle$suffix.json"
+    fi
+    if [[ -f $OUT/fanout$suffix.json ]]; then
+        f=$OUT/fanout$suffix.json
+        n=$(jq -r .streams "$f")
+        echo "| fan-out$tag, $n streams, 1 of $(jq -r .clusters "$f") endpoint sets changed | convergence p50 / p99 / max (worst of $(jq '.updates | length' "$f") updates) | $(msf .worst.p50_ms "$f") / $(msf .worst.p99_ms "$f") / $(msf .worst.max_ms "$f") | p99 ≤ 1 s |"
+        echo "| | never converged (all updates) | $(jq -r .worst.never "$f") | 0 |"
+        echo "| | PUT answered (median) / daemon CPU per update (median) | $(jq -r '[.updates[].put_ms] | sort | .[length/2|floor] | round' "$f") ms / $(jq -r '[.updates[].daemon_cpu_ms] | sort | .[length/2|floor]' "$f") ms | no more on delta than on SotW |"
+        echo "| | resources per EDS response (mean, max) / EDS responses per stream (mean, max), all updates | $(jq -r 'def r2: if . == null then "-" else (. * 100 | round / 100 | tostring) end; def worst(k): map(.[k] // empty) | max | r2;
+            [.updates[].eds_responses] | "\(worst("resources_per_response_mean")), \(worst("resources_per_response_max")) / \(worst("responses_per_stream_mean")), \(worst("responses_per_stream_max"))"' "$f") | 1, 1 / 1, 1 |"
+    fi
+    if [[ -f $OUT/ingest$suffix.json ]]; then
+        f=$OUT/ingest$suffix.json
+        echo "| ingest$tag, $(jq -r .clusters "$f") clusters + CLAs, $(jq -r '.body_bytes / 1e6 * 10 | round / 10' "$f") MB JSON | PUT answered 200 | $(msf .put_ms "$f") | ≤ 1 s |"
+        echo "| | first Envoy has the clusters / all $(jq -r .streams "$f") have clusters + endpoints | $(msf .first_cds_ms "$f") / $(msf .update.max_ms "$f") | ≤ 1 s |"
+        echo "| | daemon peak RSS (VmHWM) | $(jq -r '.peak_rss_kib / 1024 | round' "$f") MiB | |"
+    fi
+    if [[ -f $OUT/burst$suffix.json ]]; then
+        f=$OUT/burst$suffix.json
+        jq -r --arg tag "$tag" --argjson n "$(jq .streams "$f")" '.rounds[] | "| burst\($tag) round \(.round), \(.puts) PUTs in \(.puts_ms | round) ms, \($n) streams | streams on the last version / never / EDS responses per stream (mean, max) / unACKed | \(.ended_on_last) / \(.never) / \(.eds_responses_per_stream_mean * 10 | round / 10), \(.eds_responses_per_stream_max) / \(.unacked_responses) | all / 0 / < PUTs / 0 |\n| | daemon RSS before → after | \(.rss_before_kib) → \(.rss_after_kib) KiB | no growth |"' "$f"
+    fi
+done
 if [[ -f $OUT/memory.json ]]; then
     jq -r '.bundles[] | "| memory, \(.bundle), \(.json_bytes / 1e6 * 10 | round / 10) MB JSON | RSS kept after the PUT / encoded size (\(.encoded_bytes / 1e6 * 10 | round / 10) MB) | \(.retained_bytes / 1e6 * 10 | round / 10) MB (\(.factor * 100 | round / 100)×) | a small factor |"' "$OUT/memory.json"
 fi

@@ -1,63 +1,74 @@
-//! Keeps the load generator working: a few hundred simulated Envoys (the
-//! same `sim.rs` the `loadgen` example runs) take a bundle and one update,
-//! and every one of them converges.
+//! Keeps the load generator working: simulated Envoys (the same `sim.rs`
+//! the `loadgen` example runs) take a bundle and updates, over state of the
+//! world and delta, and every one of them converges. The fan-out smoke
+//! checks what the benchmark's delta figure rests on: one changed endpoint
+//! set reaches each delta stream as one EDS response carrying that one
+//! resource, and a dropped cluster is removed from what each node holds.
+//! No wall-clock bounds are asserted.
 
 mod support;
 
-
-/// The types a simulated Envoy subscribes to.
-const SIMULATED: [ResourceType; 4] = [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Listener, ResourceType::Route];
-
+#[path = "../examples/loadgen/bundles.rs"]
+mod bundles;
 #[path = "../examples/loadgen/sim.rs"]
 mod sim;
 
 use std::time::{Duration, Instant};
 
-use sim::{Fleet, FleetConfig, Service, Target};
-use support::{sidecar_bundle, TestDaemon};
+use bundles::Mesh;
+use sim::{Fleet, FleetConfig, Protocol, Service, Target, TYPES};
+use support::{sidecar_bundle, wait_for, TestDaemon};
 use sxds::resource_type::ResourceType;
 
 const STREAMS: usize = 300;
+const LIMIT: Duration = Duration::from_secs(60);
 
-async fn smoke(service: Service, streams: usize) {
+fn fleet(daemon: &TestDaemon, node_type: &str, service: Service, protocol: Protocol) -> Fleet {
     // Two sockets per stream in this process: the client's and the daemon's.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
+    Fleet::new(FleetConfig { xds_url: daemon.xds_url(), node_type: node_type.into(), service, protocol, connect_concurrency: 50 }).expect("xDS URL")
+}
+
+/// Connects `streams` nodes and waits until each holds `version` of every type.
+async fn connect(fleet: &mut Fleet, streams: usize, version: &str) {
+    let since = Instant::now();
+    fleet.add(streams);
+    let initial = Target { version: version.into(), types: TYPES.to_vec(), since };
+    let result = fleet.wait(&initial, LIMIT).await;
+    assert_eq!(result.never, 0, "{} of {streams} nodes never got the whole {version} config", result.never);
+}
+
+async fn smoke(service: Service, protocol: Protocol, streams: usize) {
     let daemon = TestDaemon::start().await;
     let (status, body) = daemon.put("smoke", sidecar_bundle("v1", 10000, 8080).to_string()).await;
     assert_eq!(status, 200, "{body}");
-
-    let mut fleet = Fleet::new(FleetConfig {
-        xds_url: daemon.xds_url(),
-        node_type: "smoke".into(),
-        service,
-        connect_concurrency: 50,
-    })
-    .expect("xDS URL");
-    let since = Instant::now();
-    fleet.add(streams);
-    let initial = Target { version: "v1".into(), types: SIMULATED.to_vec(), since };
-    let result = fleet.wait(&initial, Duration::from_secs(60)).await;
-    assert_eq!(result.never, 0, "{} of {streams} nodes never got the whole v1 config", result.never);
+    let mut fleet = fleet(&daemon, "smoke", service, protocol);
+    connect(&mut fleet, streams, "v1").await;
 
     // One update: the backend's endpoint moves. Only EDS changes.
     let since = Instant::now();
     let (status, body) = daemon.put("smoke", sidecar_bundle("v2", 10000, 8081).to_string()).await;
     assert_eq!(status, 200, "{body}");
     let update = Target { version: "v2".into(), types: vec![ResourceType::Endpoint], since };
-    let result = fleet.wait(&update, Duration::from_secs(60)).await;
+    let result = fleet.wait(&update, LIMIT).await;
     assert_eq!(result.never, 0, "{} of {streams} nodes never got v2", result.never);
     assert_eq!(result.converged(), streams);
     assert!(result.percentile(99.0) <= result.max());
 
     for (i, record) in fleet.records().iter().enumerate() {
         assert_eq!(record.connects, 1, "node {i} reconnected: {:?}", record.last_error);
-        for ty in SIMULATED {
-            let seen = &record.types[ty.index()];
+        for ty in TYPES {
+            let seen = &record.types[ty];
             assert_eq!(seen.acks, seen.responses, "node {i} left a {ty} response unACKed");
+            let held = match (protocol, ty.is_full_state()) {
+                (Protocol::StateOfTheWorld, false) => None,
+                _ => Some(1),
+            };
+            assert_eq!(seen.held, held, "node {i}'s {ty}");
         }
         // The route did not change, so RDS was not sent again (R8).
-        assert_eq!(record.types[ResourceType::Route.index()].last_version(), Some("v1"), "node {i}");
-        assert_eq!(record.types[ResourceType::Endpoint.index()].last_version(), Some("v2"), "node {i}");
+        assert_eq!(record.types[ResourceType::Route].last_version(), Some("v1"), "node {i}");
+        assert_eq!(record.types[ResourceType::Endpoint].last_version(), Some("v2"), "node {i}");
     }
     fleet.shutdown().await;
     daemon.stop().await.expect("daemon stops cleanly");
@@ -65,10 +76,92 @@ async fn smoke(service: Service, streams: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_simulated_envoys_on_ads_all_converge() {
-    smoke(Service::Ads, STREAMS).await;
+    smoke(Service::Ads, Protocol::StateOfTheWorld, STREAMS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_envoys_on_the_separate_services_converge_too() {
-    smoke(Service::Separate, 50).await;
+    smoke(Service::Separate, Protocol::StateOfTheWorld, 50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_simulated_envoys_on_delta_ads_all_converge() {
+    smoke(Service::Ads, Protocol::Delta, STREAMS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_envoys_on_the_separate_delta_services_converge_too() {
+    smoke(Service::Separate, Protocol::Delta, 50).await;
+}
+
+const CLUSTERS: usize = 10;
+const FANOUT_STREAMS: usize = 20;
+
+/// The fan-out scenario in small: two updates each change one endpoint set
+/// of ten; then a cluster is dropped. Each update must reach every node as
+/// exactly one EDS response carrying the one changed resource, and nothing
+/// else; after the drop, every node holds the nine clusters left.
+async fn fanout(protocol: Protocol) {
+    let daemon = TestDaemon::start().await;
+    let mut mesh = Mesh::new(CLUSTERS, 2, CLUSTERS);
+    let (status, body) = daemon.put("mesh", mesh.bundle("v0").to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let mut fleet = fleet(&daemon, "mesh", Service::Ads, protocol);
+    connect(&mut fleet, FANOUT_STREAMS, "v0").await;
+
+    for u in 1..=2 {
+        mesh.change_endpoints(u * 3);
+        let version = format!("v{u}");
+        let marks: Vec<Vec<usize>> = TYPES.iter().map(|&ty| fleet.marks(ty)).collect();
+        let since = Instant::now();
+        let (status, body) = daemon.put("mesh", mesh.bundle(&version).to_string()).await;
+        assert_eq!(status, 200, "{body}");
+        let target = Target { version: version.clone(), types: vec![ResourceType::Endpoint], since };
+        let result = fleet.wait(&target, LIMIT).await;
+        assert_eq!(result.never, 0, "{} of {FANOUT_STREAMS} nodes never got {version}", result.never);
+        for (ty, marks) in TYPES.into_iter().zip(&marks) {
+            let expected: Vec<u32> = if ty == ResourceType::Endpoint { vec![1] } else { Vec::new() };
+            for (i, sizes) in fleet.sizes_since(ty, marks).iter().enumerate() {
+                assert_eq!(*sizes, expected, "{version}: node {i}'s {ty} responses (resources in each)");
+            }
+        }
+    }
+
+    // The last cluster goes: the route to it changes too.
+    let since = Instant::now();
+    let (status, body) = daemon.put("mesh", Mesh::new(CLUSTERS - 1, 2, CLUSTERS - 1).bundle("v3").to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let target = Target { version: "v3".into(), types: vec![ResourceType::Cluster, ResourceType::Route], since };
+    let result = fleet.wait(&target, LIMIT).await;
+    assert_eq!(result.never, 0, "{} of {FANOUT_STREAMS} nodes never got v3", result.never);
+    let nodes = &fleet;
+    // What a node on the state of the world holds of EDS is not known to it.
+    let endpoints = (protocol == Protocol::Delta).then_some(CLUSTERS - 1);
+    let holds_the_rest = move || async move {
+        let records = nodes.records();
+        records.iter().all(|r| r.types[ResourceType::Cluster].held == Some(CLUSTERS - 1) && r.types[ResourceType::Endpoint].held == endpoints)
+    };
+    wait_for("every node to hold 9 clusters and (on delta) 9 endpoint sets", LIMIT, holds_the_rest).await;
+
+    for (i, record) in fleet.records().iter().enumerate() {
+        assert_eq!(record.connects, 1, "node {i} reconnected: {:?}", record.last_error);
+        for ty in TYPES {
+            let seen = &record.types[ty];
+            assert_eq!(seen.acks, seen.responses, "node {i} left a {ty} response unACKed");
+        }
+    }
+    fleet.shutdown().await;
+    daemon.stop().await.expect("daemon stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_fanout_sends_each_stream_only_the_changed_endpoint_set() {
+    fanout(Protocol::Delta).await;
+}
+
+/// EDS is a named type: a state-of-the-world response may be partial
+/// (R19), and sxds sends only the changed set there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_of_the_world_fanout_sends_only_the_changed_endpoint_set_too() {
+    fanout(Protocol::StateOfTheWorld).await;
 }

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example loadgen -- --scenario fanout --streams 10000
+//! cargo run --release --example loadgen -- --scenario fanout --streams 10000 --protocol delta
 //! ```
 //!
 //! By default it starts `target/release/sxds` on free loopback ports with a
@@ -30,10 +31,7 @@ use sxds::resource_type::ResourceType;
 
 use bundles::Mesh;
 use daemon::{Daemon, Sample};
-use sim::{Convergence, Fleet, FleetConfig, Service, Target};
-
-/// The types a simulated Envoy subscribes to.
-const ALL_TYPES: [ResourceType; 4] = [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Listener, ResourceType::Route];
+use sim::{Convergence, Fleet, FleetConfig, Protocol, Service, Target, TYPES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -59,6 +57,14 @@ enum ServiceArg {
     Separate,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProtocolArg {
+    /// State of the world: every response carries the whole subscribed set.
+    Sotw,
+    /// Delta (incremental): only what changed, and the names removed.
+    Delta,
+}
+
 #[derive(Debug, Parser)]
 #[command(about = "Simulates N Envoys against sxds and measures convergence, memory and CPU")]
 struct Args {
@@ -69,6 +75,8 @@ struct Args {
     streams: Vec<usize>,
     #[arg(long, value_enum, default_value = "ads")]
     service: ServiceArg,
+    #[arg(long, value_enum, default_value = "sotw")]
+    protocol: ProtocolArg,
     #[arg(long, default_value = "bench")]
     node_type: String,
     /// The daemon binary to start.
@@ -157,6 +165,10 @@ async fn run(args: &Args, daemon: &Daemon) -> anyhow::Result<Value> {
             ServiceArg::Ads => Service::Ads,
             ServiceArg::Separate => Service::Separate,
         },
+        protocol: match args.protocol {
+            ProtocolArg::Sotw => Protocol::StateOfTheWorld,
+            ProtocolArg::Delta => Protocol::Delta,
+        },
         connect_concurrency: args.connect_concurrency,
     })?;
     let mut ctx = Ctx { args, daemon, http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()? };
@@ -173,6 +185,7 @@ async fn run(args: &Args, daemon: &Daemon) -> anyhow::Result<Value> {
     let mut summary = details?;
     summary["scenario"] = format!("{:?}", args.scenario).to_lowercase().into();
     summary["service"] = format!("{:?}", args.service).to_lowercase().into();
+    summary["protocol"] = format!("{:?}", args.protocol).to_lowercase().into();
     summary["stream_errors"] = errors.into();
     summary["loadgen"] = Sample::of_self().to_json();
     Ok(summary)
@@ -215,7 +228,7 @@ impl Ctx<'_> {
         let start = Instant::now();
         fleet.add(streams.saturating_sub(fleet.len()));
         eprintln!("loadgen: connecting {} streams ...", fleet.len());
-        let target = Target { version: version.to_owned(), types: ALL_TYPES.to_vec(), since: start };
+        let target = Target { version: version.to_owned(), types: TYPES.to_vec(), since: start };
         let result = fleet.wait(&target, self.args.connect_deadline).await;
         if result.never > 0 {
             let errors: Vec<String> = fleet.records().into_iter().filter_map(|r| r.last_error).take(3).collect();
@@ -272,13 +285,16 @@ async fn fanout(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
     let mut updates = Vec::new();
     for u in 1..=args.updates {
         let (version, body) = next_update(ctx, &mut mesh, u).await?;
+        let marks = fleet.marks(ResourceType::Endpoint);
         let before = ctx.samples()?;
         let since = Instant::now();
         let put = ctx.put(body).await?;
         let target = Target { version, types: vec![ResourceType::Endpoint], since };
         let result = fleet.wait(&target, args.deadline).await;
         let after = ctx.samples()?;
-        updates.push(update_report(&target.version, put, &result, &before, &after));
+        let mut report = update_report(&target.version, put, &result, &before, &after);
+        report["eds_responses"] = response_sizes(&fleet.sizes_since(ResourceType::Endpoint, &marks));
+        updates.push(report);
     }
     print_updates("fanout", streams, &updates);
     let polled = match poller {
@@ -496,7 +512,7 @@ async fn burst(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
             .collect::<Result<_, _>>()?;
         ctx.settle().await;
         let before = ctx.samples()?;
-        let counts_before: Vec<[u32; 4]> = fleet.records().iter().map(|r| r.types.clone().map(|t| t.responses)).collect();
+        let counts_before: Vec<u32> = fleet.records().iter().map(|r| r.types[ResourceType::Endpoint].responses).collect();
         let since = Instant::now();
         let gap = Duration::from_millis(args.burst_window_ms) / args.burst_puts.max(1) as u32;
         let puts: Vec<_> = bodies
@@ -528,12 +544,12 @@ async fn burst(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
         let received: Vec<u32> = records
             .iter()
             .zip(&counts_before)
-            .map(|(r, before)| r.types[ResourceType::Endpoint.index()].responses - before[ResourceType::Endpoint.index()])
+            .map(|(r, before)| r.types[ResourceType::Endpoint].responses - before)
             .collect();
-        let unacked: u32 = records.iter().flat_map(|r| r.types.iter()).map(|t| t.responses - t.acks).sum();
+        let unacked: u32 = records.iter().flat_map(|r| r.types.values()).map(|t| t.responses - t.acks).sum();
         let ended_on_last = records
             .iter()
-            .filter(|r| r.types[ResourceType::Endpoint.index()].last_version() == Some(&version))
+            .filter(|r| r.types[ResourceType::Endpoint].last_version() == Some(&version))
             .count();
         let max_received = received.iter().copied().max().unwrap_or(0);
         let mean_received = received.iter().map(|&n| n as f64).sum::<f64>() / received.len().max(1) as f64;
@@ -569,6 +585,21 @@ fn update_report(version: &str, put: Duration, result: &Convergence, before: &Sa
     })
 }
 
+/// What the responses of one type after an update carried, over every
+/// node: responses per node, and resources per response (mean and max). On
+/// delta, one changed endpoint set must be one resource in one response.
+fn response_sizes(per_node: &[Vec<u32>]) -> Value {
+    let responses: usize = per_node.iter().map(Vec::len).sum();
+    let resources: u64 = per_node.iter().flatten().map(|&n| u64::from(n)).sum();
+    let max = per_node.iter().flatten().copied().max();
+    json!({
+        "responses_per_stream_mean": responses as f64 / per_node.len().max(1) as f64,
+        "responses_per_stream_max": per_node.iter().map(Vec::len).max().unwrap_or(0),
+        "resources_per_response_mean": if responses == 0 { f64::NAN } else { resources as f64 / responses as f64 },
+        "resources_per_response_max": max,
+    })
+}
+
 /// The worst p99/max and the total never-converged over updates.
 fn worst(updates: &[Value]) -> Value {
     let max_of = |key: &str| updates.iter().filter_map(|u| u[key].as_f64()).fold(f64::NAN, f64::max);
@@ -580,11 +611,16 @@ fn worst(updates: &[Value]) -> Value {
 
 fn print_updates(label: &str, streams: usize, updates: &[Value]) {
     println!("{label}  streams={streams}");
-    println!("  {:<8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9}", "version", "put ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "never", "RSS KiB", "CPU ms", "LG CPU");
+    println!("  {:<8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>13}", "version", "put ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "never", "RSS KiB", "CPU ms", "LG CPU", "EDS res/resp");
     for u in updates {
         let f = |k: &str| u[k].as_f64().unwrap_or(f64::NAN);
         let n = |k: &str| u[k].as_u64().unwrap_or(0);
-        println!("  {:<8} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>10} {:>9} {:>9}",
-            u["version"].as_str().unwrap_or(""), f("put_ms"), f("p50_ms"), f("p90_ms"), f("p99_ms"), f("max_ms"), n("never"), n("rss_kib"), n("daemon_cpu_ms"), n("loadgen_cpu_ms"));
+        let eds = &u["eds_responses"];
+        let sizes = match eds["resources_per_response_max"].as_u64() {
+            Some(max) => format!("{:.1} / {max}", eds["resources_per_response_mean"].as_f64().unwrap_or(f64::NAN)),
+            None => "-".to_owned(),
+        };
+        println!("  {:<8} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>10} {:>9} {:>9} {:>13}",
+            u["version"].as_str().unwrap_or(""), f("put_ms"), f("p50_ms"), f("p90_ms"), f("p99_ms"), f("max_ms"), n("never"), n("rss_kib"), n("daemon_cpu_ms"), n("loadgen_cpu_ms"), sizes);
     }
 }

@@ -7,6 +7,8 @@
 //! and LDS by wildcard, then to EDS and RDS for the names found in the
 //! clusters and listeners it received, and ACKs every response by nonce.
 //! Like Envoy it puts `node` on every request and reconnects with backoff.
+//! It speaks state of the world (this file) or delta (`delta.rs`); the
+//! fleet, the records and the convergence arithmetic are the same for both.
 //!
 //! Shared by the `loadgen` example and the `loadgen_smoke` test, so there is
 //! one implementation of the simulated Envoy.
@@ -37,11 +39,19 @@ use envoy_types::pb::envoy::{
 use envoy_types::pb::google::protobuf::Any;
 use futures::{stream::SelectAll, StreamExt};
 use prost::{Message, Name};
-use sxds::resource_type::ResourceType;
-use tokio::sync::{mpsc, Semaphore};
+use sxds::resource_type::{PerType, ResourceType};
+use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
+
+// A path relative to this file, so that the example (`mod sim;`) and the
+// smoke test (`#[path] mod sim;`) find the same file.
+#[path = "delta.rs"]
+mod delta;
+
+/// The types a simulated Envoy subscribes to, in ADS order.
+pub const TYPES: [ResourceType; 4] = [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Listener, ResourceType::Route];
 
 /// Largest response a simulated Envoy accepts (10,000 clusters fit easily).
 const MAX_MESSAGE: usize = 256 << 20;
@@ -57,6 +67,15 @@ pub enum Service {
     Separate,
 }
 
+/// Which flavour of xDS the simulated Envoys speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Every response carries the whole subscribed set.
+    StateOfTheWorld,
+    /// Responses carry only changed resources and the names removed.
+    Delta,
+}
+
 /// How to reach the daemon and how hard to knock.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
@@ -64,6 +83,7 @@ pub struct FleetConfig {
     pub xds_url: String,
     pub node_type: String,
     pub service: Service,
+    pub protocol: Protocol,
     /// Nodes connecting at once: 10,000 connects must not stampede.
     pub connect_concurrency: usize,
 }
@@ -73,12 +93,30 @@ pub struct FleetConfig {
 pub struct TypeRecord {
     pub responses: u32,
     pub acks: u32,
-    /// Each version the first time it arrived, in order, with the instant
-    /// its ACK was queued.
+    /// Resources each response carried, in order (changed ones only, on delta).
+    pub sizes: Vec<u32>,
+    /// Resources of the type the node holds now; `None` where the node
+    /// cannot tell without decoding them: a state-of-the-world response of
+    /// a named type (EDS, RDS) may carry only part of the set (R19).
+    pub held: Option<usize>,
+    /// Each version the first time the node held it in full, in order, with
+    /// the instant its ACK was queued.
     pub versions: Vec<(String, Instant)>,
 }
 
 impl TypeRecord {
+    /// One response taken and ACKed: `resources` in it, `held` after it,
+    /// and `version` if the node now holds that version of the type in full.
+    fn took(&mut self, resources: usize, held: Option<usize>, version: Option<&str>, at: Instant) {
+        self.responses += 1;
+        self.acks += 1;
+        self.sizes.push(resources.try_into().unwrap_or(u32::MAX));
+        self.held = held;
+        if let Some(version) = version.filter(|v| self.last_version() != Some(*v)) {
+            self.versions.push((version.to_owned(), at));
+        }
+    }
+
     pub fn last_version(&self) -> Option<&str> {
         self.versions.last().map(|(v, _)| v.as_str())
     }
@@ -96,8 +134,8 @@ pub struct NodeRecord {
     pub connects: u32,
     pub errors: u32,
     pub last_error: Option<String>,
-    /// By [`ResourceType::index`].
-    pub types: [TypeRecord; 4],
+    /// Only the [`TYPES`] are ever filled in.
+    pub types: PerType<TypeRecord>,
 }
 
 /// An update every node should reach: `version` on each of `types`,
@@ -155,6 +193,9 @@ struct Shared {
     /// instead of once per node: the load generator must not be the
     /// bottleneck of a two-core benchmark.
     names: Mutex<HashMap<(ResourceType, String), Names>>,
+    /// Delta: the resources nodes hold, by type and name, at the version
+    /// last seen; decoded once for the fleet for the same reason.
+    held: Mutex<PerType<HashMap<Arc<str>, Arc<delta::Held>>>>,
     shutdown: CancellationToken,
 }
 
@@ -176,6 +217,7 @@ impl Fleet {
             endpoint,
             connect_permits: Semaphore::new(permits),
             names: Mutex::default(),
+            held: Mutex::default(),
             shutdown: CancellationToken::new(),
         });
         Ok(Self { shared, nodes: Vec::new(), tasks: Vec::new() })
@@ -203,6 +245,17 @@ impl Fleet {
 
     pub fn connected(&self) -> usize {
         self.nodes.iter().filter(|n| lock(n).connected).count()
+    }
+
+    /// How many responses of `ty` each node has taken: a mark for
+    /// [`Fleet::sizes_since`].
+    pub fn marks(&self, ty: ResourceType) -> Vec<usize> {
+        self.nodes.iter().map(|n| lock(n).types[ty].sizes.len()).collect()
+    }
+
+    /// Per node, the resources in each response of `ty` it took after its mark.
+    pub fn sizes_since(&self, ty: ResourceType, marks: &[usize]) -> Vec<Vec<u32>> {
+        self.nodes.iter().zip(marks).map(|(n, &mark)| lock(n).types[ty].sizes.get(mark..).unwrap_or_default().to_vec()).collect()
     }
 
     /// Waits until every node has ACKed `target`, or until `limit` has
@@ -249,18 +302,18 @@ impl Fleet {
         let node = lock(&self.nodes[i]);
         let mut latest: Option<Instant> = None;
         for ty in &target.types {
-            let at = node.types[ty.index()].arrived(&target.version)?;
+            let at = node.types[*ty].arrived(&target.version)?;
             latest = Some(latest.map_or(at, |l| l.max(at)));
         }
         latest
     }
 
-    /// Closes every stream and waits (bounded) for the node tasks to end.
     /// How this fleet reaches its daemon.
     pub fn config(&self) -> &FleetConfig {
         &self.shared.config
     }
 
+    /// Closes every stream and waits (bounded) for the node tasks to end.
     pub async fn shutdown(self) {
         self.shared.shutdown.cancel();
         for task in self.tasks {
@@ -316,69 +369,84 @@ struct Subscription {
 
 type Responses = SelectAll<futures::stream::BoxStream<'static, Result<DiscoveryResponse, tonic::Status>>>;
 
-/// One connection's life: open, subscribe, ACK until the stream ends.
+/// One connection's life, in the fleet's protocol.
 async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node_id: &str) -> Result<(), String> {
     let node = Node { id: node_id.to_owned(), cluster: shared.config.node_type.clone(), user_agent_name: "envoy".into(), ..Node::default() };
-    let mut subs: [Subscription; 4] = Default::default();
+    match shared.config.protocol {
+        Protocol::StateOfTheWorld => sotw_session(shared, record, &node).await,
+        Protocol::Delta => delta::session(shared, record, &node).await,
+    }
+}
+
+/// The type whose names the resources of `ty` refer to: clusters load
+/// their endpoints by EDS, listeners their routes by RDS.
+fn child(ty: ResourceType) -> Option<ResourceType> {
+    match ty {
+        ResourceType::Cluster => Some(ResourceType::Endpoint),
+        ResourceType::Listener => Some(ResourceType::Route),
+        _ => None,
+    }
+}
+
+/// Marks a node connected once its first streams are open.
+fn connected(record: &Mutex<NodeRecord>) {
+    let mut record = lock(record);
+    record.connected = true;
+    record.connects += 1;
+}
+
+/// Open, subscribe, ACK until the stream ends: state of the world.
+async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node) -> Result<(), String> {
+    let mut subs: PerType<Subscription> = PerType::default();
     let mut responses = Responses::new();
 
     // Connect and open the first streams under a permit, released once the
     // server has accepted them.
     let channel = {
-        let _permit = shared.connect_permits.acquire().await.map_err(|e| e.to_string())?;
-        let channel = shared.endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+        let (channel, _permit) = shared.connect().await?;
         match shared.config.service {
             Service::Ads => {
                 let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
                 for ty in [ResourceType::Cluster, ResourceType::Listener] {
-                    let _ = tx.send(request(&node, ty, &subs[ty.index()])).await;
+                    let _ = tx.send(request(node, ty, &subs[ty])).await;
                 }
                 let mut client = AggregatedDiscoveryServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
                 let inbound = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.map_err(|s| format!("ADS: {s}"))?;
                 responses.push(inbound.into_inner().boxed());
-                for sub in &mut subs {
-                    sub.sender = Some(tx.clone());
+                for ty in TYPES {
+                    subs[ty].sender = Some(tx.clone());
                 }
             }
             Service::Separate => {
                 for ty in [ResourceType::Cluster, ResourceType::Listener] {
-                    let first = request(&node, ty, &subs[ty.index()]);
-                    subs[ty.index()].sender = Some(open_single(&channel, ty, first, &mut responses).await?);
+                    let first = request(node, ty, &subs[ty]);
+                    subs[ty].sender = Some(open_single(&channel, ty, first, &mut responses).await?);
                 }
             }
         }
         channel
     };
-    {
-        let mut record = lock(record);
-        record.connected = true;
-        record.connects += 1;
-    }
+    connected(record);
 
     while let Some(message) = responses.next().await {
         let response = message.map_err(|s| format!("stream: {s}"))?;
-        let Some(ty) = ResourceType::from_type_url(&response.type_url) else { continue };
+        let Some(ty) = ResourceType::from_type_url(&response.type_url).filter(|ty| TYPES.contains(ty)) else { continue };
         let received_at = Instant::now();
         {
-            let sub = &mut subs[ty.index()];
+            let sub = &mut subs[ty];
             sub.version = response.version_info.clone();
             sub.nonce = response.nonce.clone();
         }
 
         // Like Envoy: subscribe to the EDS/RDS names the new clusters and
         // listeners refer to before ACKing them.
-        let child = match ty {
-            ResourceType::Cluster => Some(ResourceType::Endpoint),
-            ResourceType::Listener => Some(ResourceType::Route),
-            _ => None,
-        };
-        if let Some(child) = child {
+        if let Some(child) = child(ty) {
             let names = shared.referenced_names(ty, &response);
-            let sub = &mut subs[child.index()];
+            let sub = &mut subs[child];
             let changed = !Arc::ptr_eq(&names, &sub.names) && *names != *sub.names;
             if changed && !(names.is_empty() && sub.sender.is_none()) {
                 sub.names = names;
-                let update = request(&node, child, sub);
+                let update = request(node, child, sub);
                 match &sub.sender {
                     Some(tx) => tx.send(update).await.map_err(|_| "request stream closed".to_owned())?,
                     None => sub.sender = Some(open_single(&channel, child, update, &mut responses).await?),
@@ -386,18 +454,14 @@ async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node_id: &str) -> 
             }
         }
 
-        let sub = &subs[ty.index()];
-        let ack = request(&node, ty, sub);
+        let sub = &subs[ty];
+        let ack = request(node, ty, sub);
         let tx = sub.sender.as_ref().ok_or("response on a type never requested")?;
         tx.send(ack).await.map_err(|_| "request stream closed".to_owned())?;
 
-        let mut record = lock(record);
-        let seen = &mut record.types[ty.index()];
-        seen.responses += 1;
-        seen.acks += 1;
-        if seen.last_version() != Some(response.version_info.as_str()) {
-            seen.versions.push((response.version_info, received_at));
-        }
+        let size = response.resources.len();
+        let held = ty.is_full_state().then_some(size);
+        lock(record).types[ty].took(size, held, Some(&response.version_info), received_at);
     }
     Err("stream closed by the server".to_owned())
 }
@@ -440,6 +504,14 @@ fn request(node: &Node, ty: ResourceType, sub: &Subscription) -> DiscoveryReques
 }
 
 impl Shared {
+    /// A connection to the daemon, and the permit to hold until its first
+    /// streams are accepted.
+    async fn connect(&self) -> Result<(Channel, SemaphorePermit<'_>), String> {
+        let permit = self.connect_permits.acquire().await.map_err(|e| e.to_string())?;
+        let channel = self.endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+        Ok((channel, permit))
+    }
+
     /// The EDS names (for CDS) or RDS names (for LDS) a full-state response
     /// refers to, sorted; decoded once per version for the fleet.
     fn referenced_names(&self, ty: ResourceType, response: &DiscoveryResponse) -> Names {
