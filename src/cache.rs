@@ -8,7 +8,7 @@
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use bytes::Bytes;
@@ -87,6 +87,9 @@ pub struct Snapshot {
     set_digests: PerType<u64>,
     /// The stored bundle this was built from, to skip rebuilding it.
     source: Arc<StoredBundle>,
+    /// Per type, each resource's canonical JSON for REST polling, made on
+    /// the first REST request for the type (see [`Self::json`]).
+    json: PerType<OnceLock<Result<Box<[Bytes]>, String>>>,
 }
 
 /// What changed from one snapshot to the next, per type.
@@ -155,7 +158,21 @@ impl Snapshot {
             hasher.finish()
         });
         let version: Arc<str> = source.version.as_str().into();
-        Self { id, changed_since, version, types, all, set_digests, source }
+        Self { id, changed_since, version, types, all, set_digests, source, json: PerType::default() }
+    }
+
+    /// Each resource of `ty` as JSON, index for index with
+    /// [`Self::resources`], once [`Self::make_json`] made it.
+    pub fn json(&self, ty: ResourceType) -> Option<Result<&[Bytes], &str>> {
+        self.json[ty].get().map(|made| made.as_deref().map_err(String::as_str))
+    }
+
+    /// Each resource of `ty` as JSON, made by `encode` on the first call and
+    /// kept with the snapshot: REST clients share one encoding per version.
+    /// Blocks while another caller encodes: call it off the async workers.
+    pub fn make_json(&self, ty: ResourceType, encode: impl FnOnce(&[Resource]) -> Result<Box<[Bytes]>, String>) -> Result<&[Bytes], &str> {
+        let made = self.json[ty].get_or_init(|| encode(self.resources(ty)));
+        made.as_deref().map_err(String::as_str)
     }
 
     /// Whether the resources of `ty` differ from those of `other`.

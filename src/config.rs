@@ -110,6 +110,15 @@ pub struct Config {
     #[arg(long, env = "SXDS_SEND_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     pub send_timeout: Duration,
 
+    /// How long a REST xDS poll (`POST /v3/discovery:*` on the xDS port)
+    /// whose `version_info` is current is held open waiting for a change
+    /// before it is answered 304. Never longer than the client says it waits:
+    /// Envoy announces its `request_timeout` (`x-envoy-expected-rq-timeout-ms`),
+    /// and the hold stays a second under it (at least half of it). `0s`
+    /// answers at once, as go-control-plane does.
+    #[arg(long, env = "SXDS_REST_XDS_HOLD", default_value = "30s", value_parser = parse_duration)]
+    pub rest_xds_hold: Duration,
+
     /// A file of the bearer tokens that may write (PUT, DELETE, rollback):
     /// one per line, `token` or `name:token` (the name is what the log
     /// says), `#` for comments. Re-read when it changes. Without it, only
@@ -246,6 +255,8 @@ mod tests {
         assert_eq!((config.rest_header_timeout, config.send_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
         assert!(Config::try_parse_from(["sxds", "--rest-max-connections=0"]).is_err());
         assert!(Config::try_parse_from(["sxds", "--send-timeout=0ms"]).is_err());
+        assert_eq!(config.rest_xds_hold, Duration::from_secs(30));
+        assert!(Config::try_parse_from(["sxds", "--rest-xds-hold=0s"]).unwrap().rest_xds_hold.is_zero(), "0 answers at once");
     }
 
     #[test]
