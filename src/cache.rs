@@ -89,7 +89,18 @@ pub struct Snapshot {
     source: Arc<StoredBundle>,
     /// Per type, each resource's canonical JSON for REST polling, made on
     /// the first REST request for the type (see [`Self::json`]).
-    json: PerType<OnceLock<Result<Box<[Bytes]>, String>>>,
+    json: PerType<OnceLock<Result<JsonResources, String>>>,
+}
+
+/// The resources of one type as JSON, for REST (see [`Snapshot::make_json`]).
+#[derive(Debug)]
+pub struct JsonResources {
+    /// Every resource's JSON, comma-separated, in name order: the body of a
+    /// wildcard answer's `resources` array, in one shared chunk.
+    pub all: Bytes,
+    /// Each resource's JSON, index for index with [`Snapshot::resources`]:
+    /// slices of `all`.
+    pub each: Box<[Bytes]>,
 }
 
 /// What changed from one snapshot to the next, per type.
@@ -161,18 +172,17 @@ impl Snapshot {
         Self { id, changed_since, version, types, all, set_digests, source, json: PerType::default() }
     }
 
-    /// Each resource of `ty` as JSON, index for index with
-    /// [`Self::resources`], once [`Self::make_json`] made it.
-    pub fn json(&self, ty: ResourceType) -> Option<Result<&[Bytes], &str>> {
-        self.json[ty].get().map(|made| made.as_deref().map_err(String::as_str))
+    /// The resources of `ty` as JSON, once [`Self::make_json`] made them.
+    pub fn json(&self, ty: ResourceType) -> Option<Result<&JsonResources, &str>> {
+        self.json[ty].get().map(|made| made.as_ref().map_err(String::as_str))
     }
 
-    /// Each resource of `ty` as JSON, made by `encode` on the first call and
+    /// The resources of `ty` as JSON, made by `encode` on the first call and
     /// kept with the snapshot: REST clients share one encoding per version.
     /// Blocks while another caller encodes: call it off the async workers.
-    pub fn make_json(&self, ty: ResourceType, encode: impl FnOnce(&[Resource]) -> Result<Box<[Bytes]>, String>) -> Result<&[Bytes], &str> {
+    pub fn make_json(&self, ty: ResourceType, encode: impl FnOnce(&[Resource]) -> Result<JsonResources, String>) -> Result<&JsonResources, &str> {
         let made = self.json[ty].get_or_init(|| encode(self.resources(ty)));
-        made.as_deref().map_err(String::as_str)
+        made.as_ref().map_err(String::as_str)
     }
 
     /// Whether the resources of `ty` differ from those of `other`.

@@ -15,7 +15,8 @@ pub struct Config {
     #[arg(long, env = "SXDS_LISTEN_ADDRESS", default_value = "0.0.0.0")]
     pub listen_address: IpAddr,
 
-    /// Port of the xDS gRPC server (ADS and the per-type services).
+    /// Port of the xDS server: gRPC (ADS and the per-type services) and
+    /// REST polling (`POST /v3/discovery:*`), HTTP/2.
     #[arg(long, env = "SXDS_XDS_PORT", default_value_t = 8081)]
     pub xds_port: u16,
 

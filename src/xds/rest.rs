@@ -28,7 +28,8 @@
 //! sized for writers, not for every Envoy holding a poll open.
 //!
 //! Each resource is printed as JSON once per bundle version, on the first
-//! REST request for its type, and shared ([`Snapshot::make_json`]). Pollers
+//! REST request for its type, into one chunk per type that every wildcard
+//! answer then sends as it is ([`Snapshot::make_json`]). Pollers
 //! are listed in `GET /nodes` (protocol `rest`, an entry per node id and
 //! type) until [`POLLER_TTL`] after their last request; their answers are
 //! counted in `sxds_rest_requests_total`.
@@ -63,7 +64,7 @@ use super::{
     status::{Registry, StreamHandle},
 };
 use crate::{
-    cache::{Cache, Resource, Snapshot, SnapshotWatch},
+    cache::{Cache, JsonResources, Resource, Snapshot, SnapshotWatch},
     net::{CertifiedNodeTypes, ConnectionDrain},
     node_type::NodeType,
     resource_type::{PerType, ResourceType},
@@ -170,10 +171,10 @@ impl RestXds {
         self.cache.release(&node_type);
         match waited {
             Waited::Due(snapshot) => {
-                let body = response_body(ty, &snapshot, &request.resource_names).await?;
-                tracing::debug!(node_id, %ty, client_version = version, version = snapshot.version(), bytes = body.len(), "REST discovery response");
+                let body = Chunks::new(response_body(ty, &snapshot, &request.resource_names).await?);
+                tracing::debug!(node_id, %ty, client_version = version, version = snapshot.version(), bytes = body.len, "REST discovery response");
                 self.pollers.record(&self.registry, node_id, &node_type, ty, |poller| poller.handle.sent(ty, snapshot.shared_version()));
-                Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+                Ok(([(CONTENT_TYPE, "application/json")], Body::new(body)).into_response())
             }
             Waited::Current => {
                 tracing::debug!(node_id, %ty, version, ?hold, "REST discovery request: not modified");
@@ -323,9 +324,10 @@ fn selected(ty: ResourceType, resources: &[Resource], names: &[String]) -> Optio
     Some(picked)
 }
 
-/// The canonical JSON of the `DiscoveryResponse` for `names`: fields in
-/// number order, the empty ones left out.
-async fn response_body(ty: ResourceType, snapshot: &Arc<Snapshot>, names: &[String]) -> Result<Vec<u8>, RestError> {
+/// The canonical JSON of the `DiscoveryResponse` for `names` (fields in
+/// number order, the empty ones left out), in chunks: a wildcard answer
+/// shares the snapshot's chunk of every resource rather than copying it.
+async fn response_body(ty: ResourceType, snapshot: &Arc<Snapshot>, names: &[String]) -> Result<Vec<Bytes>, RestError> {
     if snapshot.json(ty).is_none() {
         // Once per version and type: printing a large bundle takes a while.
         let snapshot = snapshot.clone();
@@ -340,27 +342,31 @@ async fn response_body(ty: ResourceType, snapshot: &Arc<Snapshot>, names: &[Stri
         Some(Err(error)) => return Err(RestError::Internal(format!("cannot print the {ty} of version {} as JSON: {error}", snapshot.version()))),
         None => return Err(RestError::Internal("resources not printed".into())),
     };
-    let picked = selected(ty, snapshot.resources(ty), names);
-    let mut resources: Box<dyn Iterator<Item = &Bytes>> = match &picked {
-        None => Box::new(json.iter()),
-        Some(picked) => Box::new(picked.iter().map(|&i| &json[i])),
-    };
-    let mut out = Vec::with_capacity(json.iter().map(Bytes::len).sum::<usize>() + 256);
-    out.extend_from_slice(b"{\"versionInfo\":");
-    push_string(&mut out, snapshot.version());
-    if let Some(first) = resources.next() {
-        out.extend_from_slice(b",\"resources\":[");
-        out.extend_from_slice(first);
-        for resource in resources {
-            out.push(b',');
-            out.extend_from_slice(resource);
+    let resources = match selected(ty, snapshot.resources(ty), names) {
+        None => json.all.clone(),
+        // A few names, usually (one cluster's endpoints): copied.
+        Some(picked) => {
+            let mut joined = Vec::with_capacity(picked.iter().map(|&i| json.each[i].len() + 1).sum());
+            for (n, &i) in picked.iter().enumerate() {
+                if n > 0 {
+                    joined.push(b',');
+                }
+                joined.extend_from_slice(&json.each[i]);
+            }
+            joined.into()
         }
-        out.push(b']');
+    };
+    let mut head = b"{\"versionInfo\":".to_vec();
+    push_string(&mut head, snapshot.version());
+    let mut tail = Vec::new();
+    if !resources.is_empty() {
+        head.extend_from_slice(b",\"resources\":[");
+        tail.push(b']');
     }
-    out.extend_from_slice(b",\"typeUrl\":");
-    push_string(&mut out, ty.type_url());
-    out.push(b'}');
-    Ok(out)
+    tail.extend_from_slice(b",\"typeUrl\":");
+    push_string(&mut tail, ty.type_url());
+    tail.push(b'}');
+    Ok(vec![head.into(), resources, tail.into()])
 }
 
 fn push_string(out: &mut Vec<u8>, text: &str) {
@@ -368,19 +374,59 @@ fn push_string(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(out, text);
 }
 
-/// Each resource's `Any` as canonical JSON, `@type` first.
-fn print_resources(resources: &[Resource]) -> Result<Box<[Bytes]>, String> {
+/// Every resource's `Any` as canonical JSON, `@type` first, comma-separated
+/// in one chunk.
+fn print_resources(resources: &[Resource]) -> Result<JsonResources, String> {
     let any = schema::pool().get_message_by_name("google.protobuf.Any").ok_or("google.protobuf.Any is not in the descriptor pool")?;
     let options = SerializeOptions::new();
-    resources
-        .iter()
-        .map(|resource| {
-            let message = DynamicMessage::decode(any.clone(), resource.any()).map_err(|e| format!("{}: {e}", resource.name()))?;
-            let mut out = Vec::new();
-            message.serialize_with_options(&mut serde_json::Serializer::new(&mut out), &options).map_err(|e| format!("{}: {e}", resource.name()))?;
-            Ok(Bytes::from(out))
-        })
-        .collect()
+    let mut all = Vec::new();
+    let mut bounds = Vec::with_capacity(resources.len());
+    for resource in resources {
+        if !all.is_empty() {
+            all.push(b',');
+        }
+        let start = all.len();
+        let message = DynamicMessage::decode(any.clone(), resource.any()).map_err(|e| format!("{}: {e}", resource.name()))?;
+        message.serialize_with_options(&mut serde_json::Serializer::new(&mut all), &options).map_err(|e| format!("{}: {e}", resource.name()))?;
+        bounds.push(start..all.len());
+    }
+    let all = Bytes::from(all);
+    let each = bounds.into_iter().map(|range| all.slice(range)).collect();
+    Ok(JsonResources { all, each })
+}
+
+/// A response body of shared chunks, written as they are.
+struct Chunks {
+    chunks: std::vec::IntoIter<Bytes>,
+    len: u64,
+}
+
+impl Chunks {
+    fn new(chunks: Vec<Bytes>) -> Self {
+        let len = chunks.iter().map(|chunk| chunk.len() as u64).sum();
+        Self { chunks: chunks.into_iter(), len }
+    }
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let next = self.chunks.next();
+        if let Some(chunk) = &next {
+            self.len -= chunk.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|chunk| Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.len == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
 }
 
 /// REST pollers seen lately, by node id: a poll is no stream, so each node
@@ -588,7 +634,7 @@ mod tests {
         use prost::Message;
         let snapshot = snapshot("v\"7", &["b", "a"]);
         for (names, expected) in [(vec![], vec!["a", "b"]), (vec!["b".to_owned()], vec!["b"]), (vec!["nope".to_owned()], vec![])] {
-            let body = response_body(ResourceType::Cluster, &snapshot, &names).await.unwrap();
+            let body = response_body(ResourceType::Cluster, &snapshot, &names).await.unwrap().concat();
             let picked = expected.iter().map(|name| envoy_types::pb::google::protobuf::Any::decode(snapshot.resource(ResourceType::Cluster, name).unwrap().any()).unwrap());
             let response = DiscoveryResponse { version_info: "v\"7".into(), resources: picked.collect(), type_url: ResourceType::Cluster.type_url().into(), ..Default::default() };
             let descriptor = schema::pool().get_message_by_name("envoy.service.discovery.v3.DiscoveryResponse").unwrap();
@@ -596,7 +642,10 @@ mod tests {
             let canonical = serde_json::to_vec(&dynamic).unwrap();
             assert_eq!(String::from_utf8(body).unwrap(), String::from_utf8(canonical).unwrap(), "names {names:?}");
         }
-        let printed: serde_json::Value = serde_json::from_slice(&response_body(ResourceType::Cluster, &snapshot, &[]).await.unwrap()).unwrap();
+        let chunks = response_body(ResourceType::Cluster, &snapshot, &[]).await.unwrap();
+        let printed: serde_json::Value = serde_json::from_slice(&chunks.concat()).unwrap();
         assert_eq!(printed["resources"][0], json!({"@type": ResourceType::Cluster.type_url(), "name": "a"}));
+        let shared = &snapshot.json(ResourceType::Cluster).unwrap().unwrap().all;
+        assert_eq!(chunks[1].as_ptr(), shared.as_ptr(), "a wildcard answer shares the printed resources");
     }
 }
