@@ -174,6 +174,29 @@ async fn r16_r19_routes_and_endpoints_by_name_and_named_listeners_and_clusters()
     assert_eq!(post(&daemon, "clusters", "sidecar-1", "", &["b"]).await.names(), ["b"]);
 }
 
+/// Every type of the table has its path: secrets (SDS) and runtime layers
+/// (RTDS) by name too. A secret goes out whole, as over gRPC SDS: only the
+/// REST API's GET redacts key material.
+#[tokio::test]
+async fn secrets_and_runtime_layers_by_name() {
+    let daemon = daemon(Duration::from_secs(30)).await;
+    let mut with_more = bundle("v1", &["a"]);
+    with_more["secrets"] = json!([{"name": "server-cert", "tls_certificate": {
+        "certificate_chain": {"inline_string": "not-a-real-cert"}, "private_key": {"inline_string": "not-a-real-key"}}}]);
+    with_more["runtimes"] = json!([{"name": "rtds-layer", "layer": {"routing.fraction": 25}}]);
+    put(&daemon, "sidecar", &with_more).await;
+
+    let secrets = post(&daemon, "secrets", "sidecar-1", "", &["server-cert", "other"]).await;
+    assert_eq!(secrets.names(), ["server-cert"]);
+    let secret = &secrets.json()["resources"][0];
+    assert_eq!(secret["@type"], "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret");
+    assert_eq!(secret["tlsCertificate"]["privateKey"]["inlineString"], "not-a-real-key");
+    let runtime = post(&daemon, "runtime", "sidecar-1", "", &["rtds-layer"]).await;
+    assert_eq!(runtime.names(), ["rtds-layer"]);
+    assert_eq!(runtime.json()["resources"][0]["layer"]["routing.fraction"].as_f64(), Some(25.0));
+    assert_eq!(runtime.json()["typeUrl"], "type.googleapis.com/envoy.service.runtime.v3.Runtime");
+}
+
 #[tokio::test]
 async fn a_current_poll_is_held_until_a_put_changes_the_bundle_and_answered_with_the_new_version() {
     let daemon = daemon(Duration::from_secs(50)).await;
@@ -268,7 +291,7 @@ async fn bad_requests_get_400_naming_the_field_and_unknown_types_404() {
     let malformed = refused("{\"node\": ").await;
     assert!(malformed["error"].as_str().unwrap().contains("malformed JSON") && malformed.get("path").is_none(), "{malformed}");
 
-    for path in ["secrets", "runtime", "nonsense"] {
+    for path in ["nonsense", "vhds"] {
         let answer = post(&daemon, path, "sidecar-1", "", &[]).await;
         assert_eq!(answer.status, 404, "{path}: {answer:?}");
         let error = answer.json()["error"].as_str().unwrap().to_owned();

@@ -1,9 +1,10 @@
-//! REST xDS (R34): `POST /v3/discovery:{listeners,clusters,routes,endpoints}`
+//! REST xDS (R34): `POST /v3/discovery:{rest}` for every type of the table
+//! (`listeners`, `clusters`, `routes`, `endpoints`, `secrets`, `runtime`, ...)
 //! with a JSON `DiscoveryRequest`, answered with a canonical proto3 JSON
 //! `DiscoveryResponse`. State of the world without a stream: each request
 //! says which version the client holds (`version_info`) and what it wants
-//! (`resource_names`: none or `*` for every listener or cluster; for routes
-//! and endpoints, the names).
+//! (`resource_names`: none or `*` for all of a full-state type, such as
+//! listeners and clusters; for the others, the names).
 //!
 //! - A client behind the bundle's version gets the current set at once.
 //! - A client that holds the current version is held until the bundle
