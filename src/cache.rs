@@ -8,7 +8,7 @@
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use bytes::Bytes;
@@ -87,6 +87,20 @@ pub struct Snapshot {
     set_digests: PerType<u64>,
     /// The stored bundle this was built from, to skip rebuilding it.
     source: Arc<StoredBundle>,
+    /// Per type, each resource's canonical JSON for REST polling, made on
+    /// the first REST request for the type (see [`Self::json`]).
+    json: PerType<OnceLock<Result<JsonResources, String>>>,
+}
+
+/// The resources of one type as JSON, for REST (see [`Snapshot::make_json`]).
+#[derive(Debug)]
+pub struct JsonResources {
+    /// Every resource's JSON, comma-separated, in name order: the body of a
+    /// wildcard answer's `resources` array, in one shared chunk.
+    pub all: Bytes,
+    /// Each resource's JSON, index for index with [`Snapshot::resources`]:
+    /// slices of `all`.
+    pub each: Box<[Bytes]>,
 }
 
 /// What changed from one snapshot to the next, per type.
@@ -155,7 +169,20 @@ impl Snapshot {
             hasher.finish()
         });
         let version: Arc<str> = source.version.as_str().into();
-        Self { id, changed_since, version, types, all, set_digests, source }
+        Self { id, changed_since, version, types, all, set_digests, source, json: PerType::default() }
+    }
+
+    /// The resources of `ty` as JSON, once [`Self::make_json`] made them.
+    pub fn json(&self, ty: ResourceType) -> Option<Result<&JsonResources, &str>> {
+        self.json[ty].get().map(|made| made.as_ref().map_err(String::as_str))
+    }
+
+    /// The resources of `ty` as JSON, made by `encode` on the first call and
+    /// kept with the snapshot: REST clients share one encoding per version.
+    /// Blocks while another caller encodes: call it off the async workers.
+    pub fn make_json(&self, ty: ResourceType, encode: impl FnOnce(&[Resource]) -> Result<JsonResources, String>) -> Result<&JsonResources, &str> {
+        let made = self.json[ty].get_or_init(|| encode(self.resources(ty)));
+        made.as_ref().map_err(String::as_str)
     }
 
     /// Whether the resources of `ty` differ from those of `other`.

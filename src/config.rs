@@ -15,7 +15,8 @@ pub struct Config {
     #[arg(long, env = "SXDS_LISTEN_ADDRESS", default_value = "0.0.0.0")]
     pub listen_address: IpAddr,
 
-    /// Port of the xDS gRPC server (ADS and the per-type services).
+    /// Port of the xDS server: gRPC (ADS and the per-type services) and
+    /// REST polling (`POST /v3/discovery:*`), HTTP/2.
     #[arg(long, env = "SXDS_XDS_PORT", default_value_t = 8081)]
     pub xds_port: u16,
 
@@ -109,6 +110,15 @@ pub struct Config {
     /// slow links: 60s is 10 MB at 170 KB/s.
     #[arg(long, env = "SXDS_SEND_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     pub send_timeout: Duration,
+
+    /// How long a REST xDS poll (`POST /v3/discovery:*` on the xDS port)
+    /// whose `version_info` is current is held open waiting for a change
+    /// before it is answered 304. Never longer than the client says it waits:
+    /// Envoy announces its `request_timeout` (`x-envoy-expected-rq-timeout-ms`),
+    /// and the hold stays a second under it (at least half of it). `0s`
+    /// answers at once, as go-control-plane does.
+    #[arg(long, env = "SXDS_REST_XDS_HOLD", default_value = "30s", value_parser = parse_duration)]
+    pub rest_xds_hold: Duration,
 
     /// A file of the bearer tokens that may write (PUT, DELETE, rollback):
     /// one per line, `token` or `name:token` (the name is what the log
@@ -246,6 +256,8 @@ mod tests {
         assert_eq!((config.rest_header_timeout, config.send_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
         assert!(Config::try_parse_from(["sxds", "--rest-max-connections=0"]).is_err());
         assert!(Config::try_parse_from(["sxds", "--send-timeout=0ms"]).is_err());
+        assert_eq!(config.rest_xds_hold, Duration::from_secs(30));
+        assert!(Config::try_parse_from(["sxds", "--rest-xds-hold=0s"]).unwrap().rest_xds_hold.is_zero(), "0 answers at once");
     }
 
     #[test]

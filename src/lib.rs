@@ -18,9 +18,10 @@
 //! 4. [`xds`] streams (ADS and the per-type services) watch their node
 //!    type's snapshot; the state machine in [`xds::stream`] decides what is
 //!    due and frames it from the snapshot's shared bytes, and the codec
-//!    writes them. ACKs and NACKs land in
-//!    [`xds::status`], which `GET /nodes` and the status page at `/` show,
-//!    and in [`metrics`].
+//!    writes them. REST polling ([`xds::rest`]) answers from the same
+//!    snapshot, holding a client that is current until it changes. ACKs
+//!    and NACKs land in [`xds::status`], which `GET /nodes` and the status
+//!    page at `/` show, and in [`metrics`].
 //!
 //! [`resource_type`] is the table of every type served; [`wire`], the bottom
 //! layer, the protobuf pieces responses are assembled from.
@@ -119,7 +120,7 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
     let follower = tokio::spawn(cache.clone().follow(store.subscribe(), registry.metrics().clone(), shutdown.clone()));
     let healer = tokio::spawn(store.clone().heal(shutdown.clone()));
 
-    let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone(), config.send_timeout);
+    let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone(), config.send_timeout, config.rest_xds_hold);
     let (xds_tls, rest_tls) = tls.map(|tls| (tls.xds, tls.rest)).unzip();
     let grpc = net::serve_xds(xds, xds_server.router().await, config.into(), xds_tls, shutdown.clone());
 

@@ -7,6 +7,7 @@
 //! | `sxds_acks_total`, `sxds_nacks_total` | node_type, type | what Envoys answered |
 //! | `sxds_push_to_ack_seconds` | type | from sending a version to its ACK |
 //! | `sxds_writes_total` | action, code | PUT, DELETE and rollback answers |
+//! | `sxds_rest_requests_total` | type, code | REST xDS polls, by answer (200, 304, 4xx, 503) |
 //! | `sxds_store_commit_seconds` | | a write's store transaction, fsync included |
 //! | `sxds_snapshot_build_seconds` | | encoding a new bundle for the streams |
 //!
@@ -60,6 +61,12 @@ struct AckLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RestLabels {
+    r#type: &'static str,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WriteLabels {
     action: &'static str,
     code: u16,
@@ -77,6 +84,7 @@ struct Inner {
     nacks: Family<TypeLabels, Counter>,
     push_to_ack: Family<AckLabels, Histogram, fn() -> Histogram>,
     writes: Family<WriteLabels, Counter>,
+    rest_requests: Family<RestLabels, Counter>,
     store_commit: Histogram,
     snapshot_build: Histogram,
     // Taken when a stream opens; a std Mutex, never held across an await.
@@ -105,6 +113,8 @@ impl Default for Metrics {
         registry.register("push_to_ack_seconds", "From sending a version to an Envoy to its ACK", push_to_ack.clone());
         let writes = Family::default();
         registry.register("writes", "Answers to PUT, DELETE and rollback, by HTTP status", writes.clone());
+        let rest_requests = Family::default();
+        registry.register("rest_requests", "REST xDS polls, by type and HTTP status", rest_requests.clone());
         let store_commit = latency_buckets();
         registry.register("store_commit_seconds", "A write's store transaction, fsync included", store_commit.clone());
         let snapshot_build = latency_buckets();
@@ -117,6 +127,7 @@ impl Default for Metrics {
             nacks,
             push_to_ack,
             writes,
+            rest_requests,
             store_commit,
             snapshot_build,
             node_types: Mutex::default(),
@@ -158,6 +169,11 @@ impl Metrics {
     /// A write answered with `code`.
     pub fn write(&self, action: &'static str, code: u16) {
         self.0.writes.get_or_create(&WriteLabels { action, code }).inc();
+    }
+
+    /// A REST xDS poll of `ty` answered with `code`.
+    pub fn rest_request(&self, ty: ResourceType, code: u16) {
+        self.0.rest_requests.get_or_create(&RestLabels { r#type: ty.name(), code }).inc();
     }
 
     pub fn store_commit(&self, took: Duration) {

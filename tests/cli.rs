@@ -35,6 +35,7 @@ fn help_documents_every_option_with_its_variable() {
         ("--xds-keepalive-interval", "SXDS_XDS_KEEPALIVE_INTERVAL"),
         ("--xds-keepalive-timeout", "SXDS_XDS_KEEPALIVE_TIMEOUT"),
         ("--send-timeout", "SXDS_SEND_TIMEOUT"),
+        ("--rest-xds-hold", "SXDS_REST_XDS_HOLD"),
         ("--token-file", "SXDS_TOKEN_FILE"),
         ("--allow-unauthenticated-writes", "SXDS_ALLOW_UNAUTHENTICATED_WRITES"),
         ("--history", "SXDS_HISTORY"),

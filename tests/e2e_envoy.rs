@@ -86,7 +86,11 @@ async fn serving(transport: Transport, node_id: &str, bundle: &Value) -> (Daemon
 
 /// The protocol every stream of `node` speaks, by GET /nodes.
 async fn assert_protocol(daemon: &Daemon, node: &str, transport: Transport) {
-    let expected = if matches!(transport, Transport::DeltaAds | Transport::DeltaSeparate) { "delta" } else { "sotw" };
+    let expected = match transport {
+        Transport::DeltaAds | Transport::DeltaSeparate => "delta",
+        Transport::Rest => "rest",
+        Transport::Ads | Transport::Separate => "sotw",
+    };
     let streams = daemon.streams(node).await;
     assert!(!streams.is_empty() && streams.iter().all(|s| s["protocol"] == expected), "every stream of {node} speaks {expected}: {streams:?}");
 }
@@ -206,12 +210,96 @@ async fn switch_traffic_over_separate_services(transport: Transport, node: &str)
     assert_protocol(&daemon, node, transport).await;
 }
 
+/// examples/sidecar-rest.json is examples/sidecar-xds.json with each config
+/// source polling over REST (api_type REST, cluster_names, refresh_delay and
+/// request_timeout as examples/envoy-rest.yaml has them).
+#[test]
+fn the_rest_example_bundle_is_the_per_type_one_with_rest_config_sources() {
+    let read = |file: &str| -> Value { serde_json::from_str(&std::fs::read_to_string(support::envoy::example_path(file)).unwrap()).unwrap() };
+    let rest = json!({"api_type": "REST", "transport_api_version": "V3", "cluster_names": ["xds_cluster"], "refresh_delay": "1s", "request_timeout": "30s"});
+    let mut expected = read("sidecar-xds.json");
+    expected["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["rds"]["config_source"]["api_config_source"] = rest.clone();
+    expected["clusters"][0]["eds_cluster_config"]["eds_config"]["api_config_source"] = rest;
+    assert_eq!(read("sidecar-rest.json"), expected);
+    let bootstrap = std::fs::read_to_string(support::envoy::example_path("envoy-rest.yaml")).unwrap();
+    let settings = |setting: &str| bootstrap.lines().filter(|line| line.trim() == setting).count();
+    assert_eq!(settings("api_type: REST"), 2, "LDS and CDS poll");
+    assert_eq!(settings("request_timeout: 30s"), 2);
+}
+
+/// LDS, CDS, RDS and EDS all polled over REST (R34). Every type answers
+/// on its own, with no order between them, so a new cluster comes in one
+/// PUT and the route moves to it in the next (make before break by hand).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_polling_switches_traffic_without_a_failed_request_and_envoy_rejects_nothing_r34() {
+    let transport = Transport::Rest;
+    let node = "sidecar-rest";
+    let (a, b, c) = (Backend::start("backend-A").await, Backend::start("backend-B").await, Backend::start("backend-C").await);
+    let port = free_port();
+    let (daemon, envoy) = serving(transport, node, &mode_bundle(transport, "1", port, a.port)).await;
+    wait_for_body(port, "/", "backend-A", CONVERGE).await;
+    daemon.wait_acked(node, &ALL_TYPES, "1", CONVERGE).await;
+
+    // The endpoint moves to B: held polls are answered on the PUT.
+    let traffic = Traffic::start(port, "/", &["backend-A", "backend-B"]);
+    daemon.put_ok("sidecar", &mode_bundle(transport, "2", port, b.port)).await;
+    wait_for_body(port, "/", "backend-B", CONVERGE).await;
+    traffic.assert_all_ok("while the endpoint moved from A to B").await;
+    daemon.wait_acked(node, &ALL_TYPES, "2", CONVERGE).await;
+
+    // A second cluster, then the route to it, then the old one dropped.
+    let traffic = Traffic::start(port, "/", &["backend-B", "backend-C"]);
+    let mut v3 = mode_bundle(transport, "3", port, b.port);
+    let mut added = with_cluster_renamed(mode_bundle(transport, "3", port, c.port), "backend_v3");
+    v3["clusters"].as_array_mut().unwrap().push(added["clusters"][0].take());
+    v3["endpoints"].as_array_mut().unwrap().push(added["endpoints"][0].take());
+    daemon.put_ok("sidecar", &v3).await;
+    daemon.wait_acked(node, &["clusters", "endpoints"], "3", CONVERGE).await;
+    wait_for("cluster backend_v3 to warm over REST EDS", CONVERGE, || async {
+        envoy.stat("cluster.backend_v3.update_success").await >= 1
+    })
+    .await;
+    let mut v4 = v3.clone();
+    v4["version"] = "4".into();
+    v4["routes"][0]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = "backend_v3".into();
+    daemon.put_ok("sidecar", &v4).await;
+    wait_for_body(port, "/", "backend-C", CONVERGE).await;
+    daemon.wait_acked(node, &["routes"], "4", CONVERGE).await;
+    let v5 = with_cluster_renamed(mode_bundle(transport, "5", port, c.port), "backend_v3");
+    daemon.put_ok("sidecar", &v5).await;
+    daemon.wait_acked(node, &["clusters"], "5", CONVERGE).await;
+    wait_for_body(port, "/", "backend-C", CONVERGE).await;
+    traffic.assert_all_ok("while the route moved to a new cluster over REST").await;
+
+    assert_clean_updates(&envoy).await;
+    assert_protocol(&daemon, node, transport).await;
+    let dump = envoy.config_dump().await;
+    let clusters: Vec<&str> = dump["configs"].as_array().into_iter().flatten().filter_map(|c| c["dynamic_active_clusters"].as_array()).flatten().filter_map(|c| c["cluster"]["name"].as_str()).collect();
+    assert_eq!(clusters, ["backend_v3"], "the dynamic clusters Envoy holds");
+    for name in ["listener_manager.lds", "cluster_manager.cds", "http.ingress_http.rds.local_route", "cluster.backend_v3"] {
+        assert_eq!(envoy.stat(&format!("{name}.update_failure")).await, 0, "{name}: a poll failed");
+    }
+}
+
 /// The example bundle that suits `transport`'s bootstrap.
 fn mode_bundle(transport: Transport, version: &str, listener_port: u16, backend_port: u16) -> Value {
     match transport {
         Transport::Ads | Transport::DeltaAds => example_bundle("sidecar.json", version, listener_port, backend_port),
         Transport::Separate | Transport::DeltaSeparate => separate_bundle(transport, version, listener_port, backend_port),
+        Transport::Rest => example_bundle("sidecar-rest.json", version, listener_port, backend_port),
     }
+}
+
+/// Waits until Envoy noticed the control plane is gone: its gRPC stream is
+/// down, or (REST) a poll failed.
+async fn wait_control_plane_gone(envoy: &Envoy, transport: Transport) {
+    wait_for("Envoy to see the control plane gone", CONVERGE, || async {
+        match transport {
+            Transport::Rest => envoy.stat("cluster_manager.cds.update_failure").await >= 1,
+            _ => envoy.stat("control_plane.connected_state").await == 0,
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,10 +334,7 @@ async fn graceful_restart(transport: Transport, node: &str) {
     let status = daemon.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "sxds should exit 0 on SIGTERM, got {status}");
     // R35: Envoy notices the control plane is gone and keeps its config.
-    wait_for("Envoy to see the control plane gone", CONVERGE, || async {
-        envoy.stat("control_plane.connected_state").await == 0
-    })
-    .await;
+    wait_control_plane_gone(&envoy, transport).await;
     assert_eq!(fetch(port, "/").await.as_deref(), Ok("backend-A"));
 
     // R36: Envoy reconnects with backoff and re-syncs from the stored bundle.
@@ -262,6 +347,13 @@ async fn graceful_restart(transport: Transport, node: &str) {
     daemon.wait_acked(node, &ENDPOINT_MOVE, "2", CONVERGE).await;
     assert_clean_updates(&envoy).await;
     assert_protocol(&daemon, node, transport).await;
+}
+
+/// REST: a held poll is answered 304 at SIGTERM; Envoy keeps its config
+/// while polls fail, and its next poll after the restart names what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_graceful_restart_keeps_envoy_serving_then_resyncs_r34_r35() {
+    graceful_restart(Transport::Rest, "sidecar-restart-rest").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,6 +374,11 @@ async fn delta_ads_kill_9_after_a_put_loses_nothing_and_never_empties_envoy_r33_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_separate_services_kill_9_after_a_put_loses_nothing_and_never_empties_envoy_r33_r37() {
     kill_9_after_a_put(Transport::DeltaSeparate, "sidecar-kill9-delta-separate").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_kill_9_after_a_put_loses_nothing_and_never_empties_envoy_r34_r37() {
+    kill_9_after_a_put(Transport::Rest, "sidecar-kill9-rest").await;
 }
 
 async fn kill_9_after_a_put(transport: Transport, node: &str) {

@@ -161,6 +161,42 @@ async fn a_node_id_its_certificate_does_not_name_is_refused_with_permission_deni
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 }
 
+/// REST xDS is a read on the xDS port, held to the same identity check as a
+/// gRPC stream: a poll for a node type the certificate does not name is 403.
+#[tokio::test]
+async fn rest_discovery_serves_only_the_node_types_the_client_certificate_names() {
+    let pki = Pki::new();
+    let daemon = pki.daemon(true).await;
+    let https = https_client(&pki.ca.pem);
+    put_ok(&https, &daemon, "sidecar", &sidecar_bundle("1", 10000, 10001)).await;
+    put_ok(&https, &daemon, "gateway", &sidecar_bundle("1", 10000, 10001)).await;
+
+    let gateway = pki.ca.client(&["gateway.xds.internal"], 40);
+    let identity = reqwest::Identity::from_pem(format!("{}{}", gateway.cert_pem, gateway.key_pem).as_bytes()).expect("client identity");
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca.pem.as_bytes()).expect("CA"))
+        .identity(identity)
+        .build()
+        .expect("client");
+    let poll = |node_id: &str| {
+        let body = serde_json::json!({"node": {"id": node_id}}).to_string();
+        client.post(format!("https://{}/v3/discovery:listeners", daemon.xds_addr)).body(body).send()
+    };
+    let refused = poll("sidecar-app1").await.expect("POST over mutual TLS");
+    assert_eq!(refused.status(), 403);
+    let error: Value = refused.json().await.expect("JSON");
+    assert_eq!(
+        error["error"],
+        r#"node id "sidecar-app1" is of node type "sidecar", but the client certificate names node types: gateway"#
+    );
+    let served = poll("gateway-app1").await.expect("POST over mutual TLS");
+    assert_eq!((served.version(), served.status().as_u16()), (http::Version::HTTP_2, 200));
+    let served: Value = served.json().await.expect("JSON");
+    assert_eq!(served["resources"][0]["name"], "listener_0");
+}
+
 #[tokio::test]
 async fn rest_serves_tls_with_h2_and_http1_and_plaintext_to_a_tls_port_fails() {
     let pki = Pki::new();

@@ -1,12 +1,14 @@
 //! xDS over gRPC: the codec that writes pre-encoded responses, the limits
 //! on what a client may send, the stream state machine, the services, and
-//! the status of every connected Envoy; gRPC health and reflection.
+//! the status of every connected Envoy; gRPC health and reflection. And
+//! REST polling ([`rest`]) on the same port.
 
 pub mod codec;
 pub mod delta;
 pub mod introspection;
 pub mod limits;
 mod names;
+pub mod rest;
 pub mod server;
 pub mod status;
 pub mod stream;

@@ -13,7 +13,7 @@
 //! With `--xds-client-ca`, a stream whose connection's client certificate
 //! does not name its node type ([`CertifiedNodeTypes`]) is refused with
 //! PERMISSION_DENIED. gRPC health and reflection ([`super::introspection`])
-//! are routed beside the discovery methods.
+//! and REST polling ([`super::rest`]) are routed beside the discovery methods.
 
 use std::{sync::Arc, time::Duration};
 
@@ -28,7 +28,7 @@ use envoy_types::pb::envoy::{
     config::core::v3::Node,
     service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest},
 };
-use http::header::CONTENT_TYPE;
+use http::{header::CONTENT_TYPE, Uri};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, Streaming};
@@ -37,6 +37,7 @@ use super::{
     codec::{self, EncodedResponse, ResponseBody, ResponseSender},
     delta::DeltaState,
     limits,
+    rest::{self, RestXds},
     status::{Registry, StreamHandle},
     stream::{Received, StreamKind, StreamState},
 };
@@ -147,12 +148,14 @@ pub struct XdsServer {
     registry: Registry,
     shutdown: CancellationToken,
     send_timeout: Duration,
+    rest_hold: Duration,
 }
 
 impl XdsServer {
-    /// `send_timeout`: how long a client may take to take in one response.
-    pub fn new(cache: Cache, registry: Registry, shutdown: CancellationToken, send_timeout: Duration) -> Self {
-        Self { cache, registry, shutdown, send_timeout }
+    /// `send_timeout`: how long a client may take to take in one response;
+    /// `rest_hold`: how long a REST poll that is current may be held open.
+    pub fn new(cache: Cache, registry: Registry, shutdown: CancellationToken, send_timeout: Duration, rest_hold: Duration) -> Self {
+        Self { cache, registry, shutdown, send_timeout, rest_hold }
     }
 
     /// The gRPC routes of every discovery method sxds answers, and of
@@ -169,10 +172,13 @@ impl XdsServer {
         let mut services: Vec<&str> = methods().map(|(service, ..)| service).collect();
         services.dedup();
         let introspection = super::introspection::router(&services, self.shutdown.clone()).await;
-        router
-            .with_state(self.clone())
-            .merge(introspection)
-            .fallback(|| async { Status::unimplemented("sxds serves ADS and the per-type discovery services, state of the world and delta").into_http::<Body>() })
+        let rest = RestXds::new(self.cache.clone(), self.registry.clone(), self.rest_hold, self.shutdown.clone()).router();
+        router.with_state(self.clone()).merge(introspection).merge(rest).fallback(|uri: Uri| async move {
+            if rest::is_discovery_path(uri.path()) {
+                return rest::unknown_type(uri.path());
+            }
+            Status::unimplemented("sxds serves ADS and the per-type discovery services, state of the world and delta").into_http::<Body>()
+        })
     }
 
     async fn serve<P: Protocol>(self, kind: StreamKind, request: Request) -> Response {

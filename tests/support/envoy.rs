@@ -240,6 +240,8 @@ pub enum Transport {
     DeltaAds,
     /// examples/envoy-xds.yaml with `api_type: DELTA_GRPC`: delta LDS and CDS.
     DeltaSeparate,
+    /// examples/envoy-rest.yaml: LDS and CDS polled over REST (`api_type: REST`).
+    Rest,
 }
 
 impl Transport {
@@ -333,6 +335,7 @@ pub fn replicas_bootstrap_yaml(transport: Transport, xds_ports: &[u16], admin_po
     let file = match transport {
         Transport::Ads | Transport::DeltaAds => "envoy-ads.yaml",
         Transport::Separate | Transport::DeltaSeparate => "envoy-xds.yaml",
+        Transport::Rest => "envoy-rest.yaml",
     };
     let mut text = std::fs::read_to_string(example_path(file)).expect("read example bootstrap");
     if transport.is_delta() {
