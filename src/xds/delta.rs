@@ -43,7 +43,7 @@ use super::{
 };
 use crate::{
     cache::{Resource, Snapshot},
-    resource_type::{PerType, ResourceType},
+    resource_type::{Empty, ResourceType, Sparse},
     wire::{self, delta_discovery_response as field, resource as resource_field, EncodedResponse},
 };
 
@@ -81,6 +81,13 @@ struct TypeState {
     awaiting_reply: bool,
 }
 
+impl Empty for TypeState {
+    fn empty() -> &'static Self {
+        static EMPTY: std::sync::LazyLock<TypeState> = std::sync::LazyLock::new(TypeState::default);
+        &EMPTY
+    }
+}
+
 impl TypeState {
     fn subscribes(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
@@ -91,7 +98,7 @@ impl TypeState {
 #[derive(Debug)]
 pub struct DeltaState {
     kind: StreamKind,
-    types: PerType<TypeState>,
+    types: Sparse<TypeState>,
     nonces: u64,
     /// Types whose first answer was nothing at all: the client reconnected
     /// holding all of it (R33). Reported so the status shows the version.
@@ -282,6 +289,9 @@ fn diff<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot) -> Diff
             let gone = held.keys().filter(|name| state.subscribes(name) && !snapshot.contains(ty, name));
             diff.removed = gone.map(|name| Arc::from(name.as_str())).collect();
         }
+        // The client's view already matches this very snapshot (the ACK of
+        // the response just sent, say): only new subscriptions can be due.
+        (None, Some(synced)) if std::ptr::eq(&**synced, snapshot) => {}
         (None, synced) => {
             let synced = synced.as_deref();
             match synced.and_then(|s| Some((snapshot.changed_since(s, ty)?, snapshot.removed_since(s, ty)?))) {
