@@ -336,6 +336,34 @@ impl<T> IndexMut<ResourceType> for PerType<T> {
     }
 }
 
+/// Per-type state that a stream needs for a few types only: a pointer per
+/// type, the state boxed when a type is first written. A type never written
+/// reads as [`Empty::empty`]. A stream of a per-type service, or an Envoy
+/// that uses four types of nine, does not pay for the others.
+#[derive(Debug, Default)]
+pub struct Sparse<T>(PerType<Option<Box<T>>>);
+
+/// A type's shared empty value, what [`Sparse`] reads for a type not used.
+pub trait Empty: Default + 'static {
+    fn empty() -> &'static Self;
+}
+
+impl<T: Empty> Index<ResourceType> for Sparse<T> {
+    type Output = T;
+    fn index(&self, ty: ResourceType) -> &T {
+        match self.0[ty].as_deref() {
+            Some(state) => state,
+            None => T::empty(),
+        }
+    }
+}
+
+impl<T: Empty> IndexMut<ResourceType> for Sparse<T> {
+    fn index_mut(&mut self, ty: ResourceType) -> &mut T {
+        self.0[ty].get_or_insert_with(Box::default)
+    }
+}
+
 /// A map from each type's name to its value, in ADS order.
 impl<T: serde::Serialize> serde::Serialize for PerType<T> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -372,6 +400,23 @@ mod tests {
             assert_eq!(format!("type.googleapis.com/{}", message.full_name()), t.type_url());
             assert!(message.get_field_by_name(t.name_field()).is_some(), "{t} is named by {}", t.name_field());
         }
+    }
+
+    #[test]
+    fn sparse_state_is_boxed_only_for_the_types_written() {
+        #[derive(Debug, Default, PartialEq)]
+        struct State(u32);
+        impl Empty for State {
+            fn empty() -> &'static Self {
+                static EMPTY: State = State(0);
+                &EMPTY
+            }
+        }
+        let mut sparse = Sparse::<State>::default();
+        assert_eq!(sparse[ResourceType::Route], State(0), "an unused type reads empty");
+        sparse[ResourceType::Cluster].0 = 7;
+        assert_eq!(sparse[ResourceType::Cluster], State(7));
+        assert_eq!(sparse.0.values().filter(|s| s.is_some()).count(), 1, "only the type written is boxed");
     }
 
     #[test]

@@ -52,10 +52,10 @@ pub struct StreamStatus {
     pub connected_at_unix_ms: u128,
     /// By type name; types never requested are absent.
     #[serde(serialize_with = "by_type_name")]
-    pub types: PerType<Option<TypeStatus>>,
+    pub types: PerType<Option<Box<TypeStatus>>>,
 }
 
-fn by_type_name<S: serde::Serializer>(types: &PerType<Option<TypeStatus>>, serializer: S) -> Result<S::Ok, S::Error> {
+fn by_type_name<S: serde::Serializer>(types: &PerType<Option<Box<TypeStatus>>>, serializer: S) -> Result<S::Ok, S::Error> {
     let named = types.iter().filter_map(|(ty, status)| Some((ty.name(), status.as_ref()?)));
     serializer.collect_map(named)
 }
@@ -86,7 +86,8 @@ struct Entry {
     protocol: &'static str,
     connected_at_unix_ms: u128,
     // Only this stream writes it; readers copy it out.
-    types: Mutex<PerType<Option<TypeStatus>>>,
+    // Boxed: a stream uses a few of the types.
+    types: Mutex<PerType<Option<Box<TypeStatus>>>>,
 }
 
 impl Entry {
@@ -156,7 +157,7 @@ impl StreamHandle {
     }
 
     fn update(&self, ty: ResourceType, f: impl FnOnce(&mut TypeStatus)) {
-        f(lock(&self.entry.types)[ty].get_or_insert_with(TypeStatus::default));
+        f(lock(&self.entry.types)[ty].get_or_insert_with(Box::default));
     }
 
     pub fn sent(&self, ty: ResourceType, version: &Arc<str>) {

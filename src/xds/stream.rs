@@ -37,7 +37,7 @@ use bytes::BytesMut;
 use super::names::Names;
 use crate::{
     cache::Snapshot,
-    resource_type::{PerType, ResourceType},
+    resource_type::{Empty, ResourceType, Sparse},
     wire::{self, discovery_response as field, EncodedResponse},
 };
 
@@ -133,7 +133,7 @@ struct TypeState {
 #[derive(Debug)]
 pub struct StreamState {
     kind: StreamKind,
-    types: PerType<TypeState>,
+    types: Sparse<TypeState>,
     nonces: u64,
 }
 
@@ -263,6 +263,13 @@ impl StreamState {
             .filter(|name| !snapshot.contains(ty, name) && (state.wildcard || state.names.contains(name)))
             .collect();
         (routing_follows && !retired.is_empty()).then_some((from, retired))
+    }
+}
+
+impl Empty for TypeState {
+    fn empty() -> &'static Self {
+        static EMPTY: std::sync::LazyLock<TypeState> = std::sync::LazyLock::new(TypeState::default);
+        &EMPTY
     }
 }
 

@@ -198,7 +198,7 @@ mod tests {
     }
 
     fn stream(stream_id: u64, node_id: &str, types: [Option<TypeStatus>; 4]) -> StreamStatus {
-        let types = crate::resource_type::PerType::from_fn(|ty| types.get(ty.index()).cloned().flatten());
+        let types = crate::resource_type::PerType::from_fn(|ty| types.get(ty.index()).cloned().flatten().map(Box::new));
         let node_type = node_id.split('-').next().unwrap_or(node_id).to_owned();
         StreamStatus { stream_id, node_id: node_id.to_owned(), node_type, service: "ads", protocol: "sotw", connected_at_unix_ms: 1, types }
     }
