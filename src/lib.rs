@@ -16,9 +16,10 @@
 //!    into a [`cache::Snapshot`] per node type: its `Any`, framed as the
 //!    field both SotW and delta responses carry, and a stable digest.
 //! 4. [`xds`] streams (ADS and the per-type services) watch their node
-//!    type's snapshot; the state machine in [`xds::stream`] decides what is
-//!    due and frames it from the snapshot's shared bytes, and the codec
-//!    writes them. REST polling ([`xds::rest`]) answers from the same
+//!    type's snapshot; a state machine, [`xds::stream`] for state of the
+//!    world or [`xds::delta`] for delta (with [`xds::vhds`] for virtual
+//!    hosts on demand), decides what is due and frames it from the
+//!    snapshot's shared bytes, and the codec writes them. REST polling ([`xds::rest`]) answers from the same
 //!    snapshot, holding a client that is current until it changes. ACKs
 //!    and NACKs land in [`xds::status`], which `GET /nodes` and the status
 //!    page at `/` show, and in [`metrics`].

@@ -1,7 +1,8 @@
 //! xDS over gRPC: the codec that writes pre-encoded responses, the limits
-//! on what a client may send, the stream state machine, the services, and
-//! the status of every connected Envoy; gRPC health and reflection. And
-//! REST polling ([`rest`]) on the same port.
+//! on what a client may send, the state machines (state of the world in
+//! [`stream`], delta in [`delta`], VHDS's on-demand names in [`vhds`]), the
+//! services, and the status of every connected Envoy; gRPC health and
+//! reflection. And REST polling ([`rest`]) on the same port.
 
 pub mod codec;
 pub mod delta;
