@@ -90,6 +90,9 @@ pub struct Snapshot {
     /// Per type, each resource's canonical JSON for REST polling, made on
     /// the first REST request for the type (see [`Self::json`]).
     json: PerType<OnceLock<Result<JsonResources, String>>>,
+    /// Per type, the whole set as delta `Resource` entries, made on the
+    /// first delta response that carries it all (see [`Self::delta_set`]).
+    delta_set: PerType<OnceLock<Bytes>>,
 }
 
 /// The resources of one type as JSON, for REST (see [`Snapshot::make_json`]).
@@ -169,7 +172,7 @@ impl Snapshot {
             hasher.finish()
         });
         let version: Arc<str> = source.version.as_str().into();
-        Self { id, changed_since, version, types, all, set_digests, source, json: PerType::default() }
+        Self { id, changed_since, version, types, all, set_digests, source, json: PerType::default(), delta_set: PerType::default() }
     }
 
     /// The resources of `ty` as JSON, once [`Self::make_json`] made them.
@@ -183,6 +186,13 @@ impl Snapshot {
     pub fn make_json(&self, ty: ResourceType, encode: impl FnOnce(&[Resource]) -> Result<JsonResources, String>) -> Result<&JsonResources, &str> {
         let made = self.json[ty].get_or_init(|| encode(self.resources(ty)));
         made.as_ref().map_err(String::as_str)
+    }
+
+    /// Every resource of `ty` as delta entries, made by `frame` on the first
+    /// call and kept with the snapshot: a delta stream's first response,
+    /// which carries them all, is then one shared chunk, like SotW's.
+    pub fn delta_set(&self, ty: ResourceType, frame: impl FnOnce(&[Resource]) -> Bytes) -> &Bytes {
+        self.delta_set[ty].get_or_init(|| frame(self.resources(ty)))
     }
 
     /// Whether the resources of `ty` differ from those of `other`.

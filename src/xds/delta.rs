@@ -387,6 +387,14 @@ pub fn frame(snapshot: &Snapshot, ty: ResourceType, updated: &[&Resource], alias
     removed.iter().for_each(|name| put_string(&mut head, field::REMOVED_RESOURCES, name));
     let mut response = EncodedResponse::default();
     response.push_encoded(head.freeze());
+    let all = snapshot.resources(ty);
+    let updated = if updated.len() == all.len() && updated.iter().zip(all).all(|(a, b)| std::ptr::eq(*a, b)) {
+        // The whole set, in order: framed once per snapshot and shared.
+        response.push_encoded(snapshot.delta_set(ty, |all| whole_set(all)).clone());
+        &[][..]
+    } else {
+        updated
+    };
     let entries = updated.iter().map(|r| (r.name(), Some(*r), &[][..])).chain(aliased.iter().map(|a| (a.resource.map_or(&a.aliases[0], |r| r.name()), a.resource, &a.aliases[..])));
     for (name, resource, aliases) in entries {
         response.push_encoded(resource_head(name, resource, aliases));
@@ -395,6 +403,16 @@ pub fn frame(snapshot: &Snapshot, ty: ResourceType, updated: &[&Resource], alias
         }
     }
     response
+}
+
+/// Every resource of a type as delta `Resource` entries, in one chunk.
+fn whole_set(resources: &[Resource]) -> Bytes {
+    let mut chunk = BytesMut::with_capacity(resources.iter().map(|r| r.entry().len() + r.name().len() + 32).sum());
+    for resource in resources {
+        chunk.put_slice(&resource_head(resource.name(), Some(resource), &[]));
+        chunk.put_slice(resource.entry());
+    }
+    chunk.freeze()
 }
 
 /// A `Resource` entry of a delta response up to its `Any`: the field head,

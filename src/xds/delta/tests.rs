@@ -357,3 +357,24 @@ fn vhds_answers_a_namespace_at_once_and_hosts_on_demand_by_their_domains() {
             .collect()
     }
 }
+
+/// The first response of a wildcard (or every-name) subscription carries the
+/// whole set: framed once per snapshot and shared by every stream, and the
+/// same bytes as the entries framed one by one.
+#[test]
+fn the_whole_set_is_one_chunk_shared_by_every_stream() {
+    let v1 = snapshot(1, "v1", &[("a", 1), ("b", 1), ("c", 1)], &[], None);
+    let first = |state: &mut DeltaState| {
+        state.on_request(&ack(CDS, ""), Some(&v1));
+        let [(_, response)] = <[_; 1]>::try_from(state.due(&v1)).unwrap();
+        response
+    };
+    let (one, two) = (first(&mut DeltaState::new(StreamKind::Aggregated)), first(&mut DeltaState::new(StreamKind::Aggregated)));
+    assert_eq!(one.chunks().len(), 2, "the stream's own fields, then the set");
+    assert_eq!(one.chunks()[1].as_ptr(), two.chunks()[1].as_ptr(), "one chunk for every stream");
+    let names_of = |response: &EncodedResponse| DeltaDiscoveryResponse::decode(response.to_bytes()).unwrap().resources.into_iter().map(|r| (r.name, r.version)).collect::<Vec<_>>();
+    let cds: Vec<&Resource> = v1.resources(CDS).iter().collect();
+    let one_by_one = frame(&v1, CDS, &cds[..2], &[], &[], "1");
+    assert_eq!(names_of(&one)[..2], names_of(&one_by_one)[..], "entries framed alone read the same");
+    assert_eq!(names_of(&one).len(), 3);
+}
