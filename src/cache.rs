@@ -93,6 +93,9 @@ pub struct Snapshot {
     /// Per type, the whole set as delta `Resource` entries, made on the
     /// first delta response that carries it all (see [`Self::delta_set`]).
     delta_set: PerType<OnceLock<Bytes>>,
+    /// The domains of each virtual host (VHDS), index for index with its
+    /// resources, decoded once on first use (see [`Self::domains`]).
+    domains: OnceLock<Box<[Box<[String]>]>>,
 }
 
 /// The resources of one type as JSON, for REST (see [`Snapshot::make_json`]).
@@ -172,7 +175,7 @@ impl Snapshot {
             hasher.finish()
         });
         let version: Arc<str> = source.version.as_str().into();
-        Self { id, changed_since, version, types, all, set_digests, source, json: PerType::default(), delta_set: PerType::default() }
+        Self { id, changed_since, version, types, all, set_digests, source, json: PerType::default(), delta_set: PerType::default(), domains: OnceLock::new() }
     }
 
     /// The resources of `ty` as JSON, once [`Self::make_json`] made them.
@@ -193,6 +196,13 @@ impl Snapshot {
     /// which carries them all, is then one shared chunk, like SotW's.
     pub fn delta_set(&self, ty: ResourceType, frame: impl FnOnce(&[Resource]) -> Bytes) -> &Bytes {
         self.delta_set[ty].get_or_init(|| frame(self.resources(ty)))
+    }
+
+    /// The domains of every virtual host, index for index with
+    /// `resources(VirtualHost)`, decoded by `decode` on the first call and
+    /// kept: every on-demand lookup of this snapshot shares them.
+    pub fn domains(&self, decode: impl FnOnce(&[Resource]) -> Box<[Box<[String]>]>) -> &[Box<[String]>] {
+        self.domains.get_or_init(|| decode(self.resources(ResourceType::VirtualHost)))
     }
 
     /// Whether the resources of `ty` differ from those of `other`.

@@ -271,11 +271,6 @@ impl ResourceType {
         self.info().key
     }
 
-    /// The type a REST discovery path (`/v3/discovery:clusters`) serves.
-    pub fn from_rest(rest: &str) -> Option<Self> {
-        TYPES.iter().find(|t| t.rest == rest).map(|t| t.ty)
-    }
-
     pub fn from_name(name: &str) -> Option<Self> {
         TYPES.iter().find(|t| t.key == name).map(|t| t.ty)
     }

@@ -103,7 +103,9 @@ pub fn put_bytes_field(buf: &mut impl BufMut, tag: u32, value: &[u8]) {
     }
 }
 
-/// One length-delimited field (`tag`, then `payload`) as a chunk.
+/// One length-delimited field (`tag`, then `payload`) as a chunk; tests
+/// build expected bytes with it.
+#[cfg(test)]
 pub fn encode_bytes_field(tag: u32, payload: &[u8]) -> Bytes {
     let mut buf = Vec::with_capacity(field_len(tag, payload.len()));
     put_field_head(&mut buf, tag, payload.len());

@@ -57,23 +57,28 @@ pub fn resolve<'a>(snapshot: &'a Snapshot, name: &str) -> Resolved<'a> {
     let Some((route_config, host)) = name.rsplit_once('/') else { return Resolved::Missing };
     let host = host.to_ascii_lowercase();
     let prefix = format!("{route_config}/");
-    let candidates = snapshot.resources(ResourceType::VirtualHost).iter().filter(|r| r.name().starts_with(&prefix));
-    let best = candidates
-        .filter_map(|resource| {
-            let any = envoy_types::pb::google::protobuf::Any::decode(resource.any()).ok()?;
-            let vhost = VirtualHost::decode(any.value.as_slice()).ok()?;
-            let rank = vhost.domains.iter().filter_map(|domain| rank(domain, &host)).max()?;
-            Some((rank, resource))
-        })
+    let vhosts = snapshot.resources(ResourceType::VirtualHost).iter().zip(snapshot.domains(decode_domains));
+    let best = vhosts
+        .filter(|(resource, _)| resource.name().starts_with(&prefix))
+        .filter_map(|(resource, domains)| Some((domains.iter().filter_map(|domain| rank(domain, &host)).max()?, resource)))
         .max_by_key(|(rank, _)| *rank);
     best.map_or(Resolved::Missing, |(_, resource)| Resolved::Host(resource))
 }
 
+/// Each virtual host's domains, lowercased, as [`resolve`] matches them.
+fn decode_domains(vhosts: &[Resource]) -> Box<[Box<[String]>]> {
+    let decode = |resource: &Resource| {
+        let any = envoy_types::pb::google::protobuf::Any::decode(resource.any()).ok()?;
+        VirtualHost::decode(any.value.as_slice()).ok()
+    };
+    let domains = |resource| decode(resource).map(|vhost| vhost.domains.iter().map(|d| d.to_ascii_lowercase()).collect()).unwrap_or_default();
+    vhosts.iter().map(domains).collect()
+}
+
 /// How well `domain` matches `host`, higher is better, `None` when it does
 /// not: exact beats any wildcard, a longer wildcard a shorter one, suffix
-/// wildcards prefix ones, and `*` comes last.
+/// wildcards prefix ones, and `*` comes last. Both are lowercase.
 fn rank(domain: &str, host: &str) -> Option<(u8, usize)> {
-    let domain = domain.to_ascii_lowercase();
     let host_without_port = host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
     let matches = |host: &str| {
         if domain == host {
