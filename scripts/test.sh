@@ -90,6 +90,16 @@ if [[ -z "${SXDS_TEST_TMPFS:-}" ]]; then
   fi
 fi
 
+# A fresh clone gains nothing from incremental artifacts, and they are most of a debug
+# target's size: CI builds without them (the disk of a CI machine can be small).
+if [[ "${CI:-}" == true ]]; then
+  export CARGO_INCREMENTAL=0
+fi
+echo "test.sh: disk free before the build: $(df -h --output=avail . | tail -1 | tr -d ' ')"
+
 # `--features etcd` builds the etcd store (its client is why protoc is installed above).
 echo "test.sh: cargo test --locked --no-fail-fast --features etcd $*"
-cargo test --locked --no-fail-fast --features etcd "$@" </dev/null
+status=0
+cargo test --locked --no-fail-fast --features etcd "$@" </dev/null || status=$?
+echo "test.sh: target/ is $(du -sh target 2>/dev/null | cut -f1); disk free: $(df -h --output=avail . | tail -1 | tr -d ' ')"
+exit "$status"
