@@ -16,10 +16,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    discovery::{Discovered, Served, ServedCatalog},
     node_type::NodeType,
     resource_type::{PerType, ResourceType},
-    schema::StoredBundle,
-    store::Catalog,
+    schema::{StoredBundle, StoredResource},
     wire,
 };
 
@@ -79,6 +79,9 @@ pub struct Snapshot {
     /// every name it subscribes to.
     changed_since: Option<Changes>,
     version: Arc<str>,
+    /// What EDS responses carry: the version, or with endpoint sources the
+    /// version plus their revisions.
+    eds_version: Arc<str>,
     types: PerType<Resources>,
     /// Per type, every resource entry concatenated: the body of a wildcard
     /// SotW response in one shared chunk.
@@ -87,6 +90,8 @@ pub struct Snapshot {
     set_digests: PerType<u64>,
     /// The stored bundle this was built from, to skip rebuilding it.
     source: Arc<StoredBundle>,
+    /// The endpoints of its sources, likewise.
+    discovered: Option<Arc<Discovered>>,
     /// Per type, each resource's canonical JSON for REST polling, made on
     /// the first REST request for the type (see [`Self::json`]).
     json: PerType<OnceLock<Result<JsonResources, String>>>,
@@ -120,11 +125,15 @@ struct Changes {
     removed: PerType<Vec<Arc<str>>>,
 }
 
-/// The resources of `ty` in `source`: their entries written once, in name
-/// order, into one chunk (returned too: the body of a wildcard response);
-/// each resource's entry is a slice of it.
-fn encode_type(source: &StoredBundle, ty: ResourceType) -> (Resources, Bytes) {
-    let mut listed: Vec<_> = source.resources(ty).collect();
+/// The resources of `ty` in `source`, with the endpoints its sources found:
+/// their entries written once, in name order, into one chunk (returned too:
+/// the body of a wildcard response); each resource's entry is a slice of it.
+fn encode_type(source: &StoredBundle, discovered: Option<&Discovered>, ty: ResourceType) -> (Resources, Bytes) {
+    let found: &[StoredResource] = match discovered {
+        Some(discovered) if ty == ResourceType::Endpoint => &discovered.assignments,
+        _ => &[],
+    };
+    let mut listed: Vec<_> = source.resources(ty).chain(found).collect();
     listed.sort_by(|a, b| a.name.cmp(&b.name));
     listed.dedup_by(|a, b| a.name == b.name); // names are unique once validated
     let type_url = ty.type_url();
@@ -154,8 +163,15 @@ fn encode_type(source: &StoredBundle, ty: ResourceType) -> (Resources, Bytes) {
 }
 
 impl Snapshot {
+    /// A snapshot of a bundle as stored (no endpoint sources looked up).
     pub fn build(id: u64, source: Arc<StoredBundle>, previous: Option<&Snapshot>) -> Self {
-        let encoded = PerType::from_fn(|ty| encode_type(&source, ty));
+        Self::build_served(id, Served { bundle: source, discovered: None }, previous)
+    }
+
+    /// A snapshot of a bundle and the endpoints its sources found.
+    pub fn build_served(id: u64, served: Served, previous: Option<&Snapshot>) -> Self {
+        let Served { bundle: source, discovered } = served;
+        let encoded = PerType::from_fn(|ty| encode_type(&source, discovered.as_deref(), ty));
         let all = PerType::from_fn(|ty| encoded[ty].1.clone());
         let types = encoded.map(|_, (resources, _)| resources);
         let changed_since = previous.map(|previous| Changes {
@@ -175,7 +191,21 @@ impl Snapshot {
             hasher.finish()
         });
         let version: Arc<str> = source.version.as_str().into();
-        Self { id, changed_since, version, types, all, set_digests, source, json: PerType::default(), delta_set: PerType::default(), domains: OnceLock::new() }
+        let eds_version = discovered.as_ref().map_or_else(|| version.clone(), |d| d.eds_version.as_str().into());
+        Self {
+            id,
+            changed_since,
+            version,
+            eds_version,
+            types,
+            all,
+            set_digests,
+            source,
+            discovered,
+            json: PerType::default(),
+            delta_set: PerType::default(),
+            domains: OnceLock::new(),
+        }
     }
 
     /// The resources of `ty` as JSON, once [`Self::make_json`] made them.
@@ -235,9 +265,14 @@ impl Snapshot {
         &self.version
     }
 
-    /// The version, shared (for status records).
-    pub fn shared_version(&self) -> &Arc<str> {
-        &self.version
+    /// The version responses of `ty` carry: the bundle's, but for EDS with
+    /// endpoint sources, which adds their revisions.
+    pub fn type_version(&self, ty: ResourceType) -> &Arc<str> {
+        if ty == ResourceType::Endpoint {
+            &self.eds_version
+        } else {
+            &self.version
+        }
     }
 
     /// Every resource of `ty`, in name order.
@@ -307,19 +342,26 @@ impl Cache {
     }
 
     /// Brings every node type in line with `catalog`. Bundles that did not
-    /// change are not re-encoded; node types that lost their bundle stop
-    /// serving new streams, while connected Envoys keep what they have.
-    /// Answers how many snapshots it built.
-    pub fn apply(&self, catalog: &Catalog) -> usize {
-        type Stale = (NodeType, Arc<StoredBundle>, Option<Arc<Snapshot>>);
+    /// change (nor their sources' endpoints) are not re-encoded; node types
+    /// that lost their bundle stop serving new streams, while connected
+    /// Envoys keep what they have. Answers how many snapshots it built.
+    pub fn apply(&self, catalog: &ServedCatalog) -> usize {
+        type Stale = (NodeType, Served, Option<Arc<Snapshot>>);
         let stale: Vec<Stale> = {
             let map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
             catalog
                 .iter()
-                .filter_map(|(node_type, stored)| {
+                .filter_map(|(node_type, served)| {
                     let current = map.get(node_type).and_then(|s| s.borrow().clone());
-                    let fresh = current.as_ref().is_some_and(|snapshot| Arc::ptr_eq(&snapshot.source, stored));
-                    (!fresh).then(|| (node_type.clone(), stored.clone(), current))
+                    let fresh = current.as_ref().is_some_and(|snapshot| {
+                        let same_discovered = match (&snapshot.discovered, &served.discovered) {
+                            (None, None) => true,
+                            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                            _ => false,
+                        };
+                        Arc::ptr_eq(&snapshot.source, &served.bundle) && same_discovered
+                    });
+                    (!fresh).then(|| (node_type.clone(), served.clone(), current))
                 })
                 .collect()
         };
@@ -327,16 +369,16 @@ impl Cache {
         let started = std::time::Instant::now();
         let built: Vec<(NodeType, Arc<Snapshot>)> = stale
             .into_iter()
-            .map(|(node_type, stored, current)| {
+            .map(|(node_type, served, current)| {
                 let id = self.0.next_snapshot_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                (node_type, Arc::new(Snapshot::build(id, stored, current.as_deref())))
+                (node_type, Arc::new(Snapshot::build_served(id, served, current.as_deref())))
             })
             .collect();
 
         let count = built.len();
         let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
         for (node_type, snapshot) in built {
-            tracing::info!(%node_type, version = snapshot.version(), build_ms = started.elapsed().as_millis() as u64, "snapshot updated");
+            tracing::info!(%node_type, version = snapshot.version(), eds_version = &**snapshot.type_version(ResourceType::Endpoint), build_ms = started.elapsed().as_millis() as u64, "snapshot updated");
             map.entry(node_type).or_insert_with(|| watch::channel(None).0).send_replace(Some(snapshot));
         }
         for (node_type, sender) in map.iter() {
@@ -348,8 +390,9 @@ impl Cache {
         count
     }
 
-    /// Follows the store's change feed until shutdown.
-    pub async fn follow(self, mut feed: watch::Receiver<Arc<Catalog>>, metrics: crate::metrics::Metrics, shutdown: CancellationToken) {
+    /// Follows the feed of what to serve (the store's catalog, with the
+    /// endpoints of its sources) until shutdown.
+    pub async fn follow(self, mut feed: watch::Receiver<Arc<ServedCatalog>>, metrics: crate::metrics::Metrics, shutdown: CancellationToken) {
         loop {
             let catalog = feed.borrow_and_update().clone();
             let started = std::time::Instant::now();
@@ -439,17 +482,17 @@ mod tests {
         let mut watch = cache.subscribe(&node_type);
         assert!(watch.borrow_and_update().is_none());
 
-        let mut catalog = Catalog::new();
+        let mut catalog = crate::store::Catalog::new();
         catalog.insert(node_type.clone(), stored("v1", &["a"]));
-        cache.apply(&catalog);
+        cache.apply(&crate::discovery::as_stored(&catalog));
         assert!(watch.has_changed().unwrap());
         assert_eq!(watch.borrow_and_update().as_ref().unwrap().version(), "v1");
 
-        cache.apply(&catalog);
+        cache.apply(&crate::discovery::as_stored(&catalog));
         assert!(!watch.has_changed().unwrap(), "the same stored bundle must not be rebuilt or re-sent");
 
         catalog.clear();
-        cache.apply(&catalog);
+        cache.apply(&crate::discovery::as_stored(&catalog));
         assert!(watch.borrow_and_update().is_none(), "a deleted bundle stops serving new streams");
     }
 }

@@ -120,6 +120,25 @@ pub struct Config {
     #[arg(long, env = "SXDS_REST_XDS_HOLD", default_value = "30s", value_parser = parse_duration)]
     pub rest_xds_hold: Duration,
 
+    /// How often each Cloud Map endpoint source is polled
+    /// (`DiscoverInstancesRevision`; `DiscoverInstances` only when the
+    /// revision moved), jittered down to 80 %. A failing source backs off,
+    /// up to 5 minutes.
+    #[arg(long, env = "SXDS_CLOUD_MAP_INTERVAL", default_value = "5s", value_parser = parse_timeout)]
+    pub cloud_map_interval: Duration,
+
+    /// The longest time a Cloud Map source goes without a full
+    /// `DiscoverInstances`, even while its revision stays: Cloud Map does not
+    /// move the revision when only an instance's health changes.
+    #[arg(long, env = "SXDS_CLOUD_MAP_REFRESH", default_value = "30s", value_parser = parse_timeout)]
+    pub cloud_map_refresh: Duration,
+
+    /// The Cloud Map API endpoint, instead of AWS's (or `AWS_ENDPOINT_URL`):
+    /// an emulator, a VPC endpoint. Used as given, without the `data-` host
+    /// prefix AWS's own endpoints need.
+    #[arg(long, env = "SXDS_CLOUD_MAP_ENDPOINT", value_name = "URL")]
+    pub cloud_map_endpoint: Option<String>,
+
     /// A file of the bearer tokens that may write (PUT, DELETE, rollback):
     /// one per line, `token` or `name:token` (the name is what the log
     /// says), `#` for comments. Re-read when it changes. Without it, only

@@ -36,6 +36,7 @@ pub mod api;
 pub mod bundle;
 pub mod cache;
 pub mod config;
+pub mod discovery;
 pub mod metrics;
 pub mod net;
 pub mod node_type;
@@ -44,6 +45,8 @@ pub mod schema;
 pub mod store;
 pub mod wire;
 pub mod xds;
+
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -113,19 +116,26 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
         }
     };
 
-    // Every stored bundle is in the cache before the first stream is accepted.
+    // Every stored bundle, with the endpoints its sources found last, is in
+    // the cache before the first stream is accepted.
     let registry = Registry::default();
     let cache = Cache::default();
-    cache.apply(&store.catalog());
+    let endpoint = config.cloud_map_endpoint.clone();
+    let cloud_map: discovery::DirectoryFactory = Box::new(move || {
+        let endpoint = endpoint.clone();
+        Box::pin(async move { Arc::new(discovery::cloud_map::CloudMap::from_env(endpoint.as_deref()).await) as Arc<dyn discovery::Directory> })
+    });
+    let discovery = discovery::Discovery::start(store.clone(), cloud_map, config.into(), registry.metrics().clone(), shutdown.clone()).await;
+    cache.apply(&discovery.served());
     tracing::info!(node_types = store.catalog().len(), store = config.store.as_ref().map_or_else(|| config.data_dir.display().to_string(), |e| e.0.join(",")), "store loaded");
-    let follower = tokio::spawn(cache.clone().follow(store.subscribe(), registry.metrics().clone(), shutdown.clone()));
+    let follower = tokio::spawn(cache.clone().follow(discovery.subscribe(), registry.metrics().clone(), shutdown.clone()));
     let healer = tokio::spawn(store.clone().heal(shutdown.clone()));
 
     let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone(), config.send_timeout, config.rest_xds_hold);
     let (xds_tls, rest_tls) = tls.map(|tls| (tls.xds, tls.rest)).unzip();
     let grpc = net::serve_xds(xds, xds_server.router().await, config.into(), xds_tls, shutdown.clone());
 
-    let app = api::router(ApiState::new(store, registry, config.body_limit, write_policy));
+    let app = api::router(ApiState::new(store, registry, config.body_limit, write_policy).with_discovery(discovery));
     let http = net::serve_rest(rest, app, config.into(), rest_tls, shutdown.clone());
 
     let grace = config.shutdown_grace;

@@ -10,6 +10,8 @@
 //! | `sxds_rest_requests_total` | type, code | REST xDS polls, by answer (200, 304, 4xx, 503) |
 //! | `sxds_store_commit_seconds` | | a write's store transaction, fsync included |
 //! | `sxds_snapshot_build_seconds` | | encoding a new bundle for the streams |
+//! | `sxds_cloud_map_requests_total` | operation, outcome | Cloud Map API calls (`ok`, `throttled`, `error`) |
+//! | `sxds_endpoint_sources_failing` | | Cloud Map queries whose last poll failed (their last endpoints are served) |
 //!
 //! Node ids come from clients, so node type labels are capped: past
 //! [`MAX_NODE_TYPES`] distinct node types, the rest count under `(other)`,
@@ -67,6 +69,12 @@ struct RestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloudMapLabels {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WriteLabels {
     action: &'static str,
     code: u16,
@@ -87,6 +95,8 @@ struct Inner {
     rest_requests: Family<RestLabels, Counter>,
     store_commit: Histogram,
     snapshot_build: Histogram,
+    cloud_map_requests: Family<CloudMapLabels, Counter>,
+    sources_failing: Gauge,
     // Taken when a stream opens; a std Mutex, never held across an await.
     node_types: Mutex<HashMap<NodeType, Arc<NodeTypeMetrics>>>,
     /// Shared by the node types past the cap.
@@ -119,8 +129,14 @@ impl Default for Metrics {
         registry.register("store_commit_seconds", "A write's store transaction, fsync included", store_commit.clone());
         let snapshot_build = latency_buckets();
         registry.register("snapshot_build_seconds", "Encoding a changed bundle into what streams send", snapshot_build.clone());
+        let cloud_map_requests = Family::default();
+        registry.register("cloud_map_requests", "AWS Cloud Map API calls, by operation and outcome", cloud_map_requests.clone());
+        let sources_failing = Gauge::default();
+        registry.register("endpoint_sources_failing", "Cloud Map queries whose last poll failed; their last endpoints stay served", sources_failing.clone());
         Self(Arc::new(Inner {
             registry,
+            cloud_map_requests,
+            sources_failing,
             streams,
             responses,
             acks,
@@ -182,6 +198,17 @@ impl Metrics {
 
     pub fn snapshot_build(&self, took: Duration) {
         self.0.snapshot_build.observe(took.as_secs_f64());
+    }
+
+    /// A Cloud Map call (`DiscoverInstancesRevision`, `DiscoverInstances`)
+    /// ended with `outcome`: `ok`, `throttled` or `error`.
+    pub fn cloud_map_request(&self, operation: &'static str, outcome: &'static str) {
+        self.0.cloud_map_requests.get_or_create(&CloudMapLabels { operation, outcome }).inc();
+    }
+
+    /// How many Cloud Map queries are failing now.
+    pub fn sources_failing(&self, failing: usize) {
+        self.0.sources_failing.set(i64::try_from(failing).unwrap_or(i64::MAX));
     }
 
     /// The text exposition format (OpenMetrics).

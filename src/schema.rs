@@ -12,7 +12,11 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/sxds.v1.rs"));
 }
 
-pub use v1::{Bundle, LegacyStoredBundle, StoredBundle, StoredResource};
+pub use v1::{cloud_map_source, Bundle, CloudMapSource, DiscoveredInstance, DiscoveredInstances, EndpointSource, LegacyStoredBundle, StoredBundle, StoredResource};
+
+/// The `Bundle` field of `endpoint_sources`: stored beside the resources,
+/// but not itself an xDS type.
+pub const ENDPOINT_SOURCES_FIELD: u32 = 11;
 
 use crate::resource_type::ResourceType;
 
@@ -50,6 +54,14 @@ impl StoredBundle {
     pub fn resources(&self, ty: ResourceType) -> impl Iterator<Item = &StoredResource> {
         let field = ty.bundle_field();
         self.resources.iter().filter(move |r| r.field == field)
+    }
+
+    /// The bundle's endpoint sources, in bundle order. Each was decoded once
+    /// when the bundle was accepted, so it decodes again.
+    pub fn endpoint_sources(&self) -> impl Iterator<Item = EndpointSource> + '_ {
+        use prost::Message;
+        let stored = self.resources.iter().filter(|r| r.field == ENDPOINT_SOURCES_FIELD);
+        stored.filter_map(|r| EndpointSource::decode(&r.value[..]).ok())
     }
 
     pub fn count(&self, ty: ResourceType) -> usize {

@@ -210,6 +210,17 @@ pub(super) async fn history(State(state): State<ApiState>, NodeTypeParam(node_ty
     Ok(Json(json!({ "node_type": node_type.as_str(), "versions": versions })))
 }
 
+/// `GET /resources/{node_type}/sources`: each endpoint source of the
+/// current bundle, what it found last and how its polls go.
+pub(super) async fn sources(State(state): State<ApiState>, NodeTypeParam(node_type): NodeTypeParam) -> Result<Json<serde_json::Value>, ApiError> {
+    let statuses = match &state.discovery {
+        Some(discovery) => discovery.sources(&node_type),
+        None => state.store.catalog().contains_key(&node_type).then(Vec::new),
+    };
+    let statuses = statuses.ok_or_else(|| ApiError::NotFound(node_type.clone()))?;
+    Ok(Json(json!({ "node_type": node_type.as_str(), "sources": statuses })))
+}
+
 /// `GET /resources/{node_type}/versions/{version}`: one kept version.
 pub(super) async fn get_version(
     State(state): State<ApiState>,

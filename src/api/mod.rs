@@ -55,6 +55,8 @@ pub struct ApiState {
     body_limit: usize,
     write_policy: WritePolicy,
     writes: WriteLog,
+    /// Endpoint sources' status; `None` where nothing polls (tests of the API alone).
+    discovery: Option<crate::discovery::Discovery>,
 }
 
 impl ApiState {
@@ -63,7 +65,14 @@ impl ApiState {
     pub fn new(store: Store, registry: Registry, body_limit: usize, write_policy: WritePolicy) -> Self {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         let admission = Admission::new(body_limit.saturating_mul(4).max(256 << 20), workers);
-        Self { store, registry, admission, body_limit, write_policy, writes: WriteLog::default() }
+        Self { store, registry, admission, body_limit, write_policy, writes: WriteLog::default(), discovery: None }
+    }
+
+    /// Shows how the endpoint sources of `discovery` are doing.
+    #[must_use]
+    pub fn with_discovery(mut self, discovery: crate::discovery::Discovery) -> Self {
+        self.discovery = Some(discovery);
+        self
     }
 }
 
@@ -75,6 +84,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/resources/{node_type}/history", get(bundles::history))
         .route("/resources/{node_type}/versions/{version}", get(bundles::get_version))
         .route("/resources/{node_type}/rollback", post(bundles::rollback))
+        .route("/resources/{node_type}/sources", get(bundles::sources))
         .route("/writes", get(|State(state): State<ApiState>| async move { Json(json!({ "writes": state.writes.recent() })) }))
         .route("/nodes", get(list_nodes))
         .route("/metrics", get(metrics))

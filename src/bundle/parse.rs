@@ -92,7 +92,7 @@ fn parse_json(body: &[u8]) -> Result<Parsed, BundleError> {
         let field = descriptor
             .get_field_by_name(&key)
             .or_else(|| descriptor.get_field_by_json_name(&key))
-            .ok_or_else(|| BundleError::at(&key, format!("unrecognized field name '{key}': a bundle has version, listeners, clusters, routes and endpoints")))?;
+            .ok_or_else(|| BundleError::at(&key, format!("unrecognized field name '{key}': a bundle has version, listeners, clusters, routes, endpoints, endpoint_sources and the other resource lists")))?;
         let Kind::Message(message) = field.kind() else {
             version = serde_json::from_str::<Option<String>>(json.get())
                 .map_err(|e| BundleError::at(&key, format!("expected a string: {e}")))?
@@ -146,11 +146,15 @@ fn parse_part(resources: &[RawResource<'_>]) -> Result<Part, BundleError> {
     for resource in resources {
         let parsed = parse_resource(resource)?;
         let field = resource.field.number();
-        let ty = ResourceType::from_bundle_field(field).ok_or_else(|| BundleError::at(resource.field.name(), "not a resource list"))?;
         // Decoding the stored bytes here is the deepest decode they will
         // ever see (GET decodes each resource the same way; loading decodes
         // none): whatever passes can always be loaded and printed again.
-        part.facts.push(validate::facts(ty, resource.index, &parsed.value)?);
+        let facts = match ResourceType::from_bundle_field(field) {
+            Some(ty) => validate::facts(ty, resource.index, &parsed.value)?,
+            None if field == schema::ENDPOINT_SOURCES_FIELD => validate::source_facts(resource.index, &parsed.value)?,
+            None => return Err(BundleError::at(resource.field.name(), "not a resource list")),
+        };
+        part.facts.push(facts);
         part.digests.push(parsed.digest);
         part.stored.push(StoredResource { field, name: parsed.name, value: parsed.value.into() });
     }
@@ -174,8 +178,12 @@ fn parse_resource(resource: &RawResource<'_>) -> Result<ParsedResource, BundleEr
     };
     let mut hasher = Sha256::new();
     hash_message(&message, &mut hasher);
-    let name = ResourceType::from_bundle_field(resource.field.number())
-        .and_then(|ty| message.get_field_by_name(ty.name_field()))
+    let name_field = match ResourceType::from_bundle_field(resource.field.number()) {
+        Some(ty) => ty.name_field(),
+        None => "cluster_name", // an endpoint source
+    };
+    let name = message
+        .get_field_by_name(name_field)
         .and_then(|name| name.as_str().map(str::to_owned))
         .unwrap_or_default();
     Ok(ParsedResource { digest: hasher.finalize().into(), name, value: message.encode_to_vec() })

@@ -34,7 +34,7 @@ use prost::{Message, Name};
 use super::BundleError;
 use crate::{
     resource_type::{PerType, ResourceType},
-    schema::StoredBundle,
+    schema::{cloud_map_source::PortFrom, EndpointSource, StoredBundle},
 };
 
 /// What one resource says about the others: each name it refers to, with
@@ -42,6 +42,8 @@ use crate::{
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Facts {
     references: Vec<Reference>,
+    /// For an endpoint source: the path of its `cluster_name`.
+    endpoint_source: Option<String>,
 }
 
 /// A name one resource refers to, which the bundle must have.
@@ -73,6 +75,31 @@ pub fn facts(ty: ResourceType, index: usize, value: &[u8]) -> Result<Facts, Bund
     Ok(facts)
 }
 
+/// Decodes endpoint source `index` and checks what needs no other
+/// resource: a cluster name, a namespace, a service and a port.
+pub fn source_facts(index: usize, value: &[u8]) -> Result<Facts, BundleError> {
+    let path = format!("endpoint_sources[{index}]");
+    let source: EndpointSource = decode(&path, value)?;
+    let Some(cloud_map) = &source.cloud_map else {
+        return Err(BundleError::at(format!("{path}.cloud_map"), "cloud_map is required: the Cloud Map service the endpoints come from"));
+    };
+    let at = |field: &str| format!("{path}.cloud_map.{field}");
+    for (field, value) in [("namespace", &cloud_map.namespace), ("service", &cloud_map.service)] {
+        if value.is_empty() {
+            return Err(BundleError::at(at(field), format!("{field} is required")));
+        }
+    }
+    match &cloud_map.port_from {
+        None => return Err(BundleError::at(at("port"), "a port is required: port (one for every instance) or port_attribute (e.g. AWS_INSTANCE_PORT)")),
+        Some(PortFrom::Port(port)) if !(1..=65535).contains(port) => {
+            return Err(BundleError::at(at("port"), format!("port {port} is not between 1 and 65535")));
+        }
+        Some(PortFrom::PortAttribute(name)) if name.is_empty() => return Err(BundleError::at(at("port_attribute"), "port_attribute is empty")),
+        Some(_) => {}
+    }
+    Ok(Facts { references: Vec::new(), endpoint_source: Some(format!("{path}.cluster_name")) })
+}
+
 fn decode<M: Message + Default>(path: &str, value: &[u8]) -> Result<M, BundleError> {
     M::decode(value).map_err(|e| BundleError::at(path, format!("resource does not decode (nested too deeply?): {e}")))
 }
@@ -84,16 +111,51 @@ pub fn validate(bundle: &StoredBundle, facts: &[Facts]) -> Result<(), BundleErro
     for ty in ResourceType::ALL {
         names[ty] = index(ty, bundle.resources(ty).map(|r| r.name.as_str()))?;
     }
+    let sources = endpoint_sources(bundle, facts, &names[ResourceType::Endpoint])?;
     for Reference { ty, path, name } in facts.iter().flat_map(|facts| &facts.references) {
-        if !names[*ty].contains_key(name.as_str()) {
+        let provided = *ty == ResourceType::Endpoint && sources.contains_key(name.as_str());
+        if !provided && !names[*ty].contains_key(name.as_str()) {
             let message = match ty {
-                ResourceType::Endpoint => format!("EDS cluster has no endpoints entry with cluster_name {name:?}"),
+                ResourceType::Endpoint => format!("EDS cluster has no endpoints entry or endpoint source with cluster_name {name:?}"),
                 _ => format!("{} {name:?} is not in the bundle's {ty}", ty.info().noun),
             };
             return Err(BundleError::at(path, message));
         }
     }
     Ok(())
+}
+
+/// The cluster names served from endpoint sources. Each is unique, is what
+/// an EDS cluster of the bundle asks for, and has no `endpoints` entry too.
+fn endpoint_sources<'a>(bundle: &'a StoredBundle, facts: &'a [Facts], entries: &HashMap<&str, usize>) -> Result<HashMap<&'a str, usize>, BundleError> {
+    let requested: std::collections::HashSet<&str> = facts
+        .iter()
+        .flat_map(|facts| &facts.references)
+        .filter(|reference| reference.ty == ResourceType::Endpoint)
+        .map(|reference| reference.name.as_str())
+        .collect();
+    let stored = bundle.resources.iter().filter(|r| r.field == crate::schema::ENDPOINT_SOURCES_FIELD);
+    let paths = facts.iter().filter_map(|facts| facts.endpoint_source.as_deref());
+    let mut seen = HashMap::new();
+    for (i, (source, path)) in stored.zip(paths).enumerate() {
+        let name = source.name.as_str();
+        if name.is_empty() {
+            return Err(BundleError::at(path, "cluster_name is required: the EDS cluster these endpoints are for"));
+        }
+        if let Some(first) = seen.insert(name, i) {
+            return Err(BundleError::at(path, format!("duplicate cluster_name {name:?}: endpoint_sources[{first}] has it too")));
+        }
+        if let Some(entry) = entries.get(name) {
+            return Err(BundleError::at(
+                path,
+                format!("cluster {name:?} has both an endpoints entry (endpoints[{entry}]) and an endpoint source; keep one"),
+            ));
+        }
+        if !requested.contains(name) {
+            return Err(BundleError::at(path, format!("no EDS cluster in the bundle asks for endpoints named {name:?}")));
+        }
+    }
+    Ok(seen)
 }
 
 /// Maps each name to its position, refusing empty and duplicate names.
@@ -342,6 +404,60 @@ mod tests {
         assert!(e.message.contains("clusters[0]"), "{e:?}");
         // The same name in two types is fine: they are different namespaces.
         check(json!({"clusters": [{"name": "x"}], "routes": [{"name": "x"}]})).unwrap();
+    }
+
+    fn eds_cluster(name: &str) -> Value {
+        json!({"name": name, "type": "EDS", "eds_cluster_config": {"eds_config": {"ads": {}}}})
+    }
+
+    fn source(cluster: &str, cloud_map: Value) -> Value {
+        json!({"cluster_name": cluster, "cloud_map": cloud_map})
+    }
+
+    /// A source's error, as parsing or validation reports it.
+    fn source_error(body: Value) -> BundleError {
+        match parse(body.to_string().as_bytes(), Format::Json) {
+            Ok(parsed) => validate(&parsed.stored, &parsed.facts).expect_err("refused"),
+            Err(error) => error,
+        }
+    }
+
+    #[test]
+    fn endpoint_sources_stand_in_for_endpoints_entries_of_eds_clusters() {
+        let cloud_map = json!({"namespace": "prod.local", "service": "backend", "port": 8080});
+        check(json!({"clusters": [eds_cluster("backend")], "endpoint_sources": [source("backend", cloud_map.clone())]})).unwrap();
+        let by_attribute = json!({"namespace": "prod.local", "service": "backend", "port_attribute": "AWS_INSTANCE_PORT", "health": "HEALTHY_OR_ELSE_ALL", "query_parameters": {"stage": "blue"}});
+        check(json!({"clusters": [eds_cluster("backend")], "endpoint_sources": [source("backend", by_attribute)]})).unwrap();
+
+        let cases = [
+            (json!({"clusters": [eds_cluster("backend")], "endpoint_sources": [source("other", cloud_map.clone())]}), "endpoint_sources[0].cluster_name", "no EDS cluster"),
+            (json!({"clusters": [{"name": "backend"}], "endpoint_sources": [source("backend", cloud_map.clone())]}), "endpoint_sources[0].cluster_name", "no EDS cluster"),
+            (
+                json!({"clusters": [eds_cluster("backend")], "endpoints": [{"cluster_name": "backend"}], "endpoint_sources": [source("backend", cloud_map.clone())]}),
+                "endpoint_sources[0].cluster_name",
+                "both an endpoints entry",
+            ),
+            (
+                json!({"clusters": [eds_cluster("backend")], "endpoint_sources": [source("backend", cloud_map.clone()), source("backend", cloud_map.clone())]}),
+                "endpoint_sources[1].cluster_name",
+                "duplicate",
+            ),
+            (json!({"clusters": [eds_cluster("backend")], "endpoint_sources": [source("backend", json!({"namespace": "prod.local", "service": "backend"}))]}), "endpoint_sources[0].cloud_map.port", "port is required"),
+            (json!({"clusters": [eds_cluster("backend")], "endpoint_sources": [source("backend", json!({"namespace": "prod.local", "service": "backend", "port": 70000}))]}), "endpoint_sources[0].cloud_map.port", "65535"),
+            (json!({"clusters": [eds_cluster("backend")], "endpoint_sources": [source("backend", json!({"service": "backend", "port": 80}))]}), "endpoint_sources[0].cloud_map.namespace", "required"),
+            (json!({"clusters": [eds_cluster("backend")], "endpoint_sources": [{"cluster_name": "backend"}]}), "endpoint_sources[0].cloud_map", "required"),
+            (
+                json!({"clusters": [eds_cluster("backend")], "endpoint_sources": [source("backend", json!({"namespace": "n", "service": "s", "port": 80, "health": "SICK"}))]}),
+                "endpoint_sources[0].cloud_map.health",
+                "SICK",
+            ),
+            (json!({"clusters": [eds_cluster("backend")]}), "clusters[0]", "endpoint source"),
+        ];
+        for (body, at, says) in cases {
+            let error = source_error(body.clone());
+            assert!(error.path.as_deref().is_some_and(|p| p.starts_with(at)), "{body}: {error:?}");
+            assert!(error.message.contains(says), "{body}: {error:?}");
+        }
     }
 
     #[test]

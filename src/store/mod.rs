@@ -43,7 +43,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use history::Version;
 
-use crate::{node_type::NodeType, schema::StoredBundle};
+use crate::{
+    node_type::NodeType,
+    schema::{DiscoveredInstances, StoredBundle},
+};
 
 /// How often a failing store retries by itself.
 pub const HEAL_INTERVAL: Duration = Duration::from_secs(2);
@@ -248,6 +251,44 @@ impl Store {
             Backend::Redb(_) => self.blocking(move |_, redb| redb.version(&node_type, &version)).await,
             #[cfg(feature = "etcd")]
             Backend::Etcd(etcd) => etcd.version(&node_type, &version).await,
+        }
+    }
+
+    /// The instances each Cloud Map query found last, by query key (see
+    /// [`crate::discovery`]). A record that does not decode is skipped: that
+    /// query waits for its first poll.
+    pub async fn discovered(&self) -> Result<BTreeMap<String, DiscoveredInstances>, StoreError> {
+        let raw = match &self.0.backend {
+            Backend::Redb(_) => self.blocking(|_, redb| redb.discovered()).await?,
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(etcd) => etcd.discovered().await?,
+        };
+        let decoded = raw.into_iter().filter_map(|(key, value)| match prost::Message::decode(value.as_slice()) {
+            Ok(found) => Some((key, found)),
+            Err(error) => {
+                tracing::warn!(key, %error, "a stored Cloud Map record does not decode; its source waits for its first poll");
+                None
+            }
+        });
+        Ok(decoded.collect())
+    }
+
+    /// Keeps what a Cloud Map query found, for the next start.
+    pub async fn save_discovered(&self, key: String, found: DiscoveredInstances) -> Result<(), StoreError> {
+        let value = prost::Message::encode_to_vec(&found);
+        match &self.0.backend {
+            Backend::Redb(_) => self.blocking(move |_, redb| redb.save_discovered(&key, Some(&value))).await,
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(etcd) => etcd.save_discovered(&key, Some(value)).await,
+        }
+    }
+
+    /// Forgets a query no bundle uses any more.
+    pub async fn forget_discovered(&self, key: String) -> Result<(), StoreError> {
+        match &self.0.backend {
+            Backend::Redb(_) => self.blocking(move |_, redb| redb.save_discovered(&key, None)).await,
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(etcd) => etcd.save_discovered(&key, None).await,
         }
     }
 

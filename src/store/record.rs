@@ -64,10 +64,11 @@ pub fn decode(record: &[u8]) -> Result<Decoded, RecordError> {
     Ok(Decoded::Current(bundle))
 }
 
-/// What the cache relies on: every resource of a known type, named.
+/// What the cache relies on: every resource of a known type (or an
+/// endpoint source), named.
 fn check(bundle: &StoredBundle) -> Result<(), RecordError> {
     for (i, resource) in bundle.resources.iter().enumerate() {
-        if ResourceType::from_bundle_field(resource.field).is_none() {
+        if ResourceType::from_bundle_field(resource.field).is_none() && resource.field != crate::schema::ENDPOINT_SOURCES_FIELD {
             return Err(RecordError::Invalid(format!("resource {i} has unknown field {}", resource.field)));
         }
         if resource.name.is_empty() {

@@ -34,6 +34,9 @@ const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions")
 const QUARANTINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quarantine");
 /// Small facts about the store; the healer's probe writes here.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Cloud Map query key → the instances last found for it (an encoded
+/// `DiscoveredInstances`), served at start before the first poll.
+const DISCOVERED: TableDefinition<&str, &[u8]> = TableDefinition::new("discovered");
 /// The table of sxds before 0.2 (node type → legacy record), upgraded once.
 const LEGACY_BUNDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("bundles");
 
@@ -153,6 +156,39 @@ impl Redb {
             Ok(Ok(if removed { Decided::Removed } else { Decided::Unchanged }))
         })?;
         Ok(publish(decided))
+    }
+
+    /// Every query's instances as last stored, undecoded.
+    pub(super) fn discovered(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.read(|txn| {
+            let table = match txn.open_table(DISCOVERED) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(error) => return Err(error.into()),
+            };
+            let mut kept = Vec::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                kept.push((key.value().to_owned(), value.value().to_vec()));
+            }
+            Ok(kept)
+        })
+    }
+
+    /// Keeps (or, given `None`, forgets) the instances of one query. Not
+    /// published: discovery holds what it stores.
+    pub(super) fn save_discovered(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        let mut db = self.lock();
+        self.write(&mut db, |txn| {
+            let mut table = txn.open_table(DISCOVERED)?;
+            match value {
+                Some(value) => drop(table.insert(key, value)?),
+                None => drop(table.remove(key)?),
+            }
+            // "Stored" only so that `write` commits it; nothing is published.
+            Ok(Ok(Decided::Stored(StoredBundle::default())))
+        })
+        .map(drop)
     }
 
     /// A small write, to learn whether writes work again.

@@ -379,7 +379,7 @@ fn subscribed<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot, k
 /// (each its name, version and the snapshot's shared `Any` entry), the
 /// `aliased` ones with their aliases, and the names in `removed`.
 pub fn frame(snapshot: &Snapshot, ty: ResourceType, updated: &[&Resource], aliased: &[Aliased<'_>], removed: &[Arc<str>], nonce: &str) -> EncodedResponse {
-    let (version, type_url) = (snapshot.version().as_bytes(), ty.type_url().as_bytes());
+    let (version, type_url) = (snapshot.type_version(ty).as_bytes(), ty.type_url().as_bytes());
     let mut head = BytesMut::with_capacity(version.len() + type_url.len() + nonce.len() + 12);
     wire::put_bytes_field(&mut head, field::SYSTEM_VERSION_INFO, version);
     wire::put_bytes_field(&mut head, field::TYPE_URL, type_url);

@@ -168,14 +168,14 @@ impl RestXds {
         self.pollers.record(&self.registry, node_id, &node_type, ty, |poller| poller.reported(ty, version, nack));
 
         let mut snapshots = self.cache.subscribe(&node_type);
-        let waited = wait(&mut snapshots, version, nack.is_some(), hold, &drain).await;
+        let waited = wait(&mut snapshots, ty, version, nack.is_some(), hold, &drain).await;
         drop(snapshots);
         self.cache.release(&node_type);
         match waited {
             Waited::Due(snapshot) => {
                 let body = Chunks::new(response_body(ty, &snapshot, &request.resource_names).await?);
-                tracing::debug!(node_id, %ty, client_version = version, version = snapshot.version(), bytes = body.len, "REST discovery response");
-                self.pollers.record(&self.registry, node_id, &node_type, ty, |poller| poller.handle.sent(ty, snapshot.shared_version()));
+                tracing::debug!(node_id, %ty, client_version = version, version = &**snapshot.type_version(ty), bytes = body.len, "REST discovery response");
+                self.pollers.record(&self.registry, node_id, &node_type, ty, |poller| poller.handle.sent(ty, snapshot.type_version(ty)));
                 Ok(([(CONTENT_TYPE, "application/json")], Body::new(body)).into_response())
             }
             Waited::Current => {
@@ -203,14 +203,14 @@ fn announced_timeout(headers: &HeaderMap) -> Option<Duration> {
 /// Waits, at most `hold`, for a snapshot the client does not hold: one of
 /// another version than `version`, or, after a NACK (`rejected`), any other
 /// than the current one.
-async fn wait(snapshots: &mut SnapshotWatch, version: &str, rejected: bool, hold: Duration, drain: &CancellationToken) -> Waited {
+async fn wait(snapshots: &mut SnapshotWatch, ty: ResourceType, version: &str, rejected: bool, hold: Duration, drain: &CancellationToken) -> Waited {
     let deadline = Instant::now() + hold;
     let arrived = snapshots.borrow_and_update().clone();
     let mut current = arrived.clone();
     loop {
         match &current {
             Some(snapshot) if rejected && !arrived.as_ref().is_some_and(|a| Arc::ptr_eq(a, snapshot)) => return Waited::Due(snapshot.clone()),
-            Some(snapshot) if !rejected && snapshot.version() != version => return Waited::Due(snapshot.clone()),
+            Some(snapshot) if !rejected && **snapshot.type_version(ty) != *version => return Waited::Due(snapshot.clone()),
             _ => {}
         }
         tokio::select! {
@@ -359,7 +359,7 @@ async fn response_body(ty: ResourceType, snapshot: &Arc<Snapshot>, names: &[Stri
         }
     };
     let mut head = b"{\"versionInfo\":".to_vec();
-    push_string(&mut head, snapshot.version());
+    push_string(&mut head, snapshot.type_version(ty));
     let mut tail = Vec::new();
     if !resources.is_empty() {
         head.extend_from_slice(b",\"resources\":[");

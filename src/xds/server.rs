@@ -396,12 +396,12 @@ impl<P: Protocol> XdsStream<P> {
         let Some(snapshot) = snapshot else { return Ok(()) };
         let due = self.state.due(&snapshot);
         for ty in self.state.take_in_sync() {
-            tracing::debug!(node_id = self.node_id, %ty, version = snapshot.version(), "the client holds everything current; nothing sent");
-            self.handle.in_sync(ty, snapshot.shared_version());
+            tracing::debug!(node_id = self.node_id, %ty, version = &**snapshot.type_version(ty), "the client holds everything current; nothing sent");
+            self.handle.in_sync(ty, snapshot.type_version(ty));
         }
         for (ty, response) in due {
-            self.handle.sent(ty, snapshot.shared_version());
-            tracing::debug!(node_id = self.node_id, %ty, version = snapshot.version(), bytes = response.len(), "response sent");
+            self.handle.sent(ty, snapshot.type_version(ty));
+            tracing::debug!(node_id = self.node_id, %ty, version = &**snapshot.type_version(ty), bytes = response.len(), "response sent");
             match self.responses.try_send(response) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {

@@ -398,7 +398,7 @@ pub enum Selection<'a> {
 /// before break (R23). The small fields come first in one piece; every
 /// resource is its snapshot's shared entry.
 pub fn frame(snapshot: &Snapshot, ty: ResourceType, selection: &Selection<'_>, kept: Option<(&Snapshot, &[Arc<str>])>, nonce: &str) -> EncodedResponse {
-    let (version, type_url) = (snapshot.version().as_bytes(), ty.type_url().as_bytes());
+    let (version, type_url) = (snapshot.type_version(ty).as_bytes(), ty.type_url().as_bytes());
     let mut head = BytesMut::with_capacity(version.len() + type_url.len() + nonce.len() + 12);
     wire::put_bytes_field(&mut head, field::VERSION_INFO, version);
     wire::put_bytes_field(&mut head, field::TYPE_URL, type_url);

@@ -523,6 +523,26 @@ impl Etcd {
         }
     }
 
+    /// Every query's instances as last stored, undecoded.
+    pub(super) async fn discovered(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = key(&["discovered", ""]);
+        let response = self.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(|e| self.unavailable(e))?;
+        let entries = response.kvs().iter().filter_map(|kv| Some((std::str::from_utf8(kv.key().strip_prefix(prefix.as_bytes())?).ok()?.to_owned(), kv.value().to_vec())));
+        Ok(entries.collect())
+    }
+
+    /// Keeps (or, given `None`, forgets) the instances of one query. Every
+    /// replica polls for itself, so this is only what a restart starts from:
+    /// the last writer wins.
+    pub(super) async fn save_discovered(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        let key = key(&["discovered", name]);
+        let op = match value {
+            Some(value) => TxnOp::put(key, value, None),
+            None => TxnOp::delete(key, None),
+        };
+        self.txn(Txn::new().and_then([op])).await.map(drop).map_err(|e| self.unavailable(e))
+    }
+
     /// A small read, to learn whether etcd answers again.
     pub(super) async fn probe(&self) -> Result<(), StoreError> {
         self.get(key(&["current", ""]), Some(GetOptions::new().with_prefix().with_count_only())).await.map(drop).map_err(|e| self.unavailable(e))
