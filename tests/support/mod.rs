@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod cloud_map;
 pub mod etcd;
 pub mod tls;
 pub mod xds_client;
