@@ -25,7 +25,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 const METADATA_ATTEMPTS: u32 = 3;
 const METADATA_RETRY_PAUSE: Duration = Duration::from_millis(300);
 
-/// Written by `--help` and named in errors.
+/// Where the metadata endpoint is given, for errors.
 const METADATA_SOURCE: &str = "ECS_CONTAINER_METADATA_URI_V4 or --metadata-uri";
 
 const XDS_CLUSTER: &str = "xds_cluster";
