@@ -1,11 +1,13 @@
 //! The `sxds` command line: the daemon (`sxds`, `sxds serve`) and the client
 //! subcommands beside it. This file holds the arguments and the dispatch;
 //! [`client`] speaks to the REST API, [`diff`] compares bundles, [`migrate`]
-//! turns Go sxds (Envoy v2) bundles into v3, [`table`] prints tables.
+//! turns Go sxds (Envoy v2) bundles into v3, [`table`] prints tables, and
+//! [`bootstrap`] writes an Envoy's bootstrap (from ECS task metadata).
 //!
 //! Exit codes: 0 ok, 1 refused (by the server, by the validator, or the
 //! server could not be reached), 2 usage (bad arguments, unreadable files).
 
+mod bootstrap;
 mod client;
 mod diff;
 mod migrate;
@@ -159,6 +161,8 @@ pub enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Write the Envoy bootstrap of this Envoy (in an ECS task: node id and locality from the task metadata).
+    Bootstrap(bootstrap::BootstrapArgs),
     /// Print shell completions, e.g. `sxds completions bash > /etc/bash_completion.d/sxds`.
     Completions {
         #[arg(value_enum)]
@@ -318,6 +322,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Bootstrap(args) => bootstrap::run(args).await,
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "sxds", &mut script);
