@@ -12,10 +12,13 @@
 //!    in the backend's own transaction, and publishes the new catalog on
 //!    its change feed. Only then does the PUT answer 200. On etcd, every
 //!    replica's watch publishes the same change on its own feed.
-//! 3. [`cache`] follows the feed and encodes each resource once per version
+//! 3. [`discovery`] follows the feed and adds to each bundle the endpoints
+//!    of its `endpoint_sources`, polled from AWS Cloud Map and kept in the
+//!    store; a bundle without sources passes through unchanged.
+//! 4. [`cache`] follows that feed and encodes each resource once per version
 //!    into a [`cache::Snapshot`] per node type: its `Any`, framed as the
 //!    field both SotW and delta responses carry, and a stable digest.
-//! 4. [`xds`] streams (ADS and the per-type services) watch their node
+//! 5. [`xds`] streams (ADS and the per-type services) watch their node
 //!    type's snapshot; a state machine, [`xds::stream`] for state of the
 //!    world or [`xds::delta`] for delta (with [`xds::vhds`] for virtual
 //!    hosts on demand), decides what is due and frames it from the

@@ -100,11 +100,23 @@ fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(error: SdkError<
         }
         _ => false,
     };
-    let message = match error.code() {
-        Some(code) => format!("{code}: {}", error.message().unwrap_or("no message")),
-        None => DisplayErrorContext(&error).to_string(),
+    let message = match (&error, error.code()) {
+        (_, Some(code)) => format!("{code}: {}", error.message().unwrap_or("no message")),
+        (SdkError::DispatchFailure(_), None) => format!("cannot reach Cloud Map: {}", root_cause(&error)),
+        (SdkError::TimeoutError(_), None) => "Cloud Map did not answer in time".to_owned(),
+        (_, None) => DisplayErrorContext(&error).to_string(),
     };
     DirectoryError { throttled, message }
+}
+
+/// The innermost error of a chain: `Connection refused (os error 111)`
+/// rather than four layers of client wrappers.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
 
 impl Directory for CloudMap {
