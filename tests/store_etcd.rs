@@ -346,3 +346,40 @@ async fn over_tls_with_a_client_certificate_replicas_share_an_etcd_that_refuses_
     let mut plain = etcd_client::Client::connect([format!("http://{}", etcd.endpoint())], None).await.unwrap();
     assert!(plain.get("/sxds/v1/current/sidecar", None).await.is_err(), "etcd serves TLS only");
 }
+
+#[tokio::test]
+async fn endpoint_sources_and_what_cloud_map_found_are_kept_in_etcd_for_the_next_start() {
+    use sxds::{
+        schema::{DiscoveredInstance, DiscoveredInstances},
+        store::{etcd::EtcdConfig, IfMatch, Store},
+    };
+    let Some(etcd) = Etcd::start().await else { return };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let open = || Store::open_etcd(EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }, shutdown.clone());
+    let store = open().await.expect("etcd store opens");
+    let body = json!({
+        "version": "s1",
+        "clusters": [{"name": "backend", "type": "EDS", "eds_cluster_config": {"eds_config": {"ads": {}}}}],
+        "endpoint_sources": [{"cluster_name": "backend", "cloud_map": {"namespace": "prod.local", "service": "backend", "port": 8080}}],
+    });
+    let stored = sxds::bundle::accept(body.to_string().as_bytes(), sxds::bundle::Format::Json).unwrap();
+    let sidecar = sxds::node_type::NodeType::parse("sidecar").unwrap();
+    store.put(sidecar.clone(), stored, IfMatch::Any).await.unwrap();
+    let found = DiscoveredInstances {
+        revision: 4,
+        instances: vec![DiscoveredInstance { id: "task-1".into(), attributes: [("AWS_INSTANCE_IPV4".to_owned(), "10.0.0.1".to_owned())].into_iter().collect(), health: "HEALTHY".into() }],
+        at_unix_ms: 1,
+    };
+    store.save_discovered("q1".into(), found.clone()).await.unwrap();
+    store.save_discovered("q2".into(), found.clone()).await.unwrap();
+    store.forget_discovered("q2".into()).await.unwrap();
+
+    // Another replica starting now reads both.
+    let other = open().await.expect("a second etcd store opens");
+    let sources: Vec<_> = other.catalog()[&sidecar].endpoint_sources().map(|s| s.cluster_name).collect();
+    assert_eq!(sources, ["backend"], "the bundle's endpoint sources read back from etcd");
+    let kept = other.discovered().await.unwrap();
+    assert_eq!(kept.keys().collect::<Vec<_>>(), ["q1"], "forgotten ones are gone");
+    assert_eq!(kept["q1"], found);
+    shutdown.cancel();
+}
