@@ -8,22 +8,22 @@
 mod support;
 
 use std::{
-    io::Read,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
 };
 
 use axum::{extract::State, http::StatusCode, routing::get, Router};
 use serde_json::Value;
-use support::envoy::{free_port, log_tail, Daemon, CONVERGE};
+use support::{
+    envoy::{free_port, log_tail, Daemon, CONVERGE},
+    run::{run_command, Run},
+};
 
 /// How long one run of a binary may take before the test fails.
-const RUN_BOUND: Duration = Duration::from_secs(30);
 
 /// `GET ${ECS_CONTAINER_METADATA_URI_V4}/task` of a Fargate task, as the AWS
 /// documentation of the task metadata endpoint v4 shows it.
@@ -134,31 +134,6 @@ impl Drop for MetadataServer {
     }
 }
 
-/// One finished run of a binary.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "expected success: {self:?}");
-        self
-    }
-
-    /// Asserts exit `code` and a one-line message naming each of `words`.
-    fn fails(self, code: i32, words: &[&str]) {
-        assert_eq!(self.code, code, "expected exit {code}: {self:?}");
-        assert!(self.stdout.is_empty(), "nothing on stdout: {self:?}");
-        assert_eq!(self.stderr.lines().count(), 1, "one line: {self:?}");
-        for word in words {
-            assert!(self.stderr.contains(word), "the error names {word:?}: {self:?}");
-        }
-    }
-}
-
 /// `sxds bootstrap ARGS`, with no `SXDS_*` variables and with the metadata
 /// endpoint at `metadata_uri` (none: not in an ECS task, whatever the
 /// environment running the tests is).
@@ -172,36 +147,9 @@ fn sxds_bootstrap(metadata_uri: Option<&str>, args: &[&str]) -> Command {
     command
 }
 
-/// Runs `command` to completion off the async runtime, killing it past [`RUN_BOUND`].
+/// Runs `command` to completion off the async runtime.
 async fn finish(command: Command) -> Run {
-    tokio::task::spawn_blocking(move || run_blocking(command)).await.expect("run task")
-}
-
-fn run_blocking(mut command: Command) -> Run {
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
-    let read = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read(Box::new(child.stdout.take().expect("stdout")));
-    let stderr = read(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + RUN_BOUND;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} did not finish within {RUN_BOUND:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run { code: status.code().unwrap_or(-1), stdout: stdout.join().expect("stdout"), stderr: stderr.join().expect("stderr") }
+    tokio::task::spawn_blocking(move || run_command(command, None)).await.expect("run task")
 }
 
 fn require_envoy() {

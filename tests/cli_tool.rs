@@ -13,68 +13,14 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use support::{sidecar_bundle, wait_for, xds_client, TestDaemon};
-
-/// How long one run of the binary may take before the test fails.
-const RUN_BOUND: Duration = Duration::from_secs(30);
-
-/// One finished run of the binary.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "expected success: {self:?}");
-        self
-    }
-
-    fn refused(self) -> Self {
-        assert_eq!(self.code, 1, "expected exit 1: {self:?}");
-        self
-    }
-}
+use support::{
+    run::{run_command, Run, RUN_BOUND},
+    sidecar_bundle, wait_for, xds_client, TestDaemon,
+};
 
 /// The binary with a clean `SXDS_*` environment.
 fn sxds() -> Command {
     support::sxds_binary()
-}
-
-/// Runs the binary to completion within [`RUN_BOUND`], killing it past that.
-fn run_command(mut command: Command, stdin: Option<&[u8]>) -> Run {
-    command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().expect("spawn sxds");
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input).expect("write stdin");
-    }
-    let (mut out, mut err) = (child.stdout.take().expect("stdout"), child.stderr.take().expect("stderr"));
-    let stdout = std::thread::spawn(move || {
-        let mut text = String::new();
-        out.read_to_string(&mut text).map(|_| text)
-    });
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        err.read_to_string(&mut text).map(|_| text)
-    });
-    let deadline = Instant::now() + RUN_BOUND;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("sxds {command:?} did not finish within {RUN_BOUND:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: stdout.join().expect("stdout reader").expect("stdout is UTF-8"),
-        stderr: stderr.join().expect("stderr reader").expect("stderr is UTF-8"),
-    }
 }
 
 /// Runs `sxds ARGS --server <daemon>` off the async threads.

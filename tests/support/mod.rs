@@ -6,6 +6,7 @@
 pub mod chromium;
 pub mod cloud_map;
 pub mod etcd;
+pub mod run;
 pub mod tls;
 pub mod xds_client;
 
