@@ -510,3 +510,44 @@ async fn puts_and_deletes_survive_a_restart() {
     let (_, listing) = api.get("/resources").await;
     assert_eq!(listing["node_types"].as_array().map(Vec::len), Some(1), "{listing}");
 }
+
+#[tokio::test]
+async fn a_dry_run_answers_what_would_change_per_type_and_field_and_stores_nothing() {
+    let daemon = TestDaemon::start().await;
+    let api = Api::new(&daemon);
+    let v1 = sidecar_bundle("v1", 10000, 8080);
+    let dry_run = |node_type: &str, bundle: &Value| {
+        let url = daemon.url(&format!("/resources/{node_type}?dry_run=true"));
+        api.send(api.http.put(url).header("content-type", "application/json").body(bundle.to_string()))
+    };
+    let (status, fresh) = dry_run("sidecar", &v1).await;
+    assert_eq!(status, 200, "{fresh}");
+    assert_eq!((fresh["dry_run"].clone(), fresh["changed"].clone(), fresh["stored_version"].clone()), (json!(true), json!(true), Value::Null));
+    assert_eq!(api.get("/resources/sidecar").await.0, 404, "a dry run stores nothing");
+    assert_eq!(api.put("sidecar", &v1).await.0, 200);
+
+    let mut v2 = v1.clone();
+    v2["version"] = json!("v2");
+    v2["clusters"][0]["connect_timeout"] = json!("2s");
+    v2["routes"] = json!([]);
+    let hcm = v2["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"].as_object_mut().unwrap();
+    hcm.remove("rds");
+    hcm.insert("route_config".into(), json!({"name": "inline", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]}));
+    let (status, answer) = dry_run("sidecar", &v2).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!((answer["stored_version"].clone(), answer["version"].clone(), answer["conflict"].clone()), (json!("v1"), json!("v2"), json!(false)));
+    let types: Vec<&Value> = answer["types"].as_array().unwrap().iter().collect();
+    let of = |key: &str| types.iter().find(|t| t["type"] == key).copied().unwrap_or_else(|| panic!("{key} in {answer}"));
+    let listener_fields: Vec<&str> = of("listeners")["changed"][0]["fields"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(listener_fields, ["filter_chains[0].filters[0].typed_config.rds", "filter_chains[0].filters[0].typed_config.route_config"], "{answer}");
+    assert_eq!(of("clusters")["changed"], json!([{"name": "backend", "fields": [{"path": "connect_timeout", "old": "1s", "new": "2s"}]}]), "{answer}");
+    assert_eq!(of("routes")["removed"].as_array().map(Vec::len), Some(1), "{answer}");
+    assert_eq!(of("endpoints")["unchanged"], 1);
+    assert_eq!(api.bundle("sidecar").await["version"], "v1", "still v1: nothing stored");
+
+    let mut reused = v2.clone();
+    reused["version"] = json!("v1");
+    assert_eq!(dry_run("sidecar", &reused).await.1["conflict"], true, "the stored version with other content would be a 409");
+    let bad = dry_run("sidecar", &json!({"clusters": [{"name": "a", "bogus": 1}]})).await;
+    assert_eq!((bad.0, bad.1["path"].clone()), (400, json!("clusters[0].bogus")), "a dry run validates like a PUT");
+}

@@ -218,7 +218,7 @@ async fn diff_names_each_changed_resource_and_shows_the_changed_line() {
     let out = &diff.stdout;
     assert!(out.starts_with("sidecar: version \"1\" -> \"2\"\n"), "{out}");
     assert!(out.contains("clusters: 1 added, 1 changed\n  + extra (added)\n  ~ backend (changed)\n"), "{out}");
-    assert!(out.contains("\n    -  \"connect_timeout\": \"1s\"\n    +  \"connect_timeout\": \"2s\"\n"), "{out}");
+    assert!(out.contains("  ~ backend (changed)\n    - connect_timeout: \"1s\"\n    + connect_timeout: \"2s\"\n"), "{out}");
     assert!(out.contains("listeners: 1 unchanged") && !out.contains("listener_0 (changed)"), "{out}");
     assert!(!out.contains('\x1b'), "no color off a terminal");
     assert_eq!(stored(&daemon, "sidecar").await.1["version"], "1", "diff changes nothing");

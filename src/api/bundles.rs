@@ -58,16 +58,39 @@ pub(super) struct PutSummary {
 #[derive(Debug, Deserialize)]
 pub(super) struct PutQuery {
     allow_empty: Option<String>,
+    dry_run: Option<String>,
+}
+
+/// A boolean query parameter: absent is false, bare (`?dry_run`) is true.
+fn flag(name: &'static str, value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("false" | "0") => Ok(false),
+        Some("" | "true" | "1") => Ok(true),
+        Some(other) => Err(ApiError::Query { name, reason: format!("{other:?} is not true or false") }),
+    }
 }
 
 impl PutQuery {
     fn allow_empty(&self) -> Result<bool, ApiError> {
-        match self.allow_empty.as_deref() {
-            None | Some("false" | "0") => Ok(false),
-            Some("" | "true" | "1") => Ok(true),
-            Some(other) => Err(ApiError::Query { name: "allow_empty", reason: format!("{other:?} is not true or false") }),
-        }
+        flag("allow_empty", self.allow_empty.as_deref())
     }
+
+    fn dry_run(&self) -> Result<bool, ApiError> {
+        flag("dry_run", self.dry_run.as_deref())
+    }
+}
+
+/// What `PUT ?dry_run=true` answers: what the PUT would change. Nothing is stored.
+#[derive(Debug, Serialize)]
+pub(super) struct DryRun {
+    node_type: String,
+    dry_run: bool,
+    /// Whether a PUT would change any resource.
+    changed: bool,
+    /// Whether a PUT would be refused with 409: the stored version with other content.
+    conflict: bool,
+    #[serde(flatten)]
+    diff: bundle::Diff,
 }
 
 pub(super) async fn put_bundle(
@@ -77,9 +100,9 @@ pub(super) async fn put_bundle(
     query: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<PutSummary>, ApiError> {
+) -> Result<Response, ApiError> {
     let query = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-    let allow_empty = query.allow_empty()?;
+    let (allow_empty, dry_run) = (query.allow_empty()?, query.dry_run()?);
     let format = body_format(&headers);
     let body = read_body(&state, &headers, body).await?;
 
@@ -95,6 +118,17 @@ pub(super) async fn put_bundle(
     if counts[ResourceType::Listener] == 0 && counts[ResourceType::Cluster] == 0 && !allow_empty {
         return Err(ApiError::WouldEmpty(node_type));
     }
+    if dry_run {
+        // Printing changed resources costs like parsing them: same bound.
+        let _worker = state.admission.worker().await?;
+        let current = state.store.catalog().get(&node_type).cloned();
+        let diff = tokio::task::spawn_blocking(move || bundle::diff(current.as_deref(), &stored))
+            .await
+            .map_err(|e| ApiError::Internal(format!("diff task failed: {e}")))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let answer = DryRun { node_type: node_type.to_string(), dry_run: true, changed: !diff.is_empty(), conflict: diff.reuses_version(), diff };
+        return Ok(Json(answer).into_response());
+    }
     let version = stored.version.clone();
     let parsed = started.elapsed();
     let written = state.store.put(node_type.clone(), stored, if_match(&headers)).await;
@@ -103,7 +137,7 @@ pub(super) async fn put_bundle(
     let (parse_ms, store_ms) = (parsed.as_millis() as u64, (started.elapsed() - parsed).as_millis() as u64);
     tracing::debug!(%node_type, version, parse_ms, store_ms, "bundle put");
     state.writes.record(&who, "put", &node_type, &written);
-    Ok(Json(PutSummary { node_type: node_type.to_string(), version, changed: written.changed, counts, rolled_back_to: None }))
+    Ok(Json(PutSummary { node_type: node_type.to_string(), version, changed: written.changed, counts, rolled_back_to: None }).into_response())
 }
 
 /// Reads a request body within the limit and the shared body budget.

@@ -3,11 +3,13 @@
 //! limits), validation (names, duplicates, references) and the bundle's
 //! version.
 
+mod diff;
 mod parse;
 mod redact;
 mod strict;
 mod validate;
 
+pub use diff::{diff, Changed, Diff, FieldChange, TypeDiff};
 pub use parse::{check_version, parse, to_json, Format, Parsed, MAX_VERSION_LEN};
 pub use validate::{validate, Facts};
 

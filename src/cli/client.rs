@@ -50,10 +50,17 @@ impl Client {
 
     /// `PUT /resources/{t}`: the server's summary.
     pub async fn put(&self, node_type: &str, body: Vec<u8>, format: Format, allow_empty: bool) -> Result<Value, Failure> {
+        self.put_with(node_type, body, format, allow_empty.then_some("allow_empty=true")).await
+    }
+
+    /// `PUT /resources/{t}?dry_run=true`: what the PUT would change; nothing is stored.
+    pub async fn dry_run(&self, node_type: &str, body: Vec<u8>, format: Format) -> Result<Value, Failure> {
+        self.put_with(node_type, body, format, Some("dry_run=true&allow_empty=true")).await
+    }
+
+    async fn put_with(&self, node_type: &str, body: Vec<u8>, format: Format, query: Option<&str>) -> Result<Value, Failure> {
         let mut url = self.url(&["resources", checked(node_type)?])?;
-        if allow_empty {
-            url.set_query(Some("allow_empty=true"));
-        }
+        url.set_query(query);
         let content_type = match format {
             Format::Json => "application/json",
             Format::Yaml => "application/yaml",

@@ -284,10 +284,10 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         }
         Command::Diff { node_type, file, remote } => {
             let (body, format) = read_bundle(&file)?;
-            let proposed = accept(&body, format)?;
-            let proposed = bundle::to_json(&proposed).map_err(|e| Failure::bundle(&e))?;
-            let stored = Client::new(&remote)?.get(&node_type).await?;
-            let changes = diff::compare(stored.as_deref(), &proposed).map_err(Failure::Refused)?;
+            // Refused here first, offline, with the same message the server would give.
+            accept(&body, format)?;
+            let answer = Client::new(&remote)?.dry_run(&node_type, body, format).await?;
+            let changes: bundle::Diff = serde_json::from_value(answer).map_err(|e| Failure::Refused(format!("the server's dry run answer: {e}")))?;
             emit(&diff::render(&node_type, &changes, std::io::IsTerminal::is_terminal(&std::io::stdout())))
         }
         Command::Validate { file, allow_empty } => {
