@@ -139,6 +139,18 @@ pub struct Config {
     #[arg(long, env = "SXDS_CLOUD_MAP_ENDPOINT", value_name = "URL")]
     pub cloud_map_endpoint: Option<String>,
 
+    /// An Envoy binary that checks every PUT before it is stored
+    /// (`--mode validate` on a static bootstrap rendered from the bundle):
+    /// a bundle Envoy refuses gets a 400 with Envoy's message and the
+    /// resource it concerns. Off by default.
+    #[arg(long, env = "SXDS_ENVOY_VALIDATE", value_name = "PATH")]
+    pub envoy_validate: Option<PathBuf>,
+
+    /// How long one `--envoy-validate` check may take; past it the PUT gets
+    /// 503 and nothing is stored.
+    #[arg(long, env = "SXDS_ENVOY_VALIDATE_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub envoy_validate_timeout: Duration,
+
     /// A file of the bearer tokens that may write (PUT, DELETE, rollback):
     /// one per line, `token` or `name:token` (the name is what the log
     /// says), `#` for comments. Re-read when it changes. Without it, only

@@ -43,6 +43,7 @@ pub mod discovery;
 pub mod metrics;
 pub mod net;
 pub mod node_type;
+pub mod preflight;
 pub mod resource_type;
 pub mod schema;
 pub mod store;
@@ -89,6 +90,22 @@ fn etcd_config(config: &Config, endpoints: &[String]) -> Result<store::etcd::Etc
     })
 }
 
+/// The `--envoy-validate` checker, once the binary answered `--version`:
+/// a wrong path stops the start rather than every PUT.
+async fn preflight_envoy(envoy: &std::path::Path, timeout: std::time::Duration) -> Result<preflight::Preflight, RunError> {
+    let version = tokio::process::Command::new(envoy).arg("--version").stdin(std::process::Stdio::null()).output();
+    match tokio::time::timeout(std::time::Duration::from_secs(10), version).await {
+        Ok(Ok(output)) if output.status.success() => {
+            let version = String::from_utf8_lossy(&output.stdout);
+            tracing::info!(envoy = %envoy.display(), version = version.trim(), "every PUT is checked by Envoy (--envoy-validate)");
+            Ok(preflight::Preflight::new(envoy.to_owned(), timeout))
+        }
+        Ok(Ok(output)) => Err(RunError::Config(format!("--envoy-validate {}: `--version` exited with {}", envoy.display(), output.status))),
+        Ok(Err(error)) => Err(RunError::Config(format!("--envoy-validate {}: cannot run it: {error}", envoy.display()))),
+        Err(_) => Err(RunError::Config(format!("--envoy-validate {}: `--version` did not answer within 10s", envoy.display()))),
+    }
+}
+
 /// Serves xDS on `xds` and the REST API on `rest` until `shutdown` is
 /// cancelled, then drains both within `config.shutdown_grace`.
 pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
@@ -100,6 +117,10 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
         tracing::info!("TLS on both ports");
     }
     let write_policy = api::WritePolicy::new(config.token_file.as_deref(), config.allow_unauthenticated_writes).map_err(RunError::Config)?;
+    let preflight = match &config.envoy_validate {
+        Some(envoy) => Some(Arc::new(preflight_envoy(envoy, config.envoy_validate_timeout).await?)),
+        None => None,
+    };
     let store = match &config.store {
         None => {
             let (data_dir, history) = (config.data_dir.clone(), config.history.get());
@@ -138,7 +159,11 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
     let (xds_tls, rest_tls) = tls.map(|tls| (tls.xds, tls.rest)).unzip();
     let grpc = net::serve_xds(xds, xds_server.router().await, config.into(), xds_tls, shutdown.clone());
 
-    let app = api::router(ApiState::new(store, registry, config.body_limit, write_policy).with_discovery(discovery));
+    let mut api_state = ApiState::new(store, registry, config.body_limit, write_policy).with_discovery(discovery);
+    if let Some(preflight) = preflight {
+        api_state = api_state.with_preflight(preflight);
+    }
+    let app = api::router(api_state);
     let http = net::serve_rest(rest, app, config.into(), rest_tls, shutdown.clone());
 
     let grace = config.shutdown_grace;

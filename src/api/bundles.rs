@@ -118,6 +118,9 @@ pub(super) async fn put_bundle(
     if counts[ResourceType::Listener] == 0 && counts[ResourceType::Cluster] == 0 && !allow_empty {
         return Err(ApiError::WouldEmpty(node_type));
     }
+    if let Some(preflight) = &state.preflight {
+        preflight.check(&stored).await?;
+    }
     if dry_run {
         // Printing changed resources costs like parsing them: same bound.
         let _worker = state.admission.worker().await?;

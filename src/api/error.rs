@@ -52,8 +52,20 @@ pub enum ApiError {
     Busy(#[from] Busy),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `--envoy-validate` could not give a verdict; nothing was stored.
+    #[error("{0}")]
+    PreflightUnavailable(String),
     #[error("internal error")]
     Internal(String),
+}
+
+impl From<crate::preflight::PreflightError> for ApiError {
+    fn from(error: crate::preflight::PreflightError) -> Self {
+        match error {
+            crate::preflight::PreflightError::Refused(refused) => Self::Bundle(refused),
+            crate::preflight::PreflightError::Unavailable(why) => Self::PreflightUnavailable(why),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -68,7 +80,7 @@ impl IntoResponse for ApiError {
             Self::NotFound(_) | Self::NoRoute(_) => (StatusCode::NOT_FOUND, None),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, None),
             Self::UriTooLong(_) => (StatusCode::URI_TOO_LONG, None),
-            Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
+            Self::Busy(_) | Self::PreflightUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
             Self::Refused(Refusal::NotLoopback { .. }) => (StatusCode::FORBIDDEN, None),
             Self::Refused(Refusal::TokenFileUnreadable(_)) => (StatusCode::SERVICE_UNAVAILABLE, None),
             Self::Refused(_) => {

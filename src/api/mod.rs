@@ -57,6 +57,8 @@ pub struct ApiState {
     writes: WriteLog,
     /// Endpoint sources' status; `None` where nothing polls (tests of the API alone).
     discovery: Option<crate::discovery::Discovery>,
+    /// `--envoy-validate`: Envoy checks each PUT before it is stored.
+    preflight: Option<std::sync::Arc<crate::preflight::Preflight>>,
 }
 
 impl ApiState {
@@ -65,7 +67,14 @@ impl ApiState {
     pub fn new(store: Store, registry: Registry, body_limit: usize, write_policy: WritePolicy) -> Self {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         let admission = Admission::new(body_limit.saturating_mul(4).max(256 << 20), workers);
-        Self { store, registry, admission, body_limit, write_policy, writes: WriteLog::default(), discovery: None }
+        Self { store, registry, admission, body_limit, write_policy, writes: WriteLog::default(), discovery: None, preflight: None }
+    }
+
+    /// Has `preflight` check every PUT before it is stored.
+    #[must_use]
+    pub fn with_preflight(mut self, preflight: std::sync::Arc<crate::preflight::Preflight>) -> Self {
+        self.preflight = Some(preflight);
+        self
     }
 
     /// Shows how the endpoint sources of `discovery` are doing.
