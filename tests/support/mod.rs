@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod chromium;
 pub mod cloud_map;
 pub mod etcd;
