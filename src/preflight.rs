@@ -17,8 +17,8 @@
 //! - a transport socket that names files (certificates on the Envoy hosts,
 //!   not on this one) is left out: its TLS settings are not checked.
 //!
-//! When Envoy's message names no resource, the listeners and then the
-//! clusters are halved until the one it refuses is found (each check takes
+//! When Envoy's message names no resource, the clusters and then the
+//! listeners are halved until the one it refuses is found (each check takes
 //! a fraction of a second), so the 400 says which resource it concerns.
 
 use std::{
@@ -109,16 +109,18 @@ impl Preflight {
         .into())
     }
 
-    /// Halves the listeners (with every cluster), then the clusters (with
-    /// no listener), down to the one Envoy refuses.
+    /// Halves the clusters (with no listener), then, when the clusters
+    /// pass alone, the listeners (with every cluster, which their routes
+    /// name), down to the one Envoy refuses.
     async fn culprit(&self, lists: &Lists, listeners: usize, clusters: usize) -> Result<Option<String>, PreflightError> {
         let all_clusters: Vec<usize> = (0..clusters).collect();
-        let all_clusters = &all_clusters;
-        if let Some(i) = self.halve(listeners, |some| async move { self.refusal(lists, &some, all_clusters).await }).await? {
-            return Ok(Some(format!("listeners[{i}]")));
+        if self.refusal(lists, &[], &all_clusters).await?.is_some() {
+            let found = self.halve(clusters, |some| async move { self.refusal(lists, &[], &some).await }).await?;
+            return Ok(found.map(|i| format!("clusters[{i}]")));
         }
-        let found = self.halve(clusters, |some| async move { self.refusal(lists, &[], &some).await }).await?;
-        Ok(found.map(|i| format!("clusters[{i}]")))
+        let all_clusters = &all_clusters;
+        let found = self.halve(listeners, |some| async move { self.refusal(lists, &some, all_clusters).await }).await?;
+        Ok(found.map(|i| format!("listeners[{i}]")))
     }
 
     /// The one index of `0..count` that `refused` still refuses alone, if any.
