@@ -7,6 +7,8 @@
 #   SERVICE=separate FANOUT_STREAMS=2000 scripts/bench.sh
 #   PROTOCOLS="sotw delta" SCENARIOS="idle fanout" scripts/bench.sh   # both, same rows
 #   PROTOCOL=delta scripts/bench.sh                                    # delta only
+#   SCENARIOS=cloud-map scripts/bench.sh                               # Cloud Map on moto, 500 × 20, 10,000 streams
+#   CLOUD_MAP_SOURCES=50 CLOUD_MAP_INSTANCES=5 CLOUD_MAP_STREAMS=200 SCENARIOS=cloud-map scripts/bench.sh
 #
 # Every scenario but memory (which opens no streams) runs once per protocol
 # in $PROTOCOLS (sotw, delta; default sotw); delta results are kept as
@@ -14,7 +16,9 @@
 #
 # Each scenario starts its own daemon (target/release/sxds) on free loopback
 # ports with a temporary data directory. Raw JSON summaries are kept in
-# $OUT (default target/bench/<timestamp>/). Needs: cargo, jq.
+# $OUT (default target/bench/<timestamp>/). Needs: cargo, jq; cloud-map
+# (not in the default list: filling moto takes minutes) also needs
+# moto_server (pip install 'moto[server]==5.2.5'), which it starts itself.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -27,6 +31,13 @@ FANOUT_STREAMS=${FANOUT_STREAMS:-10000}
 FANOUT_UPDATES=${FANOUT_UPDATES:-5}
 INGEST_STREAMS=${INGEST_STREAMS:-10}
 BURST_STREAMS=${BURST_STREAMS:-1000}
+CLOUD_MAP_SOURCES=${CLOUD_MAP_SOURCES:-500}
+CLOUD_MAP_INSTANCES=${CLOUD_MAP_INSTANCES:-20}
+CLOUD_MAP_STREAMS=${CLOUD_MAP_STREAMS:-10000}
+# The daemon's defaults: what the calls per minute are stated for.
+CLOUD_MAP_INTERVAL=${CLOUD_MAP_INTERVAL:-5}
+CLOUD_MAP_REFRESH=${CLOUD_MAP_REFRESH:-30}
+CLOUD_MAP_STEADY_SECS=${CLOUD_MAP_STEADY_SECS:-60}
 OUT=${OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 
 command -v jq >/dev/null || { echo "bench.sh needs jq" >&2; exit 1; }
@@ -74,6 +85,9 @@ for protocol in $PROTOCOLS; do
             # Three replicas on the etcd that SXDS_STORE names; needs an sxds built
             # with --features etcd (SXDS_STORE=etcd://... SCENARIOS=replicas scripts/bench.sh).
             replicas) run replicas "$protocol" --scenario replicas --replicas 3 --streams 9000 --updates 5 ;;
+            cloud-map) run cloud-map "$protocol" --scenario cloud-map --sources "$CLOUD_MAP_SOURCES" --instances "$CLOUD_MAP_INSTANCES" \
+                --streams "$CLOUD_MAP_STREAMS" --cloud-map-interval "$CLOUD_MAP_INTERVAL" --cloud-map-refresh "$CLOUD_MAP_REFRESH" \
+                --steady-secs "$CLOUD_MAP_STEADY_SECS" --updates 3 ;;
             *) echo "unknown scenario $scenario" >&2; exit 2 ;;
         esac
     done
@@ -114,6 +128,14 @@ for protocol in $PROTOCOLS; do
     if [[ -f $OUT/burst$suffix.json ]]; then
         f=$OUT/burst$suffix.json
         jq -r --arg tag "$tag" --argjson n "$(jq .streams "$f")" '.rounds[] | "| burst\($tag) round \(.round), \(.puts) PUTs in \(.puts_ms | round) ms, \($n) streams | streams on the last version / never / EDS responses per stream (mean, max) / unACKed | \(.ended_on_last) / \(.never) / \(.eds_responses_per_stream_mean * 10 | round / 10), \(.eds_responses_per_stream_max) / \(.unacked_responses) | all / 0 / < PUTs / 0 |\n| | daemon RSS before → after | \(.rss_before_kib) → \(.rss_after_kib) KiB | no growth |"' "$f"
+    fi
+    if [[ -f $OUT/cloud-map$suffix.json ]]; then
+        f=$OUT/cloud-map$suffix.json
+        echo "| cloud-map$tag, $(jq -r .sources "$f") sources × $(jq -r .instances "$f") instances, $(jq -r .streams "$f") streams | new instance: every stream has the new EDS, p50 / p99 / max after the poll that saw it (worst of $(jq '.updates | length' "$f") updates) | $(msf .worst.p50_ms "$f") / $(msf .worst.p99_ms "$f") / $(msf .worst.max_ms "$f") | p99 ≤ 1 s |"
+        echo "| | never converged (all updates) / EDS responses per stream, resources per response (max) | $(jq -r '.worst.never' "$f") / $(jq -r '[.updates[].eds_responses.responses_per_stream_max] | max' "$f"), $(jq -r '[.updates[].eds_responses.resources_per_response_max] | max' "$f") | 0 / 1, 1 |"
+        echo "| | registration → the poll that saw it (median) / daemon CPU per update (median) | $(jq -r '[.updates[].seen_ms] | sort | .[length/2|floor] | round' "$f") ms / $(jq -r '[.updates[].daemon_cpu_ms] | sort | .[length/2|floor]' "$f") ms | ≤ one interval |"
+        echo "| | Cloud Map calls per minute at steady state over $(jq -r '.steady.seconds | round' "$f") s, interval $(jq -r .interval_s "$f") s, refresh $(jq -r .refresh_s "$f") s: DiscoverInstancesRevision / DiscoverInstances / throttled or failed | $(jq -r '.steady | "\(.revision_per_minute | round) / \(.instances_per_minute | round) / \(.failed_per_minute | round)"' "$f") | ≈ $(jq -r '.steady | "\(.expected_revision_per_minute | round) / \(.expected_instances_per_minute | round)"' "$f") / 0 |"
+        echo "| | daemon CPU at steady state / RSS | $(jq -r '.steady | "\(.daemon_cpu_ms / 10 / .seconds * 10 | round / 10) % of a core / \(.rss_kib / 1024 | round) MiB"' "$f") | |"
     fi
 done
 if [[ -f $OUT/memory.json ]]; then

@@ -4,16 +4,26 @@
 //! checks what the benchmark's delta figure rests on: one changed endpoint
 //! set reaches each delta stream as one EDS response carrying that one
 //! resource, and a dropped cluster is removed from what each node holds.
-//! No wall-clock bounds are asserted.
+//! The cloud-map smoke runs that scenario's own code (`cloud_map.rs`) on
+//! moto with a few sources; it skips when `moto_server` is not installed
+//! (outside CI). No wall-clock bounds are asserted.
 
 mod support;
 
 #[path = "../examples/loadgen/bundles.rs"]
 mod bundles;
+#[path = "../examples/loadgen/cloud_map.rs"]
+mod cloud_map;
+#[allow(dead_code)]
+#[path = "../examples/loadgen/daemon.rs"]
+mod daemon;
 #[path = "../examples/loadgen/sim.rs"]
 mod sim;
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use bundles::Mesh;
 use sim::{Fleet, FleetConfig, Protocol, Service, Target, TYPES};
@@ -164,4 +174,76 @@ async fn delta_fanout_sends_each_stream_only_the_changed_endpoint_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_of_the_world_fanout_sends_only_the_changed_endpoint_set_too() {
     fanout(Protocol::StateOfTheWorld).await;
+}
+
+const SOURCES: usize = 4;
+const INSTANCES: usize = 3;
+const CLOUD_MAP_STREAMS: usize = 20;
+const CLOUD_MAP_UPDATES: usize = 2;
+
+/// The cloud-map scenario in small, on moto, against the sxds binary: every
+/// stream takes every source's endpoints, the steady state counts revision
+/// calls and no failures, and each new instance reaches every stream as one
+/// EDS response carrying that one cluster, under the version whose
+/// revision sum counts it.
+async fn cloud_map_scenario(protocol: Protocol) {
+    let Some(emulator) = support::cloud_map::Emulator::start().await else { return };
+    let polling = cloud_map::Polling { interval: Duration::from_secs(1), refresh: Duration::from_secs(30) };
+    let binary = Path::new(env!("CARGO_BIN_EXE_sxds"));
+    let daemon = daemon::Daemon::start_with(binary, &polling.daemon_args(&emulator.endpoint_url()), &cloud_map::DAEMON_ENV).await.expect("the daemon starts");
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let config = FleetConfig { xds_url: format!("http://{}", daemon.xds_addr), node_type: "cloudmap".into(), service: Service::Ads, protocol, connect_concurrency: 20 };
+    let mut fleet = Fleet::new(config).expect("xDS URL");
+    let params = cloud_map::Params {
+        node_type: "cloudmap".into(),
+        sources: SOURCES,
+        instances: INSTANCES,
+        streams: CLOUD_MAP_STREAMS,
+        polling,
+        steady: Duration::from_secs(3),
+        updates: CLOUD_MAP_UPDATES,
+        settle: Duration::from_millis(300),
+        connect_deadline: LIMIT,
+        deadline: Duration::from_secs(20),
+    };
+    let outcome = cloud_map::run(&params, &emulator.endpoint_url(), &daemon, &mut fleet).await.expect("the scenario runs");
+
+    // moto's revision counts one per registration: the sum names what is served.
+    let registered = SOURCES * INSTANCES;
+    assert_eq!(outcome.registered, registered);
+    assert!(outcome.eds_version.starts_with(&format!("v0+cloudmap.{registered}.")), "{}", outcome.eds_version);
+    let steady = &outcome.steady;
+    assert!(steady.ok_per_minute(cloud_map::REVISION) > 0.0, "no revision calls counted: {steady:?}");
+    assert_eq!(steady.failed_per_minute(), 0.0, "{steady:?}");
+
+    assert_eq!(outcome.updates.len(), CLOUD_MAP_UPDATES);
+    let clusters: std::collections::BTreeSet<&str> = outcome.updates.iter().map(|u| u.cluster.as_str()).collect();
+    assert_eq!(clusters.len(), CLOUD_MAP_UPDATES, "each update changes another service");
+    for (u, update) in outcome.updates.iter().enumerate() {
+        let version = update.version.as_deref().unwrap_or_else(|| panic!("no stream got update {u}: {update:?}"));
+        assert!(version.starts_with(&format!("v0+cloudmap.{}.", registered + u + 1)), "update {u}: {version}");
+        assert_eq!(update.endpoints, INSTANCES + 1, "update {u}");
+        assert_eq!(update.result.never, 0, "update {u}: {} streams never got {version}", update.result.never);
+        assert_eq!(update.result.converged(), CLOUD_MAP_STREAMS);
+        for (i, sizes) in update.eds_sizes.iter().enumerate() {
+            assert_eq!(*sizes, vec![1], "update {u}: node {i}'s EDS responses (resources in each)");
+        }
+    }
+    for (i, record) in fleet.records().iter().enumerate() {
+        assert_eq!(record.connects, 1, "node {i} reconnected: {:?}", record.last_error);
+        let eds = &record.types[ResourceType::Endpoint];
+        assert_eq!(eds.acks, eds.responses, "node {i} left an EDS response unACKed");
+    }
+    fleet.shutdown().await;
+    daemon.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_map_scenario_times_each_new_instance_on_every_stream() {
+    cloud_map_scenario(Protocol::StateOfTheWorld).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_map_scenario_runs_on_delta_too() {
+    cloud_map_scenario(Protocol::Delta).await;
 }

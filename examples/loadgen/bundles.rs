@@ -1,6 +1,6 @@
 //! The bundles the load generator PUTs: a service mesh slice of EDS
 //! clusters behind one listener and one route, whose endpoint sets can be
-//! changed one at a time.
+//! changed one at a time, or come from AWS Cloud Map.
 
 use serde_json::{json, Value};
 
@@ -71,8 +71,23 @@ impl Mesh {
             }]
         })
     }
+
+    /// The same mesh with the endpoints of cluster `i` found in Cloud Map
+    /// service `service(i)` of `namespace` (ports from `AWS_INSTANCE_PORT`)
+    /// instead of listed in the bundle.
+    pub fn cloud_map_bundle(&self, version: &str, namespace: &str, service: impl Fn(usize) -> String) -> Value {
+        let mut bundle = self.bundle(version);
+        if let Some(fields) = bundle.as_object_mut() {
+            fields.remove("endpoints");
+            let sources: Vec<Value> = (0..self.clusters)
+                .map(|i| json!({"cluster_name": cluster_name(i), "cloud_map": {"namespace": namespace, "service": service(i), "port_attribute": "AWS_INSTANCE_PORT"}}))
+                .collect();
+            fields.insert("endpoint_sources".into(), sources.into());
+        }
+        bundle
+    }
 }
 
-fn cluster_name(i: usize) -> String {
+pub fn cluster_name(i: usize) -> String {
     format!("cluster_{i:05}")
 }

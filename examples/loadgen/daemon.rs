@@ -22,6 +22,12 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `binary` on two free loopback ports; waits for `/healthz`.
     pub async fn start(binary: &Path) -> anyhow::Result<Self> {
+        Self::start_with(binary, &[], &[]).await
+    }
+
+    /// [`Daemon::start`] with more flags and environment variables (a
+    /// scenario's `--cloud-map-endpoint` and the AWS SDK's region and keys).
+    pub async fn start_with(binary: &Path, extra_args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let data_dir = tempfile::tempdir()?;
         let (xds_port, rest_port) = (free_port()?, free_port()?);
         let child = Command::new(binary)
@@ -29,6 +35,8 @@ impl Daemon {
             .args(["--xds-port", &xds_port.to_string(), "--cacher-port", &rest_port.to_string()])
             .arg("--data-dir")
             .arg(data_dir.path())
+            .args(extra_args)
+            .envs(env.iter().copied())
             .spawn()
             .context("cannot run the daemon (build it with `cargo build --release`)")?;
         let daemon = Self {
@@ -89,7 +97,7 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

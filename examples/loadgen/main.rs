@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example loadgen -- --scenario fanout --streams 10000
 //! cargo run --release --example loadgen -- --scenario fanout --streams 10000 --protocol delta
+//! cargo run --release --example loadgen -- --scenario cloud-map --sources 500 --instances 20 --streams 10000
 //! ```
 //!
 //! By default it starts `target/release/sxds` on free loopback ports with a
@@ -12,9 +13,12 @@
 //! the scenario and reports per update: time until every node has ACKed the
 //! new version (p50/p90/p99/max over nodes), nodes that never converged, and
 //! the daemon's RSS and CPU time from /proc. A human table goes to stdout,
-//! then one JSON summary line; progress goes to stderr.
+//! then one JSON summary line; progress goes to stderr. The `cloud-map`
+//! scenario (see `cloud_map.rs`) also starts the Cloud Map emulator moto
+//! and points the daemon at it.
 
 mod bundles;
+mod cloud_map;
 mod daemon;
 mod sim;
 
@@ -49,6 +53,10 @@ enum Scenario {
     /// `--replicas` daemons sharing the etcd that `SXDS_STORE` names, `--streams` nodes
     /// spread over them; each of `--updates` PUTs goes to the first one.
     Replicas,
+    /// `--sources` Cloud Map services × `--instances` on moto as EDS clusters of
+    /// `--streams` nodes: API calls per minute at steady state, then `--updates`
+    /// new instances, timed from the poll that saw each.
+    CloudMap,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,9 +102,9 @@ struct Args {
     clusters: usize,
     #[arg(long, default_value_t = 3)]
     endpoints_per_cluster: usize,
-    /// Fan-out updates, each changing one endpoint set.
-    #[arg(long, default_value_t = 5)]
-    updates: usize,
+    /// Updates, each changing one endpoint set [default: 5; cloud-map: 3].
+    #[arg(long)]
+    updates: Option<usize>,
     /// Daemons in the replicas scenario (the first is the one measured for CPU and RSS).
     #[arg(long, default_value_t = 3)]
     replicas: usize,
@@ -133,6 +141,34 @@ struct Args {
     /// Quiet time before each memory sample and update.
     #[arg(long, default_value = "2", value_parser = secs)]
     settle: Duration,
+    /// Cloud Map services, one EDS cluster each (cloud-map).
+    #[arg(long, default_value_t = 500)]
+    sources: usize,
+    /// Instances registered in each Cloud Map service (cloud-map).
+    #[arg(long, default_value_t = 20)]
+    instances: usize,
+    /// The daemon's `--cloud-map-interval`, seconds (cloud-map; the daemon's default).
+    #[arg(long, default_value = "5", value_parser = secs)]
+    cloud_map_interval: Duration,
+    /// The daemon's `--cloud-map-refresh`, seconds (cloud-map; the daemon's default).
+    #[arg(long, default_value = "30", value_parser = secs)]
+    cloud_map_refresh: Duration,
+    /// How long the steady-state Cloud Map calls are counted, seconds (cloud-map).
+    #[arg(long, default_value = "60", value_parser = secs)]
+    steady_secs: Duration,
+    /// The Cloud Map emulator (PyPI moto[server]) to start (cloud-map).
+    #[arg(long, default_value = "moto_server")]
+    moto_server: PathBuf,
+}
+
+impl Args {
+    fn updates(&self) -> usize {
+        self.updates.unwrap_or(if self.scenario == Scenario::CloudMap { 3 } else { 5 })
+    }
+
+    fn polling(&self) -> cloud_map::Polling {
+        cloud_map::Polling { interval: self.cloud_map_interval, refresh: self.cloud_map_refresh }
+    }
 }
 
 fn secs(text: &str) -> Result<Duration, String> {
@@ -146,18 +182,33 @@ async fn main() -> anyhow::Result<()> {
     if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
         eprintln!("loadgen: cannot raise the open-file limit: {error}");
     }
-    let daemon = match (args.xds_addr, args.rest_addr, args.pid) {
-        (Some(xds), Some(rest), Some(pid)) => Daemon::attach(xds, rest, pid),
-        _ => Daemon::start(&args.sxds).await.with_context(|| format!("starting {}", args.sxds.display()))?,
+    let moto = match args.scenario {
+        Scenario::CloudMap => Some(cloud_map::Moto::start(&args.moto_server).await?),
+        _ => None,
     };
-    let result = run(&args, &daemon).await;
+    let daemon = match (args.xds_addr, args.rest_addr, args.pid) {
+        (Some(xds), Some(rest), Some(pid)) => {
+            anyhow::ensure!(moto.is_none(), "the cloud-map scenario starts its own daemon, pointed at its own emulator");
+            Daemon::attach(xds, rest, pid)
+        }
+        _ => {
+            let (extra, env) = match &moto {
+                Some(moto) => (args.polling().daemon_args(&moto.endpoint_url()), &cloud_map::DAEMON_ENV[..]),
+                None => (Vec::new(), &[][..]),
+            };
+            Daemon::start_with(&args.sxds, &extra, env).await.with_context(|| format!("starting {}", args.sxds.display()))?
+        }
+    };
+    let cloud_map_url = moto.as_ref().map(cloud_map::Moto::endpoint_url);
+    let result = run(&args, &daemon, cloud_map_url).await;
     daemon.stop();
+    drop(moto);
     let summary = result?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }
 
-async fn run(args: &Args, daemon: &Daemon) -> anyhow::Result<Value> {
+async fn run(args: &Args, daemon: &Daemon, cloud_map_url: Option<String>) -> anyhow::Result<Value> {
     let mut fleet = Fleet::new(FleetConfig {
         xds_url: format!("http://{}", daemon.xds_addr),
         node_type: args.node_type.clone(),
@@ -171,7 +222,7 @@ async fn run(args: &Args, daemon: &Daemon) -> anyhow::Result<Value> {
         },
         connect_concurrency: args.connect_concurrency,
     })?;
-    let mut ctx = Ctx { args, daemon, http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()? };
+    let mut ctx = Ctx { args, daemon, http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?, cloud_map_url };
     let details = match args.scenario {
         Scenario::Idle => idle(&mut ctx, &mut fleet).await,
         Scenario::Fanout => fanout(&mut ctx, &mut fleet).await,
@@ -179,11 +230,12 @@ async fn run(args: &Args, daemon: &Daemon) -> anyhow::Result<Value> {
         Scenario::Memory => memory(&mut ctx).await,
         Scenario::Burst => burst(&mut ctx, &mut fleet).await,
         Scenario::Replicas => replicas(&mut ctx, &mut fleet).await,
+        Scenario::CloudMap => cloud_map_scenario(&mut ctx, &mut fleet).await,
     };
     let errors: u32 = fleet.records().iter().map(|r| r.errors).sum();
     fleet.shutdown().await;
     let mut summary = details?;
-    summary["scenario"] = format!("{:?}", args.scenario).to_lowercase().into();
+    summary["scenario"] = args.scenario.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned()).into();
     summary["service"] = format!("{:?}", args.service).to_lowercase().into();
     summary["protocol"] = format!("{:?}", args.protocol).to_lowercase().into();
     summary["stream_errors"] = errors.into();
@@ -201,6 +253,8 @@ struct Ctx<'a> {
     args: &'a Args,
     daemon: &'a Daemon,
     http: reqwest::Client,
+    /// The emulator the daemon polls (cloud-map).
+    cloud_map_url: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -283,7 +337,7 @@ async fn fanout(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
     ctx.connect(fleet, streams, "v0").await?;
     let poller = args.poll_status_ms.map(|pause| StatusPoller::start(ctx.http.clone(), ctx.daemon.rest_addr, Duration::from_millis(pause)));
     let mut updates = Vec::new();
-    for u in 1..=args.updates {
+    for u in 1..=args.updates() {
         let (version, body) = next_update(ctx, &mut mesh, u).await?;
         let marks = fleet.marks(ResourceType::Endpoint);
         let before = ctx.samples()?;
@@ -393,7 +447,7 @@ async fn replicas(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value>
         ctx.connect(other, per_replica, "v0").await?;
     }
     let mut updates = Vec::new();
-    for u in 1..=args.updates {
+    for u in 1..=args.updates() {
         let (version, body) = next_update(ctx, &mut mesh, u).await?;
         let before = ctx.samples()?;
         let cpu_before: u64 = others.iter().map(|d| d.sample().map_or(0, |s| s.cpu_ms)).sum();
@@ -421,6 +475,95 @@ async fn replicas(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value>
         daemon.stop();
     }
     Ok(json!({ "streams": streams, "replicas": args.replicas, "clusters": args.clusters, "updates": updates, "worst": worst(&updates) }))
+}
+
+/// Endpoints from Cloud Map (see `cloud_map.rs`): calls per minute at
+/// steady state, and per new instance the time from the poll that saw it
+/// until each stream had it.
+async fn cloud_map_scenario(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {
+    let args = ctx.args;
+    let url = ctx.cloud_map_url.as_deref().context("the cloud-map scenario runs against its own emulator")?;
+    let params = cloud_map::Params {
+        node_type: args.node_type.clone(),
+        sources: args.sources,
+        instances: args.instances,
+        streams: *args.streams.last().context("--streams")?,
+        polling: args.polling(),
+        steady: args.steady_secs,
+        updates: args.updates(),
+        settle: args.settle,
+        connect_deadline: args.connect_deadline,
+        deadline: args.deadline,
+    };
+    let outcome = cloud_map::run(&params, url, ctx.daemon, fleet).await?;
+    let steady = &outcome.steady;
+    let updates: Vec<Value> = outcome
+        .updates
+        .iter()
+        .map(|u| {
+            let before = Samples { daemon: u.daemon_before, loadgen: u.loadgen_before };
+            let after = Samples { daemon: u.daemon_after, loadgen: u.loadgen_after };
+            // The trigger is a registration, not a PUT: the time it took the
+            // daemon's poll to see it stands where `put_ms` would.
+            let mut report = update_report(u.version.as_deref().unwrap_or("-"), u.seen, &u.result, &before, &after);
+            if let Some(fields) = report.as_object_mut() {
+                fields.remove("put_ms");
+            }
+            report["seen_ms"] = (u.seen.as_secs_f64() * 1e3).into();
+            report["cluster"] = u.cluster.clone().into();
+            report["change_unix_ms"] = u.change_unix_ms.into();
+            report["endpoints"] = u.endpoints.into();
+            report["eds_responses"] = response_sizes(&u.eds_sizes);
+            report
+        })
+        .collect();
+    let calls: Vec<Value> = steady
+        .per_minute
+        .iter()
+        .map(|((operation, outcome), per_minute)| json!({"operation": operation, "outcome": outcome, "per_minute": per_minute}))
+        .collect();
+    let interval_s = params.polling.interval.as_secs_f64();
+    println!("cloud-map  sources={} instances={} streams={} interval={interval_s}s (jittered 80-100 %) refresh={}s",
+        params.sources, params.instances, params.streams, params.polling.refresh.as_secs_f64());
+    println!("  setup: {} instances registered in {:.1} s; all sources found {:.1} s after the PUT; {} streams had every cluster in {:.1} s",
+        outcome.registered, outcome.fill.as_secs_f64(), outcome.discovered.as_secs_f64(), params.streams, outcome.connect.as_secs_f64());
+    println!("  steady state over {:.0} s: {} {:.0}/min (expected ≈ {:.0}), {} {:.0}/min (expected ≈ {:.0}), throttled or failed {:.0}/min; daemon CPU {:.1} % of a core",
+        steady.seconds, cloud_map::REVISION, steady.ok_per_minute(cloud_map::REVISION), steady.expected_revisions_per_minute,
+        cloud_map::INSTANCES, steady.ok_per_minute(cloud_map::INSTANCES), steady.expected_instances_per_minute,
+        steady.failed_per_minute(), steady.daemon_cpu_ms as f64 / 10.0 / steady.seconds);
+    if steady.seconds < 2.0 * params.polling.refresh.as_secs_f64() {
+        // All sources were found at once, so their refreshes come in step
+        // and drift apart only slowly.
+        println!("  ({} is rough: the window is shorter than two refresh periods, and the sources refresh nearly in step)", cloud_map::INSTANCES);
+    }
+    println!("  {:<14} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>13}", "cluster", "seen ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "never", "RSS KiB", "CPU ms", "LG CPU", "EDS res/resp");
+    for u in &updates {
+        let f = |k: &str| u[k].as_f64().unwrap_or(f64::NAN);
+        let n = |k: &str| u[k].as_u64().unwrap_or(0);
+        let eds = &u["eds_responses"];
+        let sizes = format!("{:.1} / {}", eds["resources_per_response_mean"].as_f64().unwrap_or(f64::NAN), eds["resources_per_response_max"].as_u64().unwrap_or(0));
+        println!("  {:<14} {:>8.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>10} {:>9} {:>9} {:>13}",
+            u["cluster"].as_str().unwrap_or(""), f("seen_ms"), f("p50_ms"), f("p90_ms"), f("p99_ms"), f("max_ms"), n("never"), n("rss_kib"), n("daemon_cpu_ms"), n("loadgen_cpu_ms"), sizes);
+    }
+    println!("  (p50…max: from the poll that saw the new instance, last_change_unix_ms, to each stream's EDS response carrying it)");
+    Ok(json!({
+        "streams": params.streams, "sources": params.sources, "instances": params.instances,
+        "interval_s": interval_s, "refresh_s": params.polling.refresh.as_secs_f64(),
+        "fill_s": outcome.fill.as_secs_f64(), "registered": outcome.registered,
+        "discovered_s": outcome.discovered.as_secs_f64(), "connect_s": outcome.connect.as_secs_f64(),
+        "eds_version": outcome.eds_version, "rss_base_kib": outcome.rss_base_kib,
+        "steady": {
+            "seconds": steady.seconds, "calls": calls,
+            "revision_per_minute": steady.ok_per_minute(cloud_map::REVISION),
+            "instances_per_minute": steady.ok_per_minute(cloud_map::INSTANCES),
+            "failed_per_minute": steady.failed_per_minute(),
+            "expected_revision_per_minute": steady.expected_revisions_per_minute,
+            "expected_instances_per_minute": steady.expected_instances_per_minute,
+            "daemon_cpu_ms": steady.daemon_cpu_ms, "rss_kib": steady.rss_kib,
+        },
+        "updates": updates,
+        "worst": worst(&updates),
+    }))
 }
 
 async fn ingest(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value> {

@@ -308,6 +308,13 @@ impl Fleet {
         latest
     }
 
+    /// The newest version of `ty` that some node holds beginning with
+    /// `prefix`: for a version whose end the caller cannot compute (EDS
+    /// from Cloud Map ends in a digest of the endpoints).
+    pub fn version_starting(&self, ty: ResourceType, prefix: &str) -> Option<String> {
+        self.nodes.iter().find_map(|n| lock(n).types[ty].versions.iter().rev().find(|(v, _)| v.starts_with(prefix)).map(|(v, _)| v.clone()))
+    }
+
     /// How this fleet reaches its daemon.
     pub fn config(&self) -> &FleetConfig {
         &self.shared.config
