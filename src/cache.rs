@@ -310,8 +310,96 @@ impl Snapshot {
     }
 }
 
-/// The current snapshot of one node type; `None` until it has a bundle.
-pub type SnapshotWatch = watch::Receiver<Option<Arc<Snapshot>>>;
+/// What the streams of one node type are served: the snapshot of its
+/// bundle and, during a canary rollout, another one for the streams whose
+/// node id matches the rollout's glob.
+#[derive(Debug)]
+pub struct Published {
+    stable: Arc<Snapshot>,
+    canary: Option<(Arc<Canary>, Arc<Snapshot>)>,
+}
+
+impl Published {
+    /// The snapshot a stream of `node_id` is served.
+    pub fn for_node(&self, node_id: &str) -> &Arc<Snapshot> {
+        match &self.canary {
+            Some((canary, snapshot)) if glob_match(&canary.glob, node_id) => snapshot,
+            _ => &self.stable,
+        }
+    }
+}
+
+/// A canary rollout as the cache serves it (see [`crate::rollout`]).
+#[derive(Debug, Clone)]
+pub struct Canary {
+    /// Node ids served the canary snapshot: `*` any run of characters, `?` one.
+    pub glob: String,
+    pub serve: CanaryServe,
+}
+
+#[derive(Debug, Clone)]
+pub enum CanaryServe {
+    /// The new bundle, under its own version.
+    Candidate(Arc<StoredBundle>),
+    /// The stable content under this other version: a halted rollout's
+    /// canaries get the previous config back, as a change Envoy applies.
+    Previous { version: String },
+}
+
+/// Whether `text` matches `glob`: `*` stands for any run of characters,
+/// `?` for one, anything else for itself.
+pub fn glob_match(glob: &str, text: &str) -> bool {
+    let (glob, text): (Vec<char>, Vec<char>) = (glob.chars().collect(), text.chars().collect());
+    let (mut g, mut t, mut star, mut resume) = (0, 0, None, 0);
+    while t < text.len() {
+        match glob.get(g) {
+            Some('*') => {
+                star = Some(g);
+                resume = t;
+                g += 1;
+            }
+            Some(&c) if c == '?' || c == text[t] => {
+                g += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some(at) => {
+                    g = at + 1;
+                    resume += 1;
+                    t = resume;
+                }
+                None => return false,
+            },
+        }
+    }
+    glob[g..].iter().all(|&c| c == '*')
+}
+
+/// What one stream watches: its node type's [`Published`], seen through its
+/// own node id.
+pub struct SnapshotWatch {
+    receiver: watch::Receiver<Option<Arc<Published>>>,
+    node_id: Arc<str>,
+}
+
+impl SnapshotWatch {
+    /// The snapshot this stream is served now, marked seen.
+    pub fn borrow_and_update(&mut self) -> Option<Arc<Snapshot>> {
+        self.receiver.borrow_and_update().as_ref().map(|published| published.for_node(&self.node_id).clone())
+    }
+
+    /// The snapshot this stream is served now.
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.receiver.borrow().as_ref().map(|published| published.for_node(&self.node_id).clone())
+    }
+
+    /// Waits until what the node type is served changes.
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        self.receiver.changed().await
+    }
+}
+
+type Sender = watch::Sender<Option<Arc<Published>>>;
 
 /// Snapshots by node type. Cheap to clone.
 #[derive(Clone, Default)]
@@ -321,14 +409,68 @@ pub struct Cache(Arc<Inner>);
 struct Inner {
     next_snapshot_id: std::sync::atomic::AtomicU64,
     // A std Mutex: held only to find or create a channel, never across an await.
-    by_node_type: Mutex<HashMap<NodeType, watch::Sender<Option<Arc<Snapshot>>>>>,
+    by_node_type: Mutex<HashMap<NodeType, Sender>>,
+    /// Canary rollouts in progress (or halted), by node type.
+    canaries: Mutex<HashMap<NodeType, Arc<Canary>>>,
 }
 
 impl Cache {
-    /// Watches the snapshot of `node_type`.
-    pub fn subscribe(&self, node_type: &NodeType) -> SnapshotWatch {
+    /// Watches what the streams of `node_type` are served, as `node_id` sees it.
+    pub fn subscribe(&self, node_type: &NodeType, node_id: &str) -> SnapshotWatch {
         let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(node_type.clone()).or_insert_with(|| watch::channel(None).0).subscribe()
+        let receiver = map.entry(node_type.clone()).or_insert_with(|| watch::channel(None).0).subscribe();
+        SnapshotWatch { receiver, node_id: node_id.into() }
+    }
+
+    /// The snapshot every stream of `node_type` not in a canary is served.
+    pub fn stable(&self, node_type: &NodeType) -> Option<Arc<Snapshot>> {
+        let map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(node_type).and_then(|sender| sender.borrow().as_ref().map(|p| p.stable.clone()))
+    }
+
+    /// The snapshot the canaries of `node_type` are served, during a rollout.
+    pub fn canary(&self, node_type: &NodeType) -> Option<Arc<Snapshot>> {
+        let map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(node_type).and_then(|sender| sender.borrow().as_ref().and_then(|p| p.canary.as_ref().map(|(_, s)| s.clone())))
+    }
+
+    /// Serves `canary` (or, with `None`, no canary any more) to the matching
+    /// streams of `node_type`, beside its bundle.
+    pub fn set_canary(&self, node_type: &NodeType, canary: Option<Canary>) {
+        {
+            let mut canaries = self.0.canaries.lock().unwrap_or_else(|p| p.into_inner());
+            match canary {
+                Some(canary) => canaries.insert(node_type.clone(), Arc::new(canary)),
+                None => canaries.remove(node_type),
+            };
+        }
+        let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sender) = map.get_mut(node_type) else { return };
+        let stable = sender.borrow().as_ref().map(|p| p.stable.clone());
+        if let Some(stable) = stable {
+            let published = self.publish(node_type, stable);
+            sender.send_replace(Some(published));
+        }
+    }
+
+    /// `stable` with the canary of `node_type`, if there is one.
+    fn publish(&self, node_type: &NodeType, stable: Arc<Snapshot>) -> Arc<Published> {
+        let canary = self.0.canaries.lock().unwrap_or_else(|p| p.into_inner()).get(node_type).cloned();
+        let canary = canary.map(|canary| {
+            let bundle = match &canary.serve {
+                CanaryServe::Candidate(bundle) => bundle.clone(),
+                CanaryServe::Previous { version } => Arc::new(StoredBundle { version: version.clone(), ..(*stable.source).clone() }),
+            };
+            // The endpoints of the bundle's sources, under the canary's version.
+            let discovered = stable.discovered.as_ref().map(|d| {
+                let suffix = d.eds_version.strip_prefix(stable.version()).unwrap_or_default();
+                Arc::new(Discovered { eds_version: format!("{}{suffix}", bundle.version), assignments: d.assignments.clone() })
+            });
+            let id = self.0.next_snapshot_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let snapshot = Arc::new(Snapshot::build_served(id, Served { bundle, discovered }, Some(&stable)));
+            (canary, snapshot)
+        });
+        Arc::new(Published { stable, canary })
     }
 
     /// Forgets a node type nobody watches and no bundle names.
@@ -352,7 +494,7 @@ impl Cache {
             catalog
                 .iter()
                 .filter_map(|(node_type, served)| {
-                    let current = map.get(node_type).and_then(|s| s.borrow().clone());
+                    let current = map.get(node_type).and_then(|s| s.borrow().as_ref().map(|p| p.stable.clone()));
                     let fresh = current.as_ref().is_some_and(|snapshot| {
                         let same_discovered = match (&snapshot.discovered, &served.discovered) {
                             (None, None) => true,
@@ -376,10 +518,25 @@ impl Cache {
             .collect();
 
         let count = built.len();
+        // A promoted candidate is the bundle now: its canary is done.
+        {
+            let mut canaries = self.0.canaries.lock().unwrap_or_else(|p| p.into_inner());
+            for (node_type, snapshot) in &built {
+                let promoted = canaries.get(node_type).is_some_and(|c| matches!(&c.serve, CanaryServe::Candidate(b) if b.version == snapshot.version()));
+                if promoted {
+                    canaries.remove(node_type);
+                }
+            }
+        }
+        let published: Vec<(NodeType, Arc<Published>)> = built.into_iter().map(|(node_type, snapshot)| {
+            let published = self.publish(&node_type, snapshot);
+            (node_type, published)
+        }).collect();
         let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
-        for (node_type, snapshot) in built {
+        for (node_type, published) in published {
+            let snapshot = &published.stable;
             tracing::info!(%node_type, version = snapshot.version(), eds_version = &**snapshot.type_version(ResourceType::Endpoint), build_ms = started.elapsed().as_millis() as u64, "snapshot updated");
-            map.entry(node_type).or_insert_with(|| watch::channel(None).0).send_replace(Some(snapshot));
+            map.entry(node_type).or_insert_with(|| watch::channel(None).0).send_replace(Some(published));
         }
         for (node_type, sender) in map.iter() {
             if !catalog.contains_key(node_type) && sender.borrow().is_some() {
@@ -479,17 +636,17 @@ mod tests {
     fn apply_follows_the_catalog_and_skips_unchanged_bundles() {
         let cache = Cache::default();
         let node_type = NodeType::parse("sidecar").unwrap();
-        let mut watch = cache.subscribe(&node_type);
+        let mut watch = cache.subscribe(&node_type, "sidecar-a");
         assert!(watch.borrow_and_update().is_none());
 
         let mut catalog = crate::store::Catalog::new();
         catalog.insert(node_type.clone(), stored("v1", &["a"]));
         cache.apply(&crate::discovery::as_stored(&catalog));
-        assert!(watch.has_changed().unwrap());
+        assert!(watch.receiver.has_changed().unwrap());
         assert_eq!(watch.borrow_and_update().as_ref().unwrap().version(), "v1");
 
         cache.apply(&crate::discovery::as_stored(&catalog));
-        assert!(!watch.has_changed().unwrap(), "the same stored bundle must not be rebuilt or re-sent");
+        assert!(!watch.receiver.has_changed().unwrap(), "the same stored bundle must not be rebuilt or re-sent");
 
         catalog.clear();
         cache.apply(&crate::discovery::as_stored(&catalog));

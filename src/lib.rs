@@ -45,6 +45,7 @@ pub mod net;
 pub mod node_type;
 pub mod preflight;
 pub mod resource_type;
+pub mod rollout;
 pub mod schema;
 pub mod store;
 pub mod wire;
@@ -151,6 +152,8 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
     });
     let discovery = discovery::Discovery::start(store.clone(), cloud_map, config.into(), registry.metrics().clone(), shutdown.clone()).await;
     cache.apply(&discovery.served());
+    // After the cache: a halted rollout puts its canaries back on the bundle just loaded.
+    let rollouts = rollout::Rollouts::load(store.clone(), cache.clone(), registry.clone(), shutdown.clone()).await?;
     tracing::info!(node_types = store.catalog().len(), store = config.store.as_ref().map_or_else(|| config.data_dir.display().to_string(), |e| e.0.join(",")), "store loaded");
     let follower = tokio::spawn(cache.clone().follow(discovery.subscribe(), registry.metrics().clone(), shutdown.clone()));
     let healer = tokio::spawn(store.clone().heal(shutdown.clone()));
@@ -159,7 +162,7 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
     let (xds_tls, rest_tls) = tls.map(|tls| (tls.xds, tls.rest)).unzip();
     let grpc = net::serve_xds(xds, xds_server.router().await, config.into(), xds_tls, shutdown.clone());
 
-    let mut api_state = ApiState::new(store, registry, config.body_limit, write_policy).with_discovery(discovery);
+    let mut api_state = ApiState::new(store, registry, config.body_limit, write_policy).with_discovery(discovery).with_rollouts(rollouts);
     if let Some(preflight) = preflight {
         api_state = api_state.with_preflight(preflight);
     }

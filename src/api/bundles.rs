@@ -59,6 +59,10 @@ pub(super) struct PutSummary {
 pub(super) struct PutQuery {
     allow_empty: Option<String>,
     dry_run: Option<String>,
+    /// A canary rollout to the node ids matching this glob.
+    canary: Option<String>,
+    /// How long the canaries have to ACK (`30s`).
+    wait: Option<String>,
 }
 
 /// A boolean query parameter: absent is false, bare (`?dry_run`) is true.
@@ -78,6 +82,24 @@ impl PutQuery {
     fn dry_run(&self) -> Result<bool, ApiError> {
         flag("dry_run", self.dry_run.as_deref())
     }
+
+    /// The canary glob and its wait, when the PUT is a rollout.
+    fn canary(&self) -> Result<Option<(String, std::time::Duration)>, ApiError> {
+        let wait = self.wait.as_deref().map(parse_wait).transpose()?;
+        match (&self.canary, wait) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(ApiError::Query { name: "wait", reason: "wait is for a canary rollout (?canary=<node id glob>)".into() }),
+            (Some(glob), _) if glob.is_empty() => Err(ApiError::Query { name: "canary", reason: "a glob of node ids, e.g. sidecar-canary-*".into() }),
+            (Some(glob), wait) => Ok(Some((glob.clone(), wait.unwrap_or(DEFAULT_CANARY_WAIT)))),
+        }
+    }
+}
+
+/// How long canaries have to ACK, unless `?wait=` says otherwise.
+const DEFAULT_CANARY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn parse_wait(text: &str) -> Result<std::time::Duration, ApiError> {
+    crate::config::parse_timeout(text).map_err(|reason| ApiError::Query { name: "wait", reason })
 }
 
 /// What `PUT ?dry_run=true` answers: what the PUT would change. Nothing is stored.
@@ -102,7 +124,10 @@ pub(super) async fn put_bundle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let query = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-    let (allow_empty, dry_run) = (query.allow_empty()?, query.dry_run()?);
+    let (allow_empty, dry_run, canary) = (query.allow_empty()?, query.dry_run()?, query.canary()?);
+    if !dry_run {
+        state.rollouts.check_idle(&node_type)?;
+    }
     let format = body_format(&headers);
     let body = read_body(&state, &headers, body).await?;
 
@@ -133,6 +158,12 @@ pub(super) async fn put_bundle(
         return Ok(Json(answer).into_response());
     }
     let version = stored.version.clone();
+    if let Some((glob, wait)) = canary {
+        let rollout = state.rollouts.start(&node_type, &glob, wait, stored).await?;
+        tracing::info!(%node_type, version, who = %who, "canary rollout put");
+        let answer = json!({ "node_type": node_type.as_str(), "version": version, "rollout": rollout });
+        return Ok((axum::http::StatusCode::ACCEPTED, Json(answer)).into_response());
+    }
     let parsed = started.elapsed();
     let written = state.store.put(node_type.clone(), stored, if_match(&headers)).await;
     state.registry.metrics().store_commit(started.elapsed() - parsed);
@@ -216,6 +247,7 @@ pub(super) async fn delete_bundle(
     NodeTypeParam(node_type): NodeTypeParam,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    state.rollouts.check_idle(&node_type)?;
     let started = std::time::Instant::now();
     let written = state.store.delete(node_type.clone(), if_match(&headers)).await;
     state.registry.metrics().store_commit(started.elapsed());
@@ -286,6 +318,7 @@ pub(super) async fn rollback(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<PutSummary>, ApiError> {
+    state.rollouts.check_idle(&node_type)?;
     let body = read_body(&state, &headers, body).await?;
     let request: RollbackRequest = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)).map_err(|error| {
         let path = error.path().to_string();
@@ -311,3 +344,34 @@ pub(super) async fn rollback(
     }))
 }
 
+
+/// `GET /resources/{node_type}/rollout`: the node type's last canary rollout.
+pub(super) async fn get_rollout(State(state): State<ApiState>, NodeTypeParam(node_type): NodeTypeParam) -> Result<Json<crate::rollout::Rollout>, ApiError> {
+    state.rollouts.get(&node_type).map(Json).ok_or_else(|| crate::rollout::RolloutError::NotFound { node_type: node_type.to_string() }.into())
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RetryQuery {
+    wait: Option<String>,
+}
+
+/// `POST /resources/{node_type}/rollout/retry[?wait=30s]`: a halted rollout again.
+pub(super) async fn retry_rollout(
+    State(state): State<ApiState>,
+    Writer(who): Writer,
+    NodeTypeParam(node_type): NodeTypeParam,
+    query: Result<Query<RetryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<crate::rollout::Rollout>, ApiError> {
+    let query = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let wait = query.wait.as_deref().map(parse_wait).transpose()?;
+    let rollout = state.rollouts.retry(&node_type, wait).await?;
+    tracing::info!(%node_type, version = rollout.version, who = %who, "canary rollout retried");
+    Ok(Json(rollout))
+}
+
+/// `DELETE /resources/{node_type}/rollout`: gives the rollout up.
+pub(super) async fn abandon_rollout(State(state): State<ApiState>, Writer(who): Writer, NodeTypeParam(node_type): NodeTypeParam) -> Result<Json<crate::rollout::Rollout>, ApiError> {
+    let rollout = state.rollouts.abandon(&node_type).await?;
+    tracing::info!(%node_type, version = rollout.version, who = %who, "canary rollout abandoned");
+    Ok(Json(rollout))
+}

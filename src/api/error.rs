@@ -52,6 +52,8 @@ pub enum ApiError {
     Busy(#[from] Busy),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Rollout(#[from] crate::rollout::RolloutError),
     /// `--envoy-validate` could not give a verdict; nothing was stored.
     #[error("{0}")]
     PreflightUnavailable(String),
@@ -81,6 +83,11 @@ impl IntoResponse for ApiError {
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, None),
             Self::UriTooLong(_) => (StatusCode::URI_TOO_LONG, None),
             Self::Busy(_) | Self::PreflightUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
+            Self::Rollout(crate::rollout::RolloutError::Active { .. }) => (StatusCode::CONFLICT, None),
+            Self::Rollout(crate::rollout::RolloutError::NoCanaries { .. }) => (StatusCode::BAD_REQUEST, Some("canary")),
+            Self::Rollout(crate::rollout::RolloutError::Refused(_)) => (StatusCode::BAD_REQUEST, None),
+            Self::Rollout(crate::rollout::RolloutError::NotFound { .. }) => (StatusCode::NOT_FOUND, None),
+            Self::Rollout(crate::rollout::RolloutError::Store(error)) => return ApiError::Store(StoreError::Unavailable(error.to_string())).into_response(),
             Self::Refused(Refusal::NotLoopback { .. }) => (StatusCode::FORBIDDEN, None),
             Self::Refused(Refusal::TokenFileUnreadable(_)) => (StatusCode::SERVICE_UNAVAILABLE, None),
             Self::Refused(_) => {

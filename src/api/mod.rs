@@ -59,6 +59,7 @@ pub struct ApiState {
     discovery: Option<crate::discovery::Discovery>,
     /// `--envoy-validate`: Envoy checks each PUT before it is stored.
     preflight: Option<std::sync::Arc<crate::preflight::Preflight>>,
+    rollouts: crate::rollout::Rollouts,
 }
 
 impl ApiState {
@@ -67,7 +68,16 @@ impl ApiState {
     pub fn new(store: Store, registry: Registry, body_limit: usize, write_policy: WritePolicy) -> Self {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         let admission = Admission::new(body_limit.saturating_mul(4).max(256 << 20), workers);
-        Self { store, registry, admission, body_limit, write_policy, writes: WriteLog::default(), discovery: None, preflight: None }
+        // No canary can be served without the daemon's cache: `with_rollouts` gives them.
+        let rollouts = crate::rollout::Rollouts::new(store.clone(), crate::cache::Cache::default(), registry.clone(), tokio_util::sync::CancellationToken::new());
+        Self { store, registry, admission, body_limit, write_policy, writes: WriteLog::default(), discovery: None, preflight: None, rollouts }
+    }
+
+    /// Runs canary rollouts with `rollouts` (the daemon's cache and registry).
+    #[must_use]
+    pub fn with_rollouts(mut self, rollouts: crate::rollout::Rollouts) -> Self {
+        self.rollouts = rollouts;
+        self
     }
 
     /// Has `preflight` check every PUT before it is stored.
@@ -94,6 +104,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/resources/{node_type}/versions/{version}", get(bundles::get_version))
         .route("/resources/{node_type}/rollback", post(bundles::rollback))
         .route("/resources/{node_type}/sources", get(bundles::sources))
+        .route("/resources/{node_type}/rollout", get(bundles::get_rollout).delete(bundles::abandon_rollout))
+        .route("/resources/{node_type}/rollout/retry", post(bundles::retry_rollout))
         .route("/writes", get(|State(state): State<ApiState>| async move { Json(json!({ "writes": state.writes.recent() })) }))
         .route("/nodes", get(list_nodes))
         .route("/metrics", get(metrics))

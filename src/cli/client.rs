@@ -50,17 +50,45 @@ impl Client {
 
     /// `PUT /resources/{t}`: the server's summary.
     pub async fn put(&self, node_type: &str, body: Vec<u8>, format: Format, allow_empty: bool) -> Result<Value, Failure> {
-        self.put_with(node_type, body, format, allow_empty.then_some("allow_empty=true")).await
+        let query: &[(&str, &str)] = if allow_empty { &[("allow_empty", "true")] } else { &[] };
+        self.put_with(node_type, body, format, query).await
     }
 
     /// `PUT /resources/{t}?dry_run=true`: what the PUT would change; nothing is stored.
     pub async fn dry_run(&self, node_type: &str, body: Vec<u8>, format: Format) -> Result<Value, Failure> {
-        self.put_with(node_type, body, format, Some("dry_run=true&allow_empty=true")).await
+        self.put_with(node_type, body, format, &[("dry_run", "true"), ("allow_empty", "true")]).await
     }
 
-    async fn put_with(&self, node_type: &str, body: Vec<u8>, format: Format, query: Option<&str>) -> Result<Value, Failure> {
+    /// `PUT /resources/{t}?canary=GLOB[&wait=W]`: the rollout started.
+    pub async fn canary(&self, node_type: &str, body: Vec<u8>, format: Format, glob: &str, wait: Option<&str>) -> Result<Value, Failure> {
+        let mut query = vec![("canary", glob)];
+        query.extend(wait.map(|wait| ("wait", wait)));
+        self.put_with(node_type, body, format, &query).await
+    }
+
+    /// `GET /resources/{t}/rollout`.
+    pub async fn rollout(&self, node_type: &str) -> Result<Value, Failure> {
+        let url = self.url(&["resources", checked(node_type)?, "rollout"])?;
+        json_of(self.send(self.http.get(url)).await?)
+    }
+
+    /// `POST /resources/{t}/rollout/retry`.
+    pub async fn retry_rollout(&self, node_type: &str) -> Result<Value, Failure> {
+        let url = self.url(&["resources", checked(node_type)?, "rollout", "retry"])?;
+        json_of(self.send(self.http.post(url)).await?)
+    }
+
+    /// `DELETE /resources/{t}/rollout`.
+    pub async fn abandon_rollout(&self, node_type: &str) -> Result<Value, Failure> {
+        let url = self.url(&["resources", checked(node_type)?, "rollout"])?;
+        json_of(self.send(self.http.delete(url)).await?)
+    }
+
+    async fn put_with(&self, node_type: &str, body: Vec<u8>, format: Format, query: &[(&str, &str)]) -> Result<Value, Failure> {
         let mut url = self.url(&["resources", checked(node_type)?])?;
-        url.set_query(query);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         let content_type = match format {
             Format::Json => "application/json",
             Format::Yaml => "application/yaml",

@@ -76,6 +76,17 @@ pub fn parse() -> Result<Invocation, clap::Error> {
     })
 }
 
+/// What `sxds rollout` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RolloutAction {
+    /// Show the rollout: state, canaries, which ACKed, why it halted.
+    Status,
+    /// Start a halted rollout again, with the canaries connected now.
+    Retry,
+    /// Give it up: the canaries get the stored bundle again.
+    Abandon,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon (the default when no subcommand is given).
@@ -89,6 +100,21 @@ pub enum Command {
         /// Send a bundle with no listeners and no clusters anyway (it empties every Envoy of the node type).
         #[arg(long)]
         allow_empty: bool,
+        /// Roll it out to the Envoys whose node id matches this glob first
+        /// (e.g. `sidecar-canary-*`); the others get it once they all ACKed.
+        #[arg(long, value_name = "GLOB")]
+        canary: Option<String>,
+        /// How long the canaries have to ACK before the rollout halts.
+        #[arg(long, value_name = "DURATION", requires = "canary")]
+        wait: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// A node type's canary rollout: its status, or retry or abandon a halted one.
+    Rollout {
+        #[arg(value_enum)]
+        action: RolloutAction,
+        node_type: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -251,10 +277,24 @@ pub fn run(command: Command) -> ExitCode {
 async fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
         Command::Serve(_) => Err(Failure::Usage("serve runs the daemon, not a client call".into())),
-        Command::Put { node_type, file, allow_empty, remote } => {
+        Command::Put { node_type, file, allow_empty, canary: None, remote, .. } => {
             let (body, format) = read_bundle(&file)?;
             let summary = Client::new(&remote)?.put(&node_type, body, format, allow_empty).await?;
             emit(&put_summary(&summary))
+        }
+        Command::Put { node_type, file, canary: Some(glob), wait, remote, .. } => {
+            let (body, format) = read_bundle(&file)?;
+            let answer = Client::new(&remote)?.canary(&node_type, body, format, &glob, wait.as_deref()).await?;
+            emit(&table::rollout(&answer["rollout"]))
+        }
+        Command::Rollout { action, node_type, remote } => {
+            let client = Client::new(&remote)?;
+            let rollout = match action {
+                RolloutAction::Status => client.rollout(&node_type).await?,
+                RolloutAction::Retry => client.retry_rollout(&node_type).await?,
+                RolloutAction::Abandon => client.abandon_rollout(&node_type).await?,
+            };
+            emit(&table::rollout(&rollout))
         }
         Command::Get { node_type, version, remote } => {
             let client = Client::new(&remote)?;

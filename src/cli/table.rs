@@ -136,6 +136,32 @@ fn compact(value: &Value) -> String {
 /// Indents JSON two spaces per level, keeping its key order (a
 /// `serde_json::Value` would sort the keys). Input that is not JSON comes
 /// back as it is.
+/// A canary rollout (`GET /resources/{t}/rollout`) as a few lines.
+pub fn rollout(rollout: &Value) -> String {
+    let text = |key: &str| rollout[key].as_str().unwrap_or("-").to_owned();
+    let list = |key: &str| {
+        let items: Vec<&str> = rollout[key].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        if items.is_empty() { "none".to_owned() } else { items.join(", ") }
+    };
+    let mut out = format!(
+        "{}: rollout of version {:?} (from {:?}) is {}\ncanaries ({}): {}\nacked: {}\n",
+        text("node_type"),
+        text("version"),
+        text("previous_version"),
+        text("state"),
+        text("canary"),
+        list("canaries"),
+        list("acked"),
+    );
+    if let Some(error) = rollout["error"].as_str() {
+        out.push_str(&format!("halted because: {error}\n"));
+    }
+    if let Some(version) = rollout["halted_version"].as_str() {
+        out.push_str(&format!("canaries are back on the previous config as version {version:?}\n"));
+    }
+    out
+}
+
 pub fn pretty_json(json: &[u8]) -> String {
     let Ok(text) = std::str::from_utf8(json) else { return String::from_utf8_lossy(json).into_owned() };
     if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {

@@ -51,6 +51,29 @@ use crate::{
 /// How often a failing store retries by itself.
 pub const HEAL_INTERVAL: Duration = Duration::from_secs(2);
 
+/// The records kept beside the bundles, each by its own key, outside the
+/// change feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aux {
+    /// What each Cloud Map query found last (see [`crate::discovery`]).
+    Discovered,
+    /// Canary rollouts, by node type (see [`crate::rollout`]).
+    Rollouts,
+    /// The bundle each rollout is trying, by node type.
+    RolloutBundles,
+}
+
+impl Aux {
+    /// Its redb table and etcd key prefix.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Discovered => "discovered",
+            Self::Rollouts => "rollouts",
+            Self::RolloutBundles => "rollout_bundles",
+        }
+    }
+}
+
 /// Every stored bundle by node type: what the change feed carries.
 pub type Catalog = BTreeMap<NodeType, Arc<StoredBundle>>;
 
@@ -258,12 +281,7 @@ impl Store {
     /// [`crate::discovery`]). A record that does not decode is skipped: that
     /// query waits for its first poll.
     pub async fn discovered(&self) -> Result<BTreeMap<String, DiscoveredInstances>, StoreError> {
-        let raw = match &self.0.backend {
-            Backend::Redb(_) => self.blocking(|_, redb| redb.discovered()).await?,
-            #[cfg(feature = "etcd")]
-            Backend::Etcd(etcd) => etcd.discovered().await?,
-        };
-        let decoded = raw.into_iter().filter_map(|(key, value)| match prost::Message::decode(value.as_slice()) {
+        let decoded = self.aux(Aux::Discovered).await?.into_iter().filter_map(|(key, value)| match prost::Message::decode(value.as_slice()) {
             Ok(found) => Some((key, found)),
             Err(error) => {
                 tracing::warn!(key, %error, "a stored Cloud Map record does not decode; its source waits for its first poll");
@@ -275,20 +293,30 @@ impl Store {
 
     /// Keeps what a Cloud Map query found, for the next start.
     pub async fn save_discovered(&self, key: String, found: DiscoveredInstances) -> Result<(), StoreError> {
-        let value = prost::Message::encode_to_vec(&found);
-        match &self.0.backend {
-            Backend::Redb(_) => self.blocking(move |_, redb| redb.save_discovered(&key, Some(&value))).await,
-            #[cfg(feature = "etcd")]
-            Backend::Etcd(etcd) => etcd.save_discovered(&key, Some(value)).await,
-        }
+        self.save_aux(Aux::Discovered, key, Some(prost::Message::encode_to_vec(&found))).await
     }
 
     /// Forgets a query no bundle uses any more.
     pub async fn forget_discovered(&self, key: String) -> Result<(), StoreError> {
+        self.save_aux(Aux::Discovered, key, None).await
+    }
+
+    /// Every record of `kind`, by key, undecoded.
+    pub async fn aux(&self, kind: Aux) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         match &self.0.backend {
-            Backend::Redb(_) => self.blocking(move |_, redb| redb.save_discovered(&key, None)).await,
+            Backend::Redb(_) => self.blocking(move |_, redb| redb.aux(kind.name())).await,
             #[cfg(feature = "etcd")]
-            Backend::Etcd(etcd) => etcd.save_discovered(&key, None).await,
+            Backend::Etcd(etcd) => etcd.aux(kind.name()).await,
+        }
+    }
+
+    /// Keeps (or, given `None`, forgets) the record of `kind` under `key`.
+    /// Not published on the change feed: its owner holds what it stores.
+    pub async fn save_aux(&self, kind: Aux, key: String, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        match &self.0.backend {
+            Backend::Redb(_) => self.blocking(move |_, redb| redb.save_aux(kind.name(), &key, value.as_deref())).await,
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(etcd) => etcd.save_aux(kind.name(), &key, value).await,
         }
     }
 

@@ -34,9 +34,6 @@ const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions")
 const QUARANTINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quarantine");
 /// Small facts about the store; the healer's probe writes here.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Cloud Map query key → the instances last found for it (an encoded
-/// `DiscoveredInstances`), served at start before the first poll.
-const DISCOVERED: TableDefinition<&str, &[u8]> = TableDefinition::new("discovered");
 /// The table of sxds before 0.2 (node type → legacy record), upgraded once.
 const LEGACY_BUNDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("bundles");
 
@@ -158,10 +155,10 @@ impl Redb {
         Ok(publish(decided))
     }
 
-    /// Every query's instances as last stored, undecoded.
-    pub(super) fn discovered(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    /// Every record of the aux table `table` (see `super::Aux`), undecoded.
+    pub(super) fn aux(&self, table: &'static str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.read(|txn| {
-            let table = match txn.open_table(DISCOVERED) {
+            let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(table)) {
                 Ok(table) => table,
                 Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
                 Err(error) => return Err(error.into()),
@@ -175,12 +172,11 @@ impl Redb {
         })
     }
 
-    /// Keeps (or, given `None`, forgets) the instances of one query. Not
-    /// published: discovery holds what it stores.
-    pub(super) fn save_discovered(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+    /// Keeps (or, given `None`, forgets) one record of the aux table `table`.
+    pub(super) fn save_aux(&self, table: &'static str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
         let mut db = self.lock();
         self.write(&mut db, |txn| {
-            let mut table = txn.open_table(DISCOVERED)?;
+            let mut table = txn.open_table(TableDefinition::<&str, &[u8]>::new(table))?;
             match value {
                 Some(value) => drop(table.insert(key, value)?),
                 None => drop(table.remove(key)?),

@@ -167,7 +167,7 @@ impl RestXds {
         }
         self.pollers.record(&self.registry, node_id, &node_type, ty, |poller| poller.reported(ty, version, nack));
 
-        let mut snapshots = self.cache.subscribe(&node_type);
+        let mut snapshots = self.cache.subscribe(&node_type, node_id);
         let waited = wait(&mut snapshots, ty, version, nack.is_some(), hold, &drain).await;
         drop(snapshots);
         self.cache.release(&node_type);
@@ -205,7 +205,7 @@ fn announced_timeout(headers: &HeaderMap) -> Option<Duration> {
 /// than the current one.
 async fn wait(snapshots: &mut SnapshotWatch, ty: ResourceType, version: &str, rejected: bool, hold: Duration, drain: &CancellationToken) -> Waited {
     let deadline = Instant::now() + hold;
-    let arrived = snapshots.borrow_and_update().clone();
+    let arrived = snapshots.borrow_and_update();
     let mut current = arrived.clone();
     loop {
         match &current {
@@ -218,7 +218,7 @@ async fn wait(snapshots: &mut SnapshotWatch, ty: ResourceType, version: &str, re
             () = tokio::time::sleep_until(deadline) => break,
             () = drain.cancelled() => break,
         }
-        current = snapshots.borrow_and_update().clone();
+        current = snapshots.borrow_and_update();
     }
     if current.is_some() {
         Waited::Current

@@ -236,7 +236,7 @@ impl XdsServer {
         let (responses, body) = codec::response_channel(RESPONSE_BUFFER);
         let mut stream = XdsStream {
             state: P::new(kind),
-            snapshots: self.cache.subscribe(&node_type),
+            snapshots: self.cache.subscribe(&node_type, &node_id),
             cache: self.cache.clone(),
             node_id,
             node_type,
@@ -362,7 +362,7 @@ impl<P: Protocol> XdsStream<P> {
 
     fn receive(&mut self, request: &P::Request) {
         let node_id = self.node_id.as_str();
-        let snapshot = self.snapshots.borrow().clone();
+        let snapshot = self.snapshots.current();
         match self.state.on_request(request, snapshot.as_deref()) {
             Received::Ack { ty, version } => {
                 tracing::debug!(node_id, %ty, version, "ACK");
@@ -392,7 +392,7 @@ impl<P: Protocol> XdsStream<P> {
     /// Never waits: each type has at most one unanswered response, so the
     /// channel (one slot per type) always has room for a well-behaved client.
     fn send_due(&mut self) -> Result<(), Ending> {
-        let snapshot: Option<Arc<Snapshot>> = self.snapshots.borrow_and_update().clone();
+        let snapshot: Option<Arc<Snapshot>> = self.snapshots.borrow_and_update();
         let Some(snapshot) = snapshot else { return Ok(()) };
         let due = self.state.due(&snapshot);
         for ty in self.state.take_in_sync() {

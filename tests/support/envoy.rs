@@ -284,6 +284,17 @@ impl Envoy {
         Self { admin_port, _process: process, _dir: dir, http: client() }
     }
 
+    /// SIGSTOP: the process stays connected but answers nothing.
+    pub fn freeze(&self) {
+        let status = Command::new("kill").args(["-STOP", &self._process.pid().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -STOP failed");
+    }
+
+    /// `kill -9`: the connection drops with no goodbye.
+    pub fn kill9(&mut self) {
+        self._process.kill();
+    }
+
     async fn admin(&self, path: &str) -> String {
         let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
         wait_for_ok(&self.http, &url).await

@@ -523,19 +523,19 @@ impl Etcd {
         }
     }
 
-    /// Every query's instances as last stored, undecoded.
-    pub(super) async fn discovered(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let prefix = key(&["discovered", ""]);
+    /// Every record of the aux kind `table` (see `super::Aux`), undecoded.
+    pub(super) async fn aux(&self, table: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = key(&[table, ""]);
         let response = self.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(|e| self.unavailable(e))?;
         let entries = response.kvs().iter().filter_map(|kv| Some((std::str::from_utf8(kv.key().strip_prefix(prefix.as_bytes())?).ok()?.to_owned(), kv.value().to_vec())));
         Ok(entries.collect())
     }
 
-    /// Keeps (or, given `None`, forgets) the instances of one query. Every
-    /// replica polls for itself, so this is only what a restart starts from:
-    /// the last writer wins.
-    pub(super) async fn save_discovered(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
-        let key = key(&["discovered", name]);
+    /// Keeps (or, given `None`, forgets) one aux record. Every replica
+    /// polls Cloud Map for itself, so for those this is only what a restart
+    /// starts from: the last writer wins.
+    pub(super) async fn save_aux(&self, table: &str, name: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        let key = key(&[table, name]);
         let op = match value {
             Some(value) => TxnOp::put(key, value, None),
             None => TxnOp::delete(key, None),
