@@ -481,3 +481,35 @@ async fn https_with_a_private_ca_needs_cacert() {
     assert!(list.stdout.lines().any(|line| line.starts_with("sidecar ")), "{list:?}");
     daemon.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn put_canary_starts_a_rollout_that_a_canary_ack_promotes_and_rollout_status_shows() {
+    use xds_client::{request, XdsClient, CDS};
+    let daemon = TestDaemon::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    daemon.put("sidecar", sidecar_bundle("1", 10000, 8080).to_string()).await;
+    let none = client(&daemon, &["put", "sidecar", &write(dir.path(), "v2.json", sidecar_bundle("2", 10000, 8081).to_string()), "--canary", "sidecar-canary-*"]).await.refused();
+    assert!(none.stderr.contains("no connected stream of sidecar has a node id matching"), "{none:?}");
+
+    // One canary, holding every cluster of version 1; version 2 changes a cluster.
+    let mut canary = XdsClient::ads(&daemon.xds_url(), request("sidecar-canary-1", CDS, &[])).await;
+    canary.recv_acked(&[]).await;
+    let mut v2 = sidecar_bundle("2", 10000, 8080);
+    v2["clusters"][0]["connect_timeout"] = json!("2s");
+    let started = client(&daemon, &["put", "sidecar", &write(dir.path(), "v2.json", v2.to_string()), "--canary", "sidecar-canary-*", "--wait", "20s"]).await.ok();
+    assert_eq!(started.stdout, "sidecar: rollout of version \"2\" (from \"1\") is running\ncanaries (sidecar-canary-*): sidecar-canary-1\nacked: none\n");
+    let refused = client(&daemon, &["put", "sidecar", &write(dir.path(), "v3.json", sidecar_bundle("3", 10000, 8080).to_string())]).await.refused();
+    assert!(refused.stderr.contains("is running"), "a plain PUT during the rollout: {refused:?}");
+
+    let clusters = canary.recv_acked(&[]).await;
+    assert_eq!(clusters.version_info, "2", "the canary is sent version 2 first");
+    wait_for("the rollout to be promoted", RUN_BOUND, || async {
+        let status = client(&daemon, &["rollout", "status", "sidecar"]).await.ok();
+        status.stdout.contains(" is promoted\n") && status.stdout.contains("acked: sidecar-canary-1\n")
+    })
+    .await;
+    assert_eq!(stored(&daemon, "sidecar").await.1["version"], "2");
+    let abandon = client(&daemon, &["rollout", "abandon", "sidecar"]).await.refused();
+    assert!(abandon.stderr.contains("already promoted"), "{abandon:?}");
+    daemon.stop().await.unwrap();
+}
