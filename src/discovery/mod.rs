@@ -395,9 +395,7 @@ impl Discovery {
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let interval = self.0.polling.interval;
-                    let base = if error.throttled { interval * 4 } else { interval };
-                    let backoff = base.saturating_mul(1 << failures.min(8)).min(MAX_BACKOFF);
+                    let backoff = backoff(self.0.polling.interval, failures, error.throttled);
                     tracing::warn!(namespace = query.namespace, service = query.service, error = error.message, failures, retry_in_ms = backoff.as_millis() as u64, "Cloud Map poll failed; the last endpoints found stay served");
                     self.failed(&query, error.message);
                     jitter(backoff)
@@ -490,6 +488,13 @@ impl Discovery {
         polled.status.error = Some(message);
         self.count_failing(&state);
     }
+}
+
+/// The wait after the `failures`-th failed poll in a row: doubling from
+/// the interval (from four times it when throttled), at most [`MAX_BACKOFF`].
+fn backoff(interval: Duration, failures: u32, throttled: bool) -> Duration {
+    let base = if throttled { interval * 4 } else { interval };
+    base.saturating_mul(1 << failures.min(8)).min(MAX_BACKOFF)
 }
 
 /// Between 80 % and 100 % of `wait`: pollers started together drift apart.

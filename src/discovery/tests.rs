@@ -271,3 +271,14 @@ async fn a_health_change_that_leaves_the_revision_is_seen_at_the_next_refresh_un
     assert_ne!(versions.0, versions.1, "same revision, other content: another version");
     assert!(versions.1.starts_with("v1+cloudmap.5."), "{}", versions.1);
 }
+
+#[test]
+fn failed_polls_back_off_doubling_harder_when_throttled_up_to_five_minutes() {
+    let interval = Duration::from_secs(5);
+    let waits: Vec<u64> = (1..=8).map(|n| backoff(interval, n, false).as_secs()).collect();
+    assert_eq!(waits, [10, 20, 40, 80, 160, 300, 300, 300]);
+    assert_eq!(backoff(interval, 1, true), Duration::from_secs(40), "throttled: four times harder");
+    assert_eq!(backoff(interval, 100, true), MAX_BACKOFF);
+    let jittered = jitter(interval);
+    assert!(jittered >= interval.mul_f64(0.8) && jittered <= interval, "{jittered:?}");
+}
