@@ -26,7 +26,7 @@ use axum::{
 };
 use envoy_types::pb::envoy::{
     config::core::v3::Node,
-    service::discovery::v3::DeltaDiscoveryRequest,
+    service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest},
 };
 use http::{header::CONTENT_TYPE, Uri};
 use tokio::sync::mpsc::error::TrySendError;
@@ -39,7 +39,7 @@ use super::{
     limits,
     rest::{self, RestXds},
     status::{Registry, StreamHandle},
-    stream::{Received, SotwRequest, StreamKind, StreamState},
+    stream::{Received, StreamKind, StreamState},
 };
 use crate::{
     cache::{Cache, Snapshot, SnapshotWatch},
@@ -97,19 +97,19 @@ trait Protocol: Send + 'static {
 }
 
 impl Protocol for StreamState {
-    type Request = SotwRequest;
+    type Request = DiscoveryRequest;
     const LAYOUT: &'static limits::Layout = &limits::SOTW;
     const NAME: &'static str = "sotw";
     fn new(kind: StreamKind) -> Self {
         StreamState::new(kind)
     }
-    fn node(request: &SotwRequest) -> Option<&Node> {
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
     }
-    fn applied_version(request: &SotwRequest) -> &str {
+    fn applied_version(request: &DiscoveryRequest) -> &str {
         &request.version_info
     }
-    fn on_request<'a>(&mut self, request: &'a SotwRequest, snapshot: Option<&Snapshot>) -> Received<'a> {
+    fn on_request<'a>(&mut self, request: &'a DiscoveryRequest, snapshot: Option<&Snapshot>) -> Received<'a> {
         StreamState::on_request(self, request, snapshot)
     }
     fn due(&mut self, snapshot: &Arc<Snapshot>) -> Vec<(ResourceType, EncodedResponse)> {

@@ -30,8 +30,9 @@
 
 use std::sync::{Arc, Weak};
 
-use bytes::{Bytes, BytesMut};
-use envoy_types::pb::{envoy::config::core::v3::Node, google::rpc::Status};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+
+use bytes::BytesMut;
 
 use super::names::Names;
 use crate::{
@@ -39,28 +40,6 @@ use crate::{
     resource_type::{Empty, ResourceType, Sparse},
     wire::{self, discovery_response as field, EncodedResponse},
 };
-
-/// A `DiscoveryRequest` as a stream reads it off the wire: the same fields
-/// and numbers, but the resource names kept as slices of the received
-/// message, not a `String` each. A SotW ACK repeats every name the stream
-/// holds (a stream of 500 EDS clusters: 500 names in each ACK, so 5 million
-/// on 10,000 streams for one endpoint change), and an ACK that repeats its
-/// names is spotted by their digest without reading them as text.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SotwRequest {
-    #[prost(string, tag = "1")]
-    pub version_info: String,
-    #[prost(message, optional, tag = "2")]
-    pub node: Option<Node>,
-    #[prost(bytes = "bytes", repeated, tag = "3")]
-    pub resource_names: Vec<Bytes>,
-    #[prost(string, tag = "4")]
-    pub type_url: String,
-    #[prost(string, tag = "5")]
-    pub response_nonce: String,
-    #[prost(message, optional, tag = "6")]
-    pub error_detail: Option<Status>,
-}
 
 /// Which service a stream came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +145,7 @@ impl StreamState {
     /// Takes in one request: ACK/NACK bookkeeping and subscription changes.
     /// `snapshot` (the node type's current one, if any) lends its copies of
     /// resource names to the subscription, so streams share them.
-    pub fn on_request<'a>(&mut self, request: &'a SotwRequest, snapshot: Option<&Snapshot>) -> Received<'a> {
+    pub fn on_request<'a>(&mut self, request: &'a DiscoveryRequest, snapshot: Option<&Snapshot>) -> Received<'a> {
         // On-demand types (VHDS) are delta only.
         let Some(ty) = self.kind.type_of(&request.type_url).filter(|ty| !ty.info().on_demand) else {
             return Received::Unknown { type_url: &request.type_url };
@@ -309,7 +288,7 @@ impl TypeState {
 
 /// Applies a request's `resource_names` to the subscription (R14, R15, R17);
 /// `false` when they are the last request's names.
-fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: &[Bytes], snapshot: Option<&Snapshot>) -> bool {
+fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: &[String], snapshot: Option<&Snapshot>) -> bool {
     // Most requests are ACKs repeating the last one's names: a 64-bit digest
     // of the list spots them without a lookup per name (two different lists
     // colliding is a 2^-64 event).
@@ -318,11 +297,9 @@ fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: 
         return false;
     }
     state.last_names_digest = digest;
-    let star = resource_names.iter().any(|name| &name[..] == b"*");
-    // A name that is not UTF-8 is no resource's: it matches nothing.
-    let names = Names::new(resource_names.iter().filter(|name| &name[..] != b"*").map(|name| {
-        let name = String::from_utf8_lossy(name);
-        snapshot.and_then(|snapshot| snapshot.shared_name(ty, &name)).unwrap_or_else(|| Arc::from(&*name))
+    let star = resource_names.iter().any(|name| name == "*");
+    let names = Names::new(resource_names.iter().filter(|name| *name != "*").map(|name| {
+        snapshot.and_then(|snapshot| snapshot.shared_name(ty, name)).unwrap_or_else(|| Arc::from(name.as_str()))
     }));
     let was_wildcard = state.wildcard;
     state.wildcard = ty.is_full_state() && (star || (names.is_empty() && !state.ever_named));
@@ -340,8 +317,8 @@ fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: 
 
 /// A digest of a list of names that does not depend on their order: the
 /// same set listed another way is the same subscription (R8).
-fn names_digest(names: &[Bytes]) -> u64 {
-    names.iter().fold(names.len() as u64, |digest, name| digest.wrapping_add(wire::digest(name)))
+fn names_digest(names: &[String]) -> u64 {
+    names.iter().fold(names.len() as u64, |digest, name| digest.wrapping_add(wire::digest(name.as_bytes())))
 }
 
 /// The names a response of `ty` should carry now, or `None` if none is due.

@@ -304,6 +304,7 @@ fn r23_on_delta_ads_listeners_wait_for_clusters_and_dropped_clusters_are_removed
 #[test]
 fn vhds_answers_a_namespace_at_once_and_hosts_on_demand_by_their_domains() {
     use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
     use crate::schema::StoredResource;
     const VHDS: ResourceType = ResourceType::VirtualHost;
@@ -345,7 +346,7 @@ fn vhds_answers_a_namespace_at_once_and_hosts_on_demand_by_their_domains() {
 
     // State of the world does not serve VHDS.
     let mut sotw = crate::xds::stream::StreamState::new(StreamKind::Aggregated);
-    let vhds_request = crate::xds::stream::SotwRequest { type_url: VHDS.type_url().into(), resource_names: vec![bytes::Bytes::from_static(b"rc")], ..Default::default() };
+    let vhds_request = DiscoveryRequest { type_url: VHDS.type_url().into(), resource_names: vec!["rc".into()], ..Default::default() };
     assert!(matches!(sotw.on_request(&vhds_request, Some(&v2)), Received::Unknown { .. }));
 
     fn seen_vhds(responses: Vec<(ResourceType, EncodedResponse)>) -> Vec<(String, Vec<String>, bool)> {
