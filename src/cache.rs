@@ -464,7 +464,7 @@ impl Cache {
             // The endpoints of the bundle's sources, under the canary's version.
             let discovered = stable.discovered.as_ref().map(|d| {
                 let suffix = d.eds_version.strip_prefix(stable.version()).unwrap_or_default();
-                Arc::new(Discovered { eds_version: format!("{}{suffix}", bundle.version), assignments: d.assignments.clone() })
+                Arc::new(Discovered { eds_version: format!("{}{suffix}", bundle.version), assignments: d.assignments.clone(), rendered: d.rendered.clone() })
             });
             let id = self.0.next_snapshot_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let snapshot = Arc::new(Snapshot::build_served(id, Served { bundle, discovered }, Some(&stable)));

@@ -27,11 +27,13 @@ use std::{
     time::Duration,
 };
 
-use prost_reflect::{DynamicMessage, SerializeOptions};
 use serde_json::{json, Map, Value};
 use tokio::{process::Command, sync::Semaphore};
 
-use crate::{bundle::BundleError, resource_type::ResourceType, schema::StoredBundle};
+use crate::{
+    bundle::{self, BundleError},
+    schema::StoredBundle,
+};
 
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
@@ -63,16 +65,10 @@ struct Lists(Map<String, Value>);
 impl Lists {
     fn of(stored: &StoredBundle) -> Result<Self, BundleError> {
         let mut lists = Map::new();
-        let options = SerializeOptions::new().use_proto_field_name(true);
         for field in crate::schema::bundle_descriptor().fields() {
             let prost_reflect::Kind::Message(message) = field.kind() else { continue };
-            let mut list = Vec::new();
-            for resource in stored.resources.iter().filter(|r| r.field == field.number()) {
-                let failed = |e: &dyn std::fmt::Display| BundleError::new(format!("{} cannot be printed: {e}", resource.name));
-                let decoded = DynamicMessage::decode(message.clone(), resource.value.clone()).map_err(|e| failed(&e))?;
-                list.push(decoded.serialize_with_options(serde_json::value::Serializer, &options).map_err(|e| failed(&e))?);
-            }
-            lists.insert(field.name().to_owned(), Value::Array(list));
+            let list = stored.resources.iter().filter(|r| r.field == field.number()).map(|r| bundle::resource_value(&message, r, false));
+            lists.insert(field.name().to_owned(), Value::Array(list.collect::<Result<_, _>>()?));
         }
         Ok(Self(lists))
     }
@@ -288,10 +284,4 @@ fn inline_routes(lists: &Lists, hcm: &mut Map<String, Value>) {
         }
     }
     hcm.insert("route_config".into(), route);
-}
-
-/// Whether any type the check renders is present: a bundle of only, say,
-/// endpoints has nothing Envoy would validate on its own.
-pub fn has_checkable(stored: &StoredBundle) -> bool {
-    stored.count(ResourceType::Listener) + stored.count(ResourceType::Cluster) > 0
 }

@@ -4,7 +4,6 @@
 //! defaults in the request never show up as changes; only changed ones are
 //! printed (as `GET` prints them, secrets redacted) to find their fields.
 
-use prost_reflect::{DynamicMessage, SerializeOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -108,10 +107,7 @@ fn of_field(bundle: &StoredBundle, field: u32) -> Vec<&StoredResource> {
 
 /// A stored resource as GET prints it.
 fn printed(message: &prost_reflect::MessageDescriptor, resource: &StoredResource) -> Result<Value, BundleError> {
-    let failed = |e: &dyn std::fmt::Display| BundleError::new(format!("{} cannot be printed: {e}", resource.name));
-    let mut decoded = DynamicMessage::decode(message.clone(), resource.value.clone()).map_err(|e| failed(&e))?;
-    super::redact::redact(&mut decoded);
-    decoded.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new().use_proto_field_name(true)).map_err(|e| failed(&e))
+    super::parse::resource_value(message, resource, true)
 }
 
 /// Appends to `out` every leaf under `path` where `old` and `new` differ:

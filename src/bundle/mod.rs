@@ -10,7 +10,7 @@ mod strict;
 mod validate;
 
 pub use diff::{diff, Changed, Diff, FieldChange, TypeDiff};
-pub use parse::{check_version, parse, to_json, Format, Parsed, MAX_VERSION_LEN};
+pub use parse::{check_version, parse, resource_value, to_json, Format, Parsed, MAX_VERSION_LEN};
 pub use validate::{validate, Facts};
 
 use crate::{

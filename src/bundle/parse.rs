@@ -357,6 +357,19 @@ pub fn to_json(stored: &StoredBundle) -> Result<Vec<u8>, BundleError> {
     Ok(out)
 }
 
+/// One stored resource as its canonical JSON (snake_case names), with key
+/// material redacted when `redact` (as `GET` prints it) or not (what Envoy
+/// is sent).
+pub fn resource_value(message: &MessageDescriptor, resource: &StoredResource, redact: bool) -> Result<serde_json::Value, BundleError> {
+    let failed = |e: &dyn std::fmt::Display| BundleError::new(format!("{} cannot be printed: {e}", resource.name));
+    let mut decoded = DynamicMessage::decode(message.clone(), resource.value.clone()).map_err(|e| failed(&e))?;
+    if redact {
+        super::redact::redact(&mut decoded);
+    }
+    let options = SerializeOptions::new().use_proto_field_name(true);
+    decoded.serialize_with_options(serde_json::value::Serializer, &options).map_err(|e| failed(&e))
+}
+
 #[cfg(test)]
 mod tests {
 

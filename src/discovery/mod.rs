@@ -146,6 +146,10 @@ pub struct Discovered {
     /// One `ClusterLoadAssignment` per source that has answered, as the
     /// bundle would list it under `endpoints`.
     pub assignments: Vec<StoredResource>,
+    /// Per cluster: how many endpoints its assignment has, and the
+    /// instances left out with why, for the sources' status (made with
+    /// the assignments, so reading the status renders nothing).
+    pub rendered: BTreeMap<String, (usize, Vec<String>)>,
 }
 
 /// A catalog with no sources looked up: each bundle served as stored.
@@ -267,6 +271,8 @@ impl Discovery {
     /// The sources of `node_type`'s bundle and how each is doing; `None`
     /// when it has no bundle.
     pub fn sources(&self, node_type: &NodeType) -> Option<Vec<SourceStatus>> {
+        let served = self.served();
+        let rendered = served.get(node_type).and_then(|s| s.discovered.as_ref()).map(|d| &d.rendered);
         let state = self.lock();
         let bundle = state.catalog.get(node_type)?;
         let statuses = bundle
@@ -275,7 +281,7 @@ impl Discovery {
                 let cloud_map = source.cloud_map.as_ref()?;
                 let query = Query::of(cloud_map);
                 let polled = state.queries.get(&query)?;
-                let rendered = polled.found.as_ref().map(|found| render::assignment(&source.cluster_name, cloud_map, &found.instances));
+                let rendered = rendered.and_then(|r| r.get(&source.cluster_name));
                 let state = match (&polled.found, &polled.status.error) {
                     (None, _) => "pending",
                     (Some(_), Some(_)) => "failing",
@@ -288,8 +294,8 @@ impl Discovery {
                     state,
                     revision: polled.found.as_ref().map(|found| found.revision),
                     instances: polled.found.as_ref().map_or(0, |found| found.instances.len()),
-                    endpoints: rendered.as_ref().map_or(0, |r| r.endpoints),
-                    skipped: rendered.map(|r| r.skipped).unwrap_or_default(),
+                    endpoints: rendered.map_or(0, |(endpoints, _)| *endpoints),
+                    skipped: rendered.map(|(_, skipped)| skipped.clone()).unwrap_or_default(),
                     poll: polled.status.clone(),
                 })
             })
@@ -511,6 +517,7 @@ fn discover(bundle: &StoredBundle, queries: &BTreeMap<Query, Polled>) -> Option<
     sources.peek()?;
     let mut revisions: i64 = 0;
     let mut assignments = Vec::new();
+    let mut rendered_counts = BTreeMap::new();
     let mut content = xxhash_rust::xxh3::Xxh3::new();
     for source in sources {
         let Some(cloud_map) = &source.cloud_map else { continue };
@@ -518,6 +525,7 @@ fn discover(bundle: &StoredBundle, queries: &BTreeMap<Query, Polled>) -> Option<
         revisions = revisions.wrapping_add(found.revision);
         let rendered = render::assignment(&source.cluster_name, cloud_map, &found.instances);
         content.update(&rendered.assignment);
+        rendered_counts.insert(source.cluster_name.clone(), (rendered.endpoints, rendered.skipped));
         let field = ResourceType::Endpoint.bundle_field();
         assignments.push(StoredResource { field, name: source.cluster_name.clone(), value: rendered.assignment.into() });
     }
@@ -525,7 +533,7 @@ fn discover(bundle: &StoredBundle, queries: &BTreeMap<Query, Polled>) -> Option<
     // may come back to an earlier value. The digest of what is served
     // tells every state apart, and is the same on every replica.
     let eds_version = format!("{}+cloudmap.{revisions}.{:08x}", bundle.version, content.digest() as u32);
-    Some(Discovered { eds_version, assignments })
+    Some(Discovered { eds_version, assignments, rendered: rendered_counts })
 }
 
 #[cfg(test)]
