@@ -23,8 +23,6 @@ use support::{
     run::{run_command, Run},
 };
 
-/// How long one run of a binary may take before the test fails.
-
 /// `GET ${ECS_CONTAINER_METADATA_URI_V4}/task` of a Fargate task, as the AWS
 /// documentation of the task metadata endpoint v4 shows it.
 const TASK_METADATA: &str = r#"{

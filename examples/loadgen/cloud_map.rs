@@ -577,7 +577,7 @@ impl Registry {
 /// Instance `n` of source `source`: a loopback address that is never
 /// dialled, a port per instance, zones alternating.
 fn attributes(source: usize, n: usize) -> HashMap<String, String> {
-    let zone = if n % 2 == 0 { "us-east-1a" } else { "us-east-1b" };
+    let zone = if n.is_multiple_of(2) { "us-east-1a" } else { "us-east-1b" };
     [
         ("AWS_INSTANCE_IPV4", format!("127.0.{}.{}", source % 256, n % 254 + 1)),
         ("AWS_INSTANCE_PORT", (8000 + n).to_string()),
