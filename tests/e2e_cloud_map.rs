@@ -8,7 +8,7 @@
 //! Needs `envoy` and `moto_server` on PATH (scripts/test.sh installs both);
 //! without moto a test prints SKIPPED and passes, unless `CI=true`.
 //! sxds polls every 200 ms and refreshes every 300 ms (`--cloud-map-interval`,
-//! `--cloud-map-refresh`), see [`support::backends::Sxds`].
+//! `--cloud-map-refresh`), see [`support::backends::cloud_map_daemon`].
 
 mod support;
 
@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::{json, Value};
 use support::{
-    backends::{envoy_hosts, wait_envoy_hosts, wait_reached, Recorder, Stalling, Sxds},
+    backends::{cloud_map_daemon, envoy_hosts, source_of, wait_envoy_hosts, wait_reached, wait_source, Recorder, Stalling},
     cloud_map::{Admin, Emulator, Service, AVAILABILITY_ZONE, IPV4, PORT, REGION},
     envoy::{bootstrap_yaml, example_bundle, fetch, free_port, wait_for_body, Backend, Envoy, Transport, CONVERGE, RECONNECT},
     wait_for,
@@ -82,7 +82,7 @@ async fn emulator() -> Option<(Emulator, Admin, Service)> {
 async fn cloud_map_instances_become_envoy_endpoints_without_a_failed_request() {
     let Some((emulator, _admin, service)) = emulator().await else { return };
     let (a, b, c) = (Backend::start("A").await, Backend::start("B").await, Backend::start("C").await);
-    let sxds = Sxds::start(&emulator.endpoint_url()).await;
+    let sxds = cloud_map_daemon(&emulator.endpoint_url()).await;
     let port = free_port();
     sxds.put_ok(NODE_TYPE, &cloud_map_bundle("1", port)).await;
     let node = "sidecar-cloud-map";
@@ -90,7 +90,7 @@ async fn cloud_map_instances_become_envoy_endpoints_without_a_failed_request() {
 
     register(&service, "A", a.port, None).await;
     wait_for_body(port, "/", "A", CONVERGE).await;
-    let source = sxds.wait_source(NODE_TYPE, "ok", CONVERGE).await;
+    let source = wait_source(&sxds, NODE_TYPE, "ok", CONVERGE).await;
     assert_eq!((&source["instances"], &source["endpoints"], &source["error"]), (&json!(1), &json!(1), &Value::Null), "{source}");
 
     // The EDS version Envoy ACKed (its own, per type: R4) says where its
@@ -123,8 +123,8 @@ async fn cloud_map_instances_become_envoy_endpoints_without_a_failed_request() {
     // refresh (300 ms) finds it; the HEALTHY source then drops B.
     register(&service, "C", c.port, None).await;
     wait_reached(port, &["B", "C"], CONVERGE).await;
-    wait_for("the source to see B and C", CONVERGE, || async { sxds.source(NODE_TYPE).await["endpoints"] == 2 }).await;
-    let revision = sxds.source(NODE_TYPE).await["revision"].clone();
+    wait_for("the source to see B and C", CONVERGE, || async { source_of(&sxds, NODE_TYPE).await["endpoints"] == 2 }).await;
+    let revision = source_of(&sxds, NODE_TYPE).await["revision"].clone();
     let traffic = Recorder::start(port);
     service.set_healthy("B", false).await;
     let applied = wait_envoy_hosts(envoy.admin_port, "backend", &[c.port], CONVERGE).await;
@@ -132,7 +132,7 @@ async fn cloud_map_instances_become_envoy_endpoints_without_a_failed_request() {
     let samples = traffic.stop_all_ok("while B turned unhealthy").await;
     let late: Vec<_> = samples.iter().filter(|s| s.sent >= applied && s.answer.as_deref() != Ok("C")).collect();
     assert!(late.is_empty(), "requests sent after Envoy dropped unhealthy B did not reach C: {late:?}");
-    let source = sxds.source(NODE_TYPE).await;
+    let source = source_of(&sxds, NODE_TYPE).await;
     assert_eq!((&source["revision"], &source["endpoints"]), (&revision, &json!(1)), "health moves no revision; B is gone: {source}");
     eprintln!("B unhealthy: {} requests during the change, then {after:?}", samples.len());
 }
@@ -145,26 +145,26 @@ async fn cloud_map_down_keeps_envoy_endpoints_and_shows_the_source_failing_until
     let (a, b) = (Backend::start("A").await, Backend::start("B").await);
     register(&service, "A", a.port, None).await;
     register(&service, "B", b.port, None).await;
-    let sxds = Sxds::start(&emulator.endpoint_url()).await;
+    let sxds = cloud_map_daemon(&emulator.endpoint_url()).await;
     let port = free_port();
     sxds.put_ok(NODE_TYPE, &cloud_map_bundle("1", port)).await;
     let envoy = Envoy::start(Transport::Ads, sxds.xds_port, "sidecar-cloud-map-down");
     wait_reached(port, &["A", "B"], CONVERGE).await;
-    sxds.wait_source(NODE_TYPE, "ok", CONVERGE).await;
+    wait_source(&sxds, NODE_TYPE, "ok", CONVERGE).await;
 
     let traffic = Recorder::start(port);
     let stopped = Instant::now();
     emulator.stop();
-    let failing = sxds.wait_source(NODE_TYPE, "failing", CONVERGE).await;
+    let failing = wait_source(&sxds, NODE_TYPE, "failing", CONVERGE).await;
     let error = failing["error"].as_str().unwrap_or_default().to_owned();
     assert!(!error.is_empty(), "a failing source names its error: {failing}");
     assert_eq!(failing["endpoints"], 2, "the last endpoints found stay: {failing}");
     // A few failed polls (backing off) later, Envoy still has both.
-    wait_for("three failed polls in a row", RECONNECT, || async { sxds.source(NODE_TYPE).await["consecutive_failures"].as_u64() >= Some(3) }).await;
+    wait_for("three failed polls in a row", RECONNECT, || async { source_of(&sxds, NODE_TYPE).await["consecutive_failures"].as_u64() >= Some(3) }).await;
     assert_eq!(envoy_hosts(envoy.admin_port, "backend").await, [a.port, b.port].into(), "Envoy's hosts while Cloud Map is down");
     wait_reached(port, &["A", "B"], CONVERGE).await;
     let samples = traffic.stop_all_ok("while Cloud Map was down").await;
-    let failing = sxds.source(NODE_TYPE).await;
+    let failing = source_of(&sxds, NODE_TYPE).await;
     eprintln!(
         "Cloud Map down {:?}: {} requests all 200; source {} after {} failures: {error}",
         stopped.elapsed(),
@@ -176,7 +176,7 @@ async fn cloud_map_down_keeps_envoy_endpoints_and_shows_the_source_failing_until
     // Back: the poller's backoff (at most a few seconds here) decides when.
     emulator.restart().await;
     admin.recreate().await;
-    let ok = sxds.wait_source(NODE_TYPE, "ok", RECONNECT).await;
+    let ok = wait_source(&sxds, NODE_TYPE, "ok", RECONNECT).await;
     assert_eq!((&ok["error"], &ok["consecutive_failures"], &ok["endpoints"]), (&Value::Null, &json!(0), &json!(2)), "{ok}");
     wait_reached(port, &["A", "B"], CONVERGE).await;
 }
@@ -192,12 +192,12 @@ async fn restarted_sxds_serves_stored_endpoints_to_a_fresh_envoy_while_cloud_map
     let (a, b) = (Backend::start("A").await, Backend::start("B").await);
     register(&service, "A", a.port, None).await;
     register(&service, "B", b.port, None).await;
-    let mut sxds = Sxds::start(&emulator.endpoint_url()).await;
+    let mut sxds = cloud_map_daemon(&emulator.endpoint_url()).await;
     let port = free_port();
     sxds.put_ok(NODE_TYPE, &cloud_map_bundle("1", port)).await;
-    let learned = sxds.wait_source(NODE_TYPE, "ok", CONVERGE).await;
+    let learned = wait_source(&sxds, NODE_TYPE, "ok", CONVERGE).await;
     assert_eq!(learned["endpoints"], 2, "{learned}");
-    sxds.stop().await;
+    assert!(sxds.terminate(Duration::from_secs(20)).await.success(), "sxds exits cleanly on SIGTERM");
 
     // Cloud Map down, the slow way: its port accepts and never answers (3 s
     // per attempt), so the first poll after the restart takes seconds to
@@ -206,26 +206,26 @@ async fn restarted_sxds_serves_stored_endpoints_to_a_fresh_envoy_while_cloud_map
     let emulator_port = emulator.endpoint_url().rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("the emulator's port");
     let _down = Stalling::bind(emulator_port, Duration::from_secs(3)).await;
     sxds.restart().await;
-    let first = sxds.source(NODE_TYPE).await;
+    let first = source_of(&sxds, NODE_TYPE).await;
     assert_eq!((&first["state"], &first["endpoints"], &first["revision"]), (&json!("stored"), &json!(2), &learned["revision"]), "right after the restart: {first}");
 
     let envoy = Envoy::start(Transport::Ads, sxds.xds_port, "sidecar-cloud-map-stored");
     wait_reached(port, &["A", "B"], CONVERGE).await;
     let traffic = Recorder::start(port);
-    let when_reached = sxds.source(NODE_TYPE).await["state"].clone();
+    let when_reached = source_of(&sxds, NODE_TYPE).await["state"].clone();
 
     // stored, then failing; never pending or ok.
     let (mut states, deadline) = (vec!["stored".to_owned()], Instant::now() + RECONNECT);
     while states.last().map(String::as_str) != Some("failing") {
         assert!(Instant::now() < deadline, "the source did not fail within {RECONNECT:?} after the restart: {states:?}");
-        let state = sxds.source(NODE_TYPE).await["state"].as_str().unwrap_or_default().to_owned();
+        let state = source_of(&sxds, NODE_TYPE).await["state"].as_str().unwrap_or_default().to_owned();
         if states.last() != Some(&state) {
             states.push(state);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(states, ["stored", "failing"], "the source's states after the restart");
-    let failing = sxds.source(NODE_TYPE).await;
+    let failing = source_of(&sxds, NODE_TYPE).await;
     assert!(failing["error"].as_str().is_some_and(|e| !e.is_empty()) && failing["endpoints"] == 2, "{failing}");
     assert_eq!(envoy_hosts(envoy.admin_port, "backend").await, [a.port, b.port].into());
     wait_reached(port, &["A", "B"], CONVERGE).await;
@@ -238,7 +238,7 @@ async fn restarted_sxds_serves_stored_endpoints_to_a_fresh_envoy_while_cloud_map
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_endpoint_sources_are_refused_naming_the_field_and_change_nothing() {
     let Some((emulator, _admin, _service)) = emulator().await else { return };
-    let sxds = Sxds::start(&emulator.endpoint_url()).await;
+    let sxds = cloud_map_daemon(&emulator.endpoint_url()).await;
     let port = free_port();
     sxds.put_ok(NODE_TYPE, &cloud_map_bundle("1", port)).await;
     let stored = sxds.get_json("/resources/sidecar").await;
@@ -287,7 +287,7 @@ async fn zone_aware_routing_keeps_traffic_in_envoys_zone() {
     for (i, (backend, zone)) in backends.iter().enumerate() {
         register(&service, &format!("i-{i}"), backend.port, Some(zone)).await;
     }
-    let sxds = Sxds::start(&emulator.endpoint_url()).await;
+    let sxds = cloud_map_daemon(&emulator.endpoint_url()).await;
     let port = free_port();
     let mut bundle = cloud_map_bundle("1", port);
     // Envoy's default min_cluster_size is 6 upstream hosts; this test has 4.

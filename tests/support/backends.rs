@@ -1,138 +1,46 @@
 //! What the Cloud Map end-to-end tests add to [`super::envoy`]: the `sxds`
 //! binary with an AWS region and test credentials in its own environment
 //! (the test process's environment stays untouched, so tests in one process
-//! can run in parallel), traffic that remembers which backend answered each
+//! can run in parallel) and its sources' status, traffic that remembers which backend answered each
 //! request and when it was sent, the hosts Envoy holds for a cluster, and a
 //! port that accepts connections and never answers (Cloud Map "down"
 //! without refusing, so a first poll takes a while to fail).
 
-use std::{
-    collections::BTreeSet,
-    fs::OpenOptions,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use serde_json::Value;
-use tempfile::TempDir;
 use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    envoy::{fetch, free_port, log_tail, CONVERGE},
-    sxds_binary, wait_for,
+    envoy::{fetch, Daemon},
+    wait_for,
 };
 
 /// The region the emulator's clients sign for (moto keeps one backend per region).
 const AWS_ENV: [(&str, &str); 3] = [("AWS_REGION", "us-east-1"), ("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")];
 
-/// The `sxds` binary on free loopback ports, polling Cloud Map at
-/// `cloud_map_endpoint` every 200 ms with a full refresh every 300 ms.
-/// Killed on drop; its log tail is printed when the test panicked.
-pub struct Sxds {
-    pub xds_port: u16,
-    pub rest_port: u16,
-    child: Option<Child>,
-    endpoint: String,
-    // Last: the process goes before its directory.
-    dir: TempDir,
+/// The `sxds` binary polling Cloud Map at `cloud_map_endpoint` every 200 ms
+/// with a full refresh every 300 ms, with an AWS region and test
+/// credentials in its own environment.
+pub async fn cloud_map_daemon(cloud_map_endpoint: &str) -> Daemon {
+    let flags = ["--cloud-map-endpoint", cloud_map_endpoint, "--cloud-map-interval", "200ms", "--cloud-map-refresh", "300ms"];
+    Daemon::start_with_env(&flags, &AWS_ENV).await
 }
 
-impl Sxds {
-    pub async fn start(cloud_map_endpoint: &str) -> Self {
-        let mut sxds = Self { xds_port: free_port(), rest_port: free_port(), child: None, endpoint: cloud_map_endpoint.to_owned(), dir: tempfile::tempdir().expect("temp dir") };
-        sxds.restart().await;
-        sxds
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("sxds.log")
-    }
-
-    /// Starts the binary (again) on the same ports and data directory; waits for `/healthz`.
-    pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "sxds still running");
-        let file = OpenOptions::new().create(true).append(true).open(self.log()).expect("sxds log");
-        let mut command: Command = sxds_binary();
-        command.args(["--listen-address", "127.0.0.1", "--log", "info,sxds=debug"]);
-        command.args(["--xds-port", &self.xds_port.to_string(), "--cacher-port", &self.rest_port.to_string()]);
-        command.arg("--data-dir").arg(self.dir.path().join("data"));
-        command.args(["--cloud-map-endpoint", &self.endpoint, "--cloud-map-interval", "200ms", "--cloud-map-refresh", "300ms"]);
-        command.env_remove("AWS_ENDPOINT_URL").env_remove("AWS_PROFILE").envs(AWS_ENV);
-        command.stdin(Stdio::null()).stdout(file.try_clone().expect("sxds log")).stderr(file);
-        self.child = Some(command.spawn().expect("sxds starts"));
-        let (http, health) = (http(), self.url("/healthz"));
-        wait_for("sxds /healthz", CONVERGE, || {
-            let request = http.get(&health).send();
-            async { request.await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await;
-    }
-
-    /// SIGTERM, then waits (bounded) for a clean exit.
-    pub async fn stop(&mut self) {
-        let mut child = self.child.take().expect("sxds running");
-        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("run kill");
-        assert!(sent.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for sxds") {
-                assert!(status.success(), "sxds exited with {status} on SIGTERM");
-                return;
-            }
-            assert!(Instant::now() < deadline, "sxds did not exit within 20 s of SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.rest_port)
-    }
-
-    /// PUTs `bundle`; answers the status and JSON body.
-    pub async fn put(&self, node_type: &str, bundle: &Value) -> (u16, Value) {
-        let response = http().put(self.url(&format!("/resources/{node_type}"))).json(bundle).send().await.expect("PUT");
-        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
-    }
-
-    pub async fn put_ok(&self, node_type: &str, bundle: &Value) {
-        let (status, answer) = self.put(node_type, bundle).await;
-        assert_eq!(status, 200, "PUT /resources/{node_type}: {answer}");
-    }
-
-    pub async fn get_json(&self, path: &str) -> Value {
-        let response = http().get(self.url(path)).send().await.expect("GET");
-        assert!(response.status().is_success(), "GET {path}: {}", response.status());
-        response.json().await.expect("JSON answer")
-    }
-
-    /// The one source of `node_type`'s bundle, from `GET /resources/{node_type}/sources`.
-    pub async fn source(&self, node_type: &str) -> Value {
-        let answer = self.get_json(&format!("/resources/{node_type}/sources")).await;
-        let sources = answer["sources"].as_array().cloned().unwrap_or_default();
-        assert_eq!(sources.len(), 1, "one source: {answer}");
-        sources[0].clone()
-    }
-
-    /// Waits until the source's `state` is `state`; answers the source.
-    pub async fn wait_source(&self, node_type: &str, state: &str, limit: Duration) -> Value {
-        let what = format!("the {node_type} source to be {state} (GET /resources/{node_type}/sources)");
-        wait_for(&what, limit, || async { self.source(node_type).await["state"] == state }).await;
-        self.source(node_type).await
-    }
+/// The one source of `node_type`'s bundle, from `GET /resources/{node_type}/sources`.
+pub async fn source_of(daemon: &Daemon, node_type: &str) -> Value {
+    let answer = daemon.get_json(&format!("/resources/{node_type}/sources")).await;
+    let sources = answer["sources"].as_array().cloned().unwrap_or_default();
+    assert_eq!(sources.len(), 1, "one source: {answer}");
+    sources[0].clone()
 }
 
-impl Drop for Sxds {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("---- sxds log ({}) ----\n{}", self.log().display(), log_tail(&self.log(), 60));
-        }
-    }
+/// Waits until the source's `state` is `state`; answers the source.
+pub async fn wait_source(daemon: &Daemon, node_type: &str, state: &str, limit: Duration) -> Value {
+    let what = format!("the {node_type} source to be {state} (GET /resources/{node_type}/sources)");
+    wait_for(&what, limit, || async { source_of(daemon, node_type).await["state"] == state }).await;
+    source_of(daemon, node_type).await
 }
 
 fn http() -> reqwest::Client {

@@ -119,8 +119,10 @@ pub struct Daemon {
     process: Guarded,
     dir: TempDir,
     http: reqwest::Client,
-    /// Flags beyond ports, data directory and log, kept for [`Self::restart`].
+    /// Flags beyond ports, data directory and log, and environment
+    /// variables, kept for [`Self::restart`].
     args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -130,11 +132,18 @@ impl Daemon {
 
     /// Starts with extra flags, e.g. `["--store", "etcd://..."]`.
     pub async fn start_with_args(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// Starts with extra flags and environment variables of its own (the
+    /// test process's environment stays untouched).
+    pub async fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let (xds_port, rest_port) = (free_port(), free_port());
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let process = Guarded::spawn("sxds", daemon_command(dir.path(), xds_port, rest_port, &args), dir.path().join("sxds.log"));
-        let mut daemon = Self { xds_port, rest_port, process, dir, http: client(), args };
+        let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let process = Guarded::spawn("sxds", daemon_command(dir.path(), xds_port, rest_port, &args, &envs), dir.path().join("sxds.log"));
+        let mut daemon = Self { xds_port, rest_port, process, dir, http: client(), args, envs };
         daemon.wait_healthy().await;
         daemon
     }
@@ -142,7 +151,7 @@ impl Daemon {
     /// Starts the binary again on the same ports, data directory and flags.
     pub async fn restart(&mut self) {
         assert!(self.process.child.is_none(), "daemon still running");
-        let command = daemon_command(self.dir.path(), self.xds_port, self.rest_port, &self.args);
+        let command = daemon_command(self.dir.path(), self.xds_port, self.rest_port, &self.args, &self.envs);
         self.process = Guarded::spawn("sxds", command, self.dir.path().join("sxds.log"));
         self.wait_healthy().await;
     }
@@ -220,12 +229,12 @@ impl Daemon {
     }
 }
 
-fn daemon_command(dir: &Path, xds_port: u16, rest_port: u16, args: &[String]) -> Command {
+fn daemon_command(dir: &Path, xds_port: u16, rest_port: u16, args: &[String], envs: &[(String, String)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sxds"));
     command.args(["--listen-address", "127.0.0.1", "--log", "info,sxds=debug"]);
     command.args(["--xds-port", &xds_port.to_string(), "--cacher-port", &rest_port.to_string()]);
     command.arg("--data-dir").arg(dir.join("data"));
-    command.args(args);
+    command.args(args).envs(envs.iter().map(|(k, v)| (k, v)));
     command
 }
 
