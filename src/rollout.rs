@@ -145,7 +145,7 @@ impl Rollouts {
             let running = Arc::new(Running { rollout: Mutex::new(rollout.clone()), bundle });
             rollouts.lock().insert(node_type.clone(), running);
             if rollout.state == State::Halted {
-                rollouts.halt(&node_type, &rollout_of(&rollouts, &node_type).unwrap_or(rollout), None).await;
+                rollouts.halt(&node_type, &rollout, None).await;
             }
         }
         Ok(rollouts)
@@ -247,9 +247,14 @@ impl Rollouts {
 
     /// The node ids of the connected streams of `node_type` matching `glob`.
     fn canaries(&self, node_type: &NodeType, glob: &str) -> Vec<String> {
-        let streams = self.0.registry.list();
-        let ids: BTreeSet<String> = streams.into_iter().filter(|s| s.node_type == node_type.as_str() && glob_match(glob, &s.node_id)).map(|s| s.node_id).collect();
+        let ids: BTreeSet<String> = self.canary_streams(node_type, glob).into_iter().map(|s| s.node_id).collect();
         ids.into_iter().collect()
+    }
+
+    /// The status of every connected stream of `node_type` matching `glob`:
+    /// a check copies those, not all of the registry's.
+    fn canary_streams(&self, node_type: &NodeType, glob: &str) -> Vec<StreamStatus> {
+        self.0.registry.list_where(|ty, id| ty == node_type.as_str() && glob_match(glob, id))
     }
 
     async fn save(&self, rollout: &Rollout) -> Result<(), StoreError> {
@@ -307,7 +312,7 @@ impl Rollouts {
             return Verdict::Waiting(Vec::new());
         };
         let changed: Vec<ResourceType> = ResourceType::ALL.into_iter().filter(|&ty| canary.type_differs(&stable, ty)).collect();
-        let streams: Vec<StreamStatus> = self.0.registry.list().into_iter().filter(|s| s.node_type == node_type.as_str() && glob_match(glob, &s.node_id)).collect();
+        let streams = self.canary_streams(node_type, glob);
         // Any canary's NACK of the new version halts, even one that connected since.
         for stream in &streams {
             for ty in ResourceType::ALL {

@@ -138,7 +138,13 @@ impl Registry {
     /// A copy of every stream's status, oldest first. The map is locked
     /// only to take the entries; each is then copied under its own lock.
     pub fn list(&self) -> Vec<StreamStatus> {
-        let entries: Vec<Arc<Entry>> = lock(&self.0.streams).values().cloned().collect();
+        self.list_where(|_, _| true)
+    }
+
+    /// Like [`Self::list`], for the streams whose `(node type, node id)`
+    /// `keep` keeps: only those are copied.
+    pub fn list_where(&self, keep: impl Fn(&str, &str) -> bool) -> Vec<StreamStatus> {
+        let entries: Vec<Arc<Entry>> = lock(&self.0.streams).values().filter(|e| keep(&e.node_type, &e.node_id)).cloned().collect();
         entries.iter().map(|entry| entry.status()).collect()
     }
 
