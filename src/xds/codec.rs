@@ -35,7 +35,9 @@ use tonic::{
     Status,
 };
 
-use super::limits;
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+
+use super::{limits, request::SotwRequest};
 pub use crate::wire::EncodedResponse;
 
 /// Largest piece of a response handed to hyper at once. h2 takes a whole
@@ -53,35 +55,50 @@ const COALESCE_BELOW: usize = 4 << 10;
 // A small chunk always fits in an empty piece, so every piece has bytes.
 const _: () = assert!(COALESCE_BELOW <= PIECE_BYTES);
 
-/// Decodes the request body of a discovery stream, whose messages keep
-/// their names where `layout` says. A request over one of the [`limits`]
-/// comes out as an `INVALID_ARGUMENT` status naming it; one over
-/// [`limits::MAX_REQUEST_BYTES`] as tonic's `OUT_OF_RANGE`.
-pub fn requests<M, B>(body: B, layout: &'static limits::Layout) -> Streaming<M>
+/// Decodes the request body of a discovery stream. A request over one of
+/// the [`limits`] comes out as an `INVALID_ARGUMENT` status naming it; one
+/// over [`limits::MAX_REQUEST_BYTES`] as tonic's `OUT_OF_RANGE`.
+pub fn requests<M, B>(body: B) -> Streaming<M>
 where
-    M: Message + Default + Send + 'static,
+    M: WireRequest,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<tonic::codegen::StdError>,
 {
-    let decoder = RequestDecoder { layout, message: PhantomData };
+    let decoder = RequestDecoder { message: PhantomData };
     Streaming::new_request(decoder, body, None, Some(limits::MAX_REQUEST_BYTES))
 }
 
-/// Checks a request's wire bytes against the limits, then decodes it.
+/// A discovery request as a stream takes it off the wire: checked against
+/// the [`limits`] before anything is allocated for it.
+pub trait WireRequest: Sized + Send + 'static {
+    fn decode(message: Bytes) -> Result<Self, Status>;
+}
+
+impl WireRequest for SotwRequest {
+    fn decode(message: Bytes) -> Result<Self, Status> {
+        SotwRequest::decode(message)
+    }
+}
+
+impl WireRequest for DeltaDiscoveryRequest {
+    fn decode(message: Bytes) -> Result<Self, Status> {
+        limits::check_request(&limits::DELTA, &message)?;
+        Message::decode(message).map_err(|error| Status::invalid_argument(format!("not a discovery request: {error}")))
+    }
+}
+
 struct RequestDecoder<M> {
-    layout: &'static limits::Layout,
     message: PhantomData<fn() -> M>,
 }
 
-impl<M: Message + Default> Decoder for RequestDecoder<M> {
+impl<M: WireRequest> Decoder for RequestDecoder<M> {
     type Item = M;
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<M>, Status> {
         // The whole message is buffered by now; taking it is not a copy.
         let message = src.copy_to_bytes(src.remaining());
-        limits::check_request(self.layout, &message)?;
-        M::decode(message).map(Some).map_err(|error| Status::invalid_argument(format!("not a discovery request: {error}")))
+        M::decode(message).map(Some)
     }
 
     fn buffer_settings(&self) -> BufferSettings {

@@ -54,37 +54,59 @@ const ENTRY_NAME: u32 = 1;
 /// Walks the top-level fields of an encoded request (and into its node and
 /// named entries), counting names and measuring ids. Allocates nothing.
 pub(super) fn check_request(layout: &Layout, mut message: &[u8]) -> Result<(), Status> {
-    let mut names = 0usize;
+    let mut checks = Checks::new(layout);
     while !message.is_empty() {
-        let (field, value) = next_field(&mut message)?;
-        let Some(value) = value else { continue };
-        let (plain, named) = (layout.names.contains(&field), layout.named.contains(&field));
-        if plain || named {
-            names += 1;
-            if names > MAX_RESOURCE_NAMES {
-                return Err(Status::invalid_argument(format!("a discovery request may name at most {MAX_RESOURCE_NAMES} resources")));
-            }
-            let name_len = if plain { value.len() } else { longest_field(value, ENTRY_NAME)? };
-            if name_len > MAX_RESOURCE_NAME_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "a resource name of {name_len} bytes is longer than the limit of {MAX_RESOURCE_NAME_BYTES} bytes"
-                )));
-            }
-        } else if field == layout.node {
+        checks.check(&next_field(&mut message)?)?;
+    }
+    Ok(())
+}
+
+/// The limits applied one top-level field at a time, for a decoder that
+/// walks the fields itself (see `request`).
+pub(super) struct Checks<'a> {
+    layout: &'a Layout,
+    names: usize,
+}
+
+impl<'a> Checks<'a> {
+    pub(super) fn new(layout: &'a Layout) -> Self {
+        Self { layout, names: 0 }
+    }
+
+    pub(super) fn check(&mut self, field: &Field<'_>) -> Result<(), Status> {
+        let (layout, Some(value)) = (self.layout, field.value) else { return Ok(()) };
+        let (plain, named) = (layout.names.contains(&field.number), layout.named.contains(&field.number));
+        if plain {
+            self.name(value.len())?;
+        } else if named {
+            self.name(longest_field(value, ENTRY_NAME)?)?;
+        } else if field.number == layout.node {
             let id_len = longest_field(value, NODE_ID)?;
             if id_len > MAX_NODE_ID_BYTES {
                 return Err(Status::invalid_argument(format!("a node.id of {id_len} bytes is longer than the limit of {MAX_NODE_ID_BYTES} bytes")));
             }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// One more resource name, of `len` bytes.
+    pub(super) fn name(&mut self, len: usize) -> Result<(), Status> {
+        self.names += 1;
+        if self.names > MAX_RESOURCE_NAMES {
+            return Err(Status::invalid_argument(format!("a discovery request may name at most {MAX_RESOURCE_NAMES} resources")));
+        }
+        if len > MAX_RESOURCE_NAME_BYTES {
+            return Err(Status::invalid_argument(format!("a resource name of {len} bytes is longer than the limit of {MAX_RESOURCE_NAME_BYTES} bytes")));
+        }
+        Ok(())
+    }
 }
 
 /// The longest length-delimited `field` of an encoded message.
 fn longest_field(mut message: &[u8], field: u32) -> Result<usize, Status> {
     let mut longest = 0;
     while !message.is_empty() {
-        if let (number, Some(value)) = next_field(&mut message)? {
+        if let Field { number, value: Some(value) } = next_field(&mut message)? {
             if number == field {
                 longest = longest.max(value.len());
             }
@@ -93,10 +115,26 @@ fn longest_field(mut message: &[u8], field: u32) -> Result<usize, Status> {
     Ok(longest)
 }
 
-/// Takes one field off the front of `message`: its number and, when it is
-/// length-delimited, its payload. Groups (which no xDS message uses) and
-/// malformed input are refused, so nothing can hide behind them.
-fn next_field<'a>(message: &mut &'a [u8]) -> Result<(u32, Option<&'a [u8]>), Status> {
+/// One field of an encoded message: its number and, when it is
+/// length-delimited, its payload.
+pub(super) struct Field<'a> {
+    pub number: u32,
+    pub value: Option<&'a [u8]>,
+}
+
+/// Takes one field off the front of `message`. Groups (which no xDS message
+/// uses) and malformed input are refused, so nothing can hide behind them.
+pub(super) fn next_field<'a>(message: &mut &'a [u8]) -> Result<Field<'a>, Status> {
+    // A one-byte key and a one-byte length: a name, a nonce, a type URL,
+    // nearly every field of a request. prost's varint decoding costs more
+    // than the field.
+    if let &[key, len, ref rest @ ..] = *message {
+        if key < 0x80 && key & 0x07 == 2 && key >> 3 != 0 && len < 0x80 && rest.len() >= usize::from(len) {
+            let (value, rest) = rest.split_at(usize::from(len));
+            *message = rest;
+            return Ok(Field { number: u32::from(key >> 3), value: Some(value) });
+        }
+    }
     let malformed = || Status::invalid_argument("not a discovery request: malformed protobuf");
     let (number, wire_type) = decode_key(message).map_err(|_| malformed())?;
     let skip = match wire_type {
@@ -110,12 +148,12 @@ fn next_field<'a>(message: &mut &'a [u8]) -> Result<(u32, Option<&'a [u8]>), Sta
             let len = usize::try_from(decode_varint(message).map_err(|_| malformed())?).map_err(|_| malformed())?;
             let value = message.get(..len).ok_or_else(malformed)?;
             *message = &message[len..];
-            return Ok((number, Some(value)));
+            return Ok(Field { number, value: Some(value) });
         }
         WireType::StartGroup | WireType::EndGroup => return Err(malformed()),
     };
     *message = message.get(skip..).ok_or_else(malformed)?;
-    Ok((number, None))
+    Ok(Field { number, value: None })
 }
 
 #[cfg(test)]

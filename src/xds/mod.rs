@@ -9,6 +9,7 @@ pub mod delta;
 pub mod introspection;
 pub mod limits;
 mod names;
+pub mod request;
 pub mod rest;
 pub mod server;
 pub mod status;

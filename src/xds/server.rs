@@ -24,19 +24,16 @@ use axum::{
     routing::post,
     Router,
 };
-use envoy_types::pb::envoy::{
-    config::core::v3::Node,
-    service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest},
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use http::{header::CONTENT_TYPE, Uri};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, Streaming};
 
 use super::{
-    codec::{self, EncodedResponse, ResponseBody, ResponseSender},
+    codec::{self, EncodedResponse, ResponseBody, ResponseSender, WireRequest},
     delta::DeltaState,
-    limits,
+    request::SotwRequest,
     rest::{self, RestXds},
     status::{Registry, StreamHandle},
     stream::{Received, StreamKind, StreamState},
@@ -80,12 +77,12 @@ fn methods() -> impl Iterator<Item = (&'static str, &'static str, Flavour, Strea
 /// What the stream loop needs of a protocol: its request message, where
 /// the limits find names in it, and its state machine.
 trait Protocol: Send + 'static {
-    type Request: prost::Message + Default + Send + 'static;
-    const LAYOUT: &'static limits::Layout;
+    type Request: WireRequest;
     /// How `GET /nodes` and the logs call it.
     const NAME: &'static str;
     fn new(kind: StreamKind) -> Self;
-    fn node(request: &Self::Request) -> Option<&Node>;
+    /// The node's id, if the request carries a node.
+    fn node_id(request: &Self::Request) -> Result<Option<String>, Status>;
     /// What the client says it applied, for the log of a NACK.
     fn applied_version(request: &Self::Request) -> &str;
     fn on_request<'a>(&mut self, request: &'a Self::Request, snapshot: Option<&Snapshot>) -> Received<'a>;
@@ -97,19 +94,18 @@ trait Protocol: Send + 'static {
 }
 
 impl Protocol for StreamState {
-    type Request = DiscoveryRequest;
-    const LAYOUT: &'static limits::Layout = &limits::SOTW;
+    type Request = SotwRequest;
     const NAME: &'static str = "sotw";
     fn new(kind: StreamKind) -> Self {
         StreamState::new(kind)
     }
-    fn node(request: &DiscoveryRequest) -> Option<&Node> {
-        request.node.as_ref()
+    fn node_id(request: &SotwRequest) -> Result<Option<String>, Status> {
+        Ok(request.node()?.map(|node| node.id))
     }
-    fn applied_version(request: &DiscoveryRequest) -> &str {
+    fn applied_version(request: &SotwRequest) -> &str {
         &request.version_info
     }
-    fn on_request<'a>(&mut self, request: &'a DiscoveryRequest, snapshot: Option<&Snapshot>) -> Received<'a> {
+    fn on_request<'a>(&mut self, request: &'a SotwRequest, snapshot: Option<&Snapshot>) -> Received<'a> {
         StreamState::on_request(self, request, snapshot)
     }
     fn due(&mut self, snapshot: &Arc<Snapshot>) -> Vec<(ResourceType, EncodedResponse)> {
@@ -119,13 +115,12 @@ impl Protocol for StreamState {
 
 impl Protocol for DeltaState {
     type Request = DeltaDiscoveryRequest;
-    const LAYOUT: &'static limits::Layout = &limits::DELTA;
     const NAME: &'static str = "delta";
     fn new(kind: StreamKind) -> Self {
         DeltaState::new(kind)
     }
-    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
-        request.node.as_ref()
+    fn node_id(request: &DeltaDiscoveryRequest) -> Result<Option<String>, Status> {
+        Ok(request.node.as_ref().map(|node| node.id.clone()))
     }
     fn applied_version(_: &DeltaDiscoveryRequest) -> &str {
         ""
@@ -186,7 +181,7 @@ impl XdsServer {
         // Ends with the connection (--max-stream-age) or at shutdown.
         let drain = request.extensions().get::<ConnectionDrain>().map_or_else(|| self.shutdown.clone(), |d| d.0.clone());
         let certified = request.extensions().get::<CertifiedNodeTypes>().cloned();
-        match self.open::<P>(kind, codec::requests(request.into_body(), P::LAYOUT), closer, certified, drain).await {
+        match self.open::<P>(kind, codec::requests(request.into_body()), closer, certified, drain).await {
             Ok(body) => {
                 let headers = [(CONTENT_TYPE, "application/grpc")];
                 (headers, Body::new(body)).into_response()
@@ -217,8 +212,8 @@ impl XdsServer {
             () = drain.cancelled() => return Err(Status::unavailable("sxds is shutting down or this connection is draining")),
         };
         let first = first.ok_or_else(|| Status::invalid_argument("stream closed before its first request"))?;
-        let node_id = match P::node(&first) {
-            Some(node) if !node.id.is_empty() => node.id.clone(),
+        let node_id = match P::node_id(&first)? {
+            Some(id) if !id.is_empty() => id,
             _ => return Err(Status::invalid_argument("the first discovery request must carry node.id")),
         };
         let node_type = NodeType::of_node_id(&node_id);

@@ -30,11 +30,12 @@
 
 use std::sync::{Arc, Weak};
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-
 use bytes::BytesMut;
 
-use super::names::Names;
+use super::{
+    names::Names,
+    request::SotwRequest,
+};
 use crate::{
     cache::Snapshot,
     resource_type::{Empty, ResourceType, Sparse},
@@ -99,8 +100,10 @@ struct TypeState {
     /// The client named resources at some point, so an empty list now means
     /// "none" rather than the legacy wildcard (R15).
     ever_named: bool,
-    /// Digest of the last request's `resource_names`, as sent: most requests
-    /// are ACKs repeating them, and this spots that without a lookup per name.
+    /// Digests of the last request's `resource_names`: as sent (most
+    /// requests are ACKs repeating them), and as a set (the same names in
+    /// another order are the same subscription).
+    last_names_wire: u64,
     last_names_digest: u64,
     /// Names subscribed since the last response: sent even if unchanged (R11).
     newly_named: Names,
@@ -145,7 +148,7 @@ impl StreamState {
     /// Takes in one request: ACK/NACK bookkeeping and subscription changes.
     /// `snapshot` (the node type's current one, if any) lends its copies of
     /// resource names to the subscription, so streams share them.
-    pub fn on_request<'a>(&mut self, request: &'a DiscoveryRequest, snapshot: Option<&Snapshot>) -> Received<'a> {
+    pub fn on_request<'a>(&mut self, request: &'a SotwRequest, snapshot: Option<&Snapshot>) -> Received<'a> {
         // On-demand types (VHDS) are delta only.
         let Some(ty) = self.kind.type_of(&request.type_url).filter(|ty| !ty.info().on_demand) else {
             return Received::Unknown { type_url: &request.type_url };
@@ -164,7 +167,7 @@ impl StreamState {
 
         let is_reply = !nonce.is_empty() && state.awaiting_reply;
         let first = !state.requested;
-        let names_changed = update_subscription(ty, state, &request.resource_names, snapshot);
+        let names_changed = update_subscription(ty, state, request, snapshot);
         state.requested = true;
         if is_reply {
             state.awaiting_reply = false;
@@ -288,18 +291,22 @@ impl TypeState {
 
 /// Applies a request's `resource_names` to the subscription (R14, R15, R17);
 /// `false` when they are the last request's names.
-fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: &[String], snapshot: Option<&Snapshot>) -> bool {
-    // Most requests are ACKs repeating the last one's names: a 64-bit digest
-    // of the list spots them without a lookup per name (two different lists
-    // colliding is a 2^-64 event).
-    let digest = names_digest(resource_names);
+fn update_subscription(ty: ResourceType, state: &mut TypeState, request: &SotwRequest, snapshot: Option<&Snapshot>) -> bool {
+    // Most requests are ACKs repeating the last one's names: one hash over
+    // their encoding spots them without reading a name.
+    let wire = request.names_wire_digest();
+    if state.requested && wire == state.last_names_wire {
+        return false;
+    }
+    state.last_names_wire = wire;
+    let digest = request.names_digest();
     if state.requested && digest == state.last_names_digest {
         return false;
     }
     state.last_names_digest = digest;
-    let star = resource_names.iter().any(|name| name == "*");
-    let names = Names::new(resource_names.iter().filter(|name| *name != "*").map(|name| {
-        snapshot.and_then(|snapshot| snapshot.shared_name(ty, name)).unwrap_or_else(|| Arc::from(name.as_str()))
+    let star = request.resource_names().any(|name| name == "*");
+    let names = Names::new(request.resource_names().filter(|name| *name != "*").map(|name| {
+        snapshot.and_then(|snapshot| snapshot.shared_name(ty, name)).unwrap_or_else(|| Arc::from(name))
     }));
     let was_wildcard = state.wildcard;
     state.wildcard = ty.is_full_state() && (star || (names.is_empty() && !state.ever_named));
@@ -313,12 +320,6 @@ fn update_subscription(ty: ResourceType, state: &mut TypeState, resource_names: 
     state.newly_named = Names::new(still_new.chain(added).map(|name| names.shared(name)));
     state.names = names;
     true
-}
-
-/// A digest of a list of names that does not depend on their order: the
-/// same set listed another way is the same subscription (R8).
-fn names_digest(names: &[String]) -> u64 {
-    names.iter().fold(names.len() as u64, |digest, name| digest.wrapping_add(wire::digest(name.as_bytes())))
 }
 
 /// The names a response of `ty` should carry now, or `None` if none is due.

@@ -347,7 +347,7 @@ fn vhds_answers_a_namespace_at_once_and_hosts_on_demand_by_their_domains() {
     // State of the world does not serve VHDS.
     let mut sotw = crate::xds::stream::StreamState::new(StreamKind::Aggregated);
     let vhds_request = DiscoveryRequest { type_url: VHDS.type_url().into(), resource_names: vec!["rc".into()], ..Default::default() };
-    assert!(matches!(sotw.on_request(&vhds_request, Some(&v2)), Received::Unknown { .. }));
+    assert!(matches!(sotw.on_request(&(&vhds_request).into(), Some(&v2)), Received::Unknown { .. }));
 
     fn seen_vhds(responses: Vec<(ResourceType, EncodedResponse)>) -> Vec<(String, Vec<String>, bool)> {
         responses

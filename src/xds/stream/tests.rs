@@ -15,7 +15,7 @@ use envoy_types::pb::{
             listener::v3::Listener,
             route::v3::RouteConfiguration,
         },
-        service::discovery::v3::DiscoveryResponse,
+        service::discovery::v3::{DiscoveryRequest, DiscoveryResponse},
     },
     google::{
         protobuf::{Duration as ProtoDuration, UInt32Value},
@@ -176,15 +176,20 @@ fn nack(ty: ResourceType, nonce: &str) -> DiscoveryRequest {
     DiscoveryRequest { error_detail: Some(error), ..request(ty, &[], nonce) }
 }
 
+/// A request as the stream takes it off the wire.
+fn sotw(request: &DiscoveryRequest) -> SotwRequest {
+    SotwRequest::from(request)
+}
+
 /// Takes in `request` and returns the types of the responses due.
 fn answer(state: &mut StreamState, request: &DiscoveryRequest, snapshot: &Arc<Snapshot>) -> Vec<ResourceType> {
-    state.on_request(request, Some(snapshot));
+    state.on_request(&sotw(request), Some(snapshot));
     state.due(snapshot).into_iter().map(|(ty, _)| ty).collect()
 }
 
 /// Takes in `request` and shows the responses due.
 fn exchange(stream: &mut StreamState, request: &DiscoveryRequest, snapshot: &Arc<Snapshot>) -> Vec<String> {
-    stream.on_request(request, Some(snapshot));
+    stream.on_request(&sotw(request), Some(snapshot));
     show(stream.due(snapshot))
 }
 
@@ -193,7 +198,7 @@ fn exchange(stream: &mut StreamState, request: &DiscoveryRequest, snapshot: &Arc
 fn settled(kind: StreamKind, subscriptions: &[(ResourceType, &[&str])], snapshot: &Arc<Snapshot>) -> StreamState {
     let mut stream = StreamState::new(kind);
     for (ty, names) in subscriptions {
-        stream.on_request(&request(*ty, names, ""), Some(snapshot));
+        stream.on_request(&sotw(&request(*ty, names, "")), Some(snapshot));
     }
     loop {
         let responses = stream.due(snapshot);
@@ -203,7 +208,7 @@ fn settled(kind: StreamKind, subscriptions: &[(ResourceType, &[&str])], snapshot
         for (ty, response) in responses {
             let (_, names) = subscriptions.iter().find(|(t, _)| *t == ty).expect("a response of a type asked for");
             let ack = request(ty, names, &decode(ty, &response).nonce);
-            assert_eq!(stream.on_request(&ack, Some(snapshot)), Received::Ack { ty, version: Some("") });
+            assert_eq!(stream.on_request(&sotw(&ack), Some(snapshot)), Received::Ack { ty, version: Some("") });
         }
     }
 }
@@ -214,13 +219,13 @@ fn r1_every_response_carries_a_nonce_of_its_own() {
     let v1 = bundle(1, "v1", MESH, None);
     let mut stream = StreamState::new(StreamKind::Aggregated);
     for (ty, names) in ENVOY {
-        stream.on_request(&request(*ty, names, ""), Some(&v1));
+        stream.on_request(&sotw(&request(*ty, names, "")), Some(&v1));
     }
     assert_eq!(show(stream.due(&v1)), ["clusters v1 #1: a@1 b@1", "endpoints v1 #2: a@1 b@1"]);
     assert_eq!(exchange(&mut stream, &request(CDS, &[], "1"), &v1), NOTHING);
     assert_eq!(exchange(&mut stream, &request(EDS, &["a", "b"], "2"), &v1), ["listeners v1 #3: l@1 m@1", "routes v1 #4: r@1 s@1"]);
-    stream.on_request(&request(LDS, &[], "3"), Some(&v1));
-    stream.on_request(&request(RDS, &["r", "s"], "4"), Some(&v1));
+    stream.on_request(&sotw(&request(LDS, &[], "3")), Some(&v1));
+    stream.on_request(&sotw(&request(RDS, &["r", "s"], "4")), Some(&v1));
     let v2 = bundle(2, "v2", &with(MESH, &[(CDS, "a", 2), (EDS, "a", 2)]), Some(&v1));
     assert_eq!(show(stream.due(&v2)), ["clusters v2 #5: a@2 b@1", "endpoints v2 #6: a@2"]);
 }
@@ -231,12 +236,12 @@ fn r3_a_per_type_service_defaults_an_empty_type_url_to_its_own() {
     let v1 = bundle(1, "v1", MESH, None);
     let mut stream = StreamState::new(StreamKind::Single(CDS));
     let untyped = |nonce: &str| DiscoveryRequest { type_url: String::new(), ..request(CDS, &[], nonce) };
-    assert_eq!(stream.on_request(&untyped(""), Some(&v1)), Received::Request { ty: CDS });
+    assert_eq!(stream.on_request(&sotw(&untyped("")), Some(&v1)), Received::Request { ty: CDS });
     assert_eq!(show(stream.due(&v1)), ["clusters v1 #1: a@1 b@1"]);
-    assert_eq!(stream.on_request(&untyped("1"), Some(&v1)), Received::Ack { ty: CDS, version: Some("") });
+    assert_eq!(stream.on_request(&sotw(&untyped("1")), Some(&v1)), Received::Ack { ty: CDS, version: Some("") });
     // Another type on the cluster service is not served, and changes nothing.
     let listeners = request(LDS, &[], "1");
-    assert_eq!(stream.on_request(&listeners, Some(&v1)), Received::Unknown { type_url: LDS.type_url() });
+    assert_eq!(stream.on_request(&sotw(&listeners), Some(&v1)), Received::Unknown { type_url: LDS.type_url() });
     assert_eq!(show(stream.due(&v1)), NOTHING);
     let v2 = bundle(2, "v2", &with(MESH, &[(CDS, "a", 2)]), Some(&v1));
     assert_eq!(show(stream.due(&v2)), ["clusters v2 #2: a@2 b@1"]);
@@ -251,7 +256,7 @@ fn r3_on_ads_a_request_without_a_served_type_url_is_ignored() {
     let secret = "type.googleapis.com/envoy.config.route.v3.VirtualHost"; // delta-only VHDS
     for type_url in ["", secret] {
         let unserved = DiscoveryRequest { type_url: type_url.to_owned(), ..request(CDS, &[], "") };
-        assert_eq!(stream.on_request(&unserved, Some(&v1)), Received::Unknown { type_url });
+        assert_eq!(stream.on_request(&sotw(&unserved), Some(&v1)), Received::Unknown { type_url });
         assert_eq!(show(stream.due(&v1)), NOTHING);
     }
     assert_eq!(exchange(&mut stream, &request(CDS, &[], ""), &v1), ["clusters v1 #1: a@1 b@1"]);
@@ -284,10 +289,10 @@ fn r5_an_ack_names_the_nonce_of_the_response_it_applies() {
     assert_eq!(show(stream.due(&v2)), NOTHING);
     assert_eq!(show(stream.due(&v3)), NOTHING);
     // A reply naming another nonce applies nothing.
-    assert_eq!(stream.on_request(&request(CDS, &[], "2"), Some(&v3)), Received::Stale { ty: CDS });
+    assert_eq!(stream.on_request(&sotw(&request(CDS, &[], "2")), Some(&v3)), Received::Stale { ty: CDS });
     assert_eq!(show(stream.due(&v3)), NOTHING);
     let ack = DiscoveryRequest { version_info: "v1".into(), ..request(CDS, &[], "1") };
-    assert_eq!(stream.on_request(&ack, Some(&v3)), Received::Ack { ty: CDS, version: Some("v1") });
+    assert_eq!(stream.on_request(&sotw(&ack), Some(&v3)), Received::Ack { ty: CDS, version: Some("v1") });
     assert_eq!(show(stream.due(&v3)), ["clusters v3 #2: a@3 b@1"]);
 }
 
@@ -301,11 +306,11 @@ fn r6_a_nack_is_told_by_its_error_detail_not_by_its_version() {
     assert_eq!(exchange(&mut stream, &request(CDS, &[], ""), &v1), ["clusters v1 #1: a@1 b@1"]);
     // The version of the rejected response, as a client might echo it.
     let rejection = DiscoveryRequest { version_info: "v1".into(), ..nack(CDS, "1") };
-    assert_eq!(stream.on_request(&rejection, Some(&v1)), Received::Nack { ty: CDS, nonce: "1", error: "rejected" });
+    assert_eq!(stream.on_request(&sotw(&rejection), Some(&v1)), Received::Nack { ty: CDS, nonce: "1", error: "rejected" });
     assert_eq!(show(stream.due(&v2)), ["clusters v2 #2: a@2 b@1"]);
     // An older version without `error_detail` is an ACK all the same.
     let ack = DiscoveryRequest { version_info: "v1".into(), ..request(CDS, &[], "2") };
-    assert_eq!(stream.on_request(&ack, Some(&v2)), Received::Ack { ty: CDS, version: Some("v1") });
+    assert_eq!(stream.on_request(&sotw(&ack), Some(&v2)), Received::Ack { ty: CDS, version: Some("v1") });
     assert_eq!(show(stream.due(&v2)), NOTHING);
 }
 
@@ -318,7 +323,7 @@ fn r7_after_a_nack_the_next_bundle_is_sent_and_the_rejected_one_is_not() {
     let v2 = bundle(2, "v2", &with(MESH, &[(EDS, "a", 2)]), Some(&v1));
     assert_eq!(show(stream.due(&v2)), ["endpoints v2 #2: a@2"]);
     let rejection = DiscoveryRequest { resource_names: vec!["a".into(), "b".into()], ..nack(EDS, "2") };
-    assert_eq!(stream.on_request(&rejection, Some(&v2)), Received::Nack { ty: EDS, nonce: "2", error: "rejected" });
+    assert_eq!(stream.on_request(&sotw(&rejection), Some(&v2)), Received::Nack { ty: EDS, nonce: "2", error: "rejected" });
     assert_eq!(show(stream.due(&v2)), NOTHING);
     let v3 = bundle(3, "v3", &with(MESH, &[(EDS, "a", 2), (EDS, "b", 3)]), Some(&v2));
     assert_eq!(show(stream.due(&v3)), ["endpoints v3 #3: b@3"]);
@@ -330,10 +335,10 @@ fn r7_r8_a_repeated_nack_or_ack_is_not_answered_while_nothing_changed() {
     let v1 = snapshot(1, "v1", 1, None);
     let mut state = StreamState::new(StreamKind::Aggregated);
     assert_eq!(answer(&mut state, &request(ResourceType::Cluster, &[], ""), &v1), [ResourceType::Cluster]);
-    assert_eq!(state.on_request(&nack(ResourceType::Cluster, "1"), Some(&v1)), Received::Nack { ty: ResourceType::Cluster, nonce: "1", error: "rejected" });
+    assert_eq!(state.on_request(&sotw(&nack(ResourceType::Cluster, "1")), Some(&v1)), Received::Nack { ty: ResourceType::Cluster, nonce: "1", error: "rejected" });
     assert!(state.due(&v1).is_empty(), "R7: a NACK is not answered with the same config");
     for _ in 0..1000 {
-        assert_eq!(state.on_request(&nack(ResourceType::Cluster, "1"), Some(&v1)), Received::Repeat { ty: ResourceType::Cluster });
+        assert_eq!(state.on_request(&sotw(&nack(ResourceType::Cluster, "1")), Some(&v1)), Received::Repeat { ty: ResourceType::Cluster });
         assert!(state.due(&v1).is_empty(), "a repeated NACK is answered");
     }
 
@@ -372,7 +377,7 @@ fn r8_a_named_cds_subscription_is_not_answered_when_only_other_clusters_change()
 fn r8_a_repeat_listing_the_same_names_in_another_order_is_not_answered() {
     let v1 = bundle(1, "v1", MESH, None);
     let mut stream = settled(StreamKind::Aggregated, &[(EDS, &["a", "b"])], &v1); // nonce 1
-    assert_eq!(stream.on_request(&request(EDS, &["b", "a"], "1"), Some(&v1)), Received::Repeat { ty: EDS });
+    assert_eq!(stream.on_request(&sotw(&request(EDS, &["b", "a"], "1")), Some(&v1)), Received::Repeat { ty: EDS });
     assert_eq!(show(stream.due(&v1)), NOTHING);
 }
 
@@ -381,7 +386,7 @@ fn r8_a_repeat_listing_the_same_names_in_another_order_is_not_answered() {
 fn r9_only_the_latest_request_of_a_type_is_answered() {
     let v1 = bundle(1, "v1", MESH, None);
     let mut stream = StreamState::new(StreamKind::Aggregated);
-    stream.on_request(&request(EDS, &["a"], ""), Some(&v1));
+    stream.on_request(&sotw(&request(EDS, &["a"], "")), Some(&v1));
     assert_eq!(exchange(&mut stream, &request(EDS, &["b"], ""), &v1), ["endpoints v1 #1: b@1"]);
 }
 
@@ -395,11 +400,11 @@ fn r10_a_request_with_a_stale_nonce_is_ignored() {
     assert_eq!(show(stream.due(&v2)), ["endpoints v2 #3: a@2"]);
     // Sent before #3 was read: the type's previous nonce, or another type's.
     for nonce in ["2", "1"] {
-        assert_eq!(stream.on_request(&request(EDS, &["a", "b"], nonce), Some(&v2)), Received::Stale { ty: EDS });
+        assert_eq!(stream.on_request(&sotw(&request(EDS, &["a", "b"], nonce)), Some(&v2)), Received::Stale { ty: EDS });
         assert_eq!(show(stream.due(&v2)), NOTHING);
     }
     // #3 is still the one awaited, and b was never subscribed.
-    assert_eq!(stream.on_request(&request(EDS, &["a"], "3"), Some(&v2)), Received::Ack { ty: EDS, version: Some("") });
+    assert_eq!(stream.on_request(&sotw(&request(EDS, &["a"], "3")), Some(&v2)), Received::Ack { ty: EDS, version: Some("") });
     let v3 = bundle(3, "v3", &with(MESH, &[(EDS, "a", 2), (EDS, "b", 2)]), Some(&v2));
     assert_eq!(show(stream.due(&v3)), NOTHING);
 }
@@ -457,8 +462,8 @@ fn r12_a_name_that_does_not_exist_yet_is_sent_when_it_appears() {
 fn r13_a_name_asked_for_twice_is_sent_once() {
     let v1 = bundle(1, "v1", MESH, None);
     let mut stream = StreamState::new(StreamKind::Aggregated);
-    stream.on_request(&request(CDS, &["*", "a", "a"], ""), Some(&v1));
-    stream.on_request(&request(EDS, &["b", "a", "b"], ""), Some(&v1));
+    stream.on_request(&sotw(&request(CDS, &["*", "a", "a"], "")), Some(&v1));
+    stream.on_request(&sotw(&request(EDS, &["b", "a", "b"], "")), Some(&v1));
     assert_eq!(show(stream.due(&v1)), ["clusters v1 #1: a@1 b@1", "endpoints v1 #2: a@1 b@1"]);
 }
 
@@ -468,13 +473,13 @@ fn r13_a_name_asked_for_twice_is_sent_once() {
 fn r14_lds_and_cds_take_a_star_or_a_first_empty_list_as_the_wildcard() {
     let v1 = bundle(1, "v1", MESH, None);
     let mut stream = StreamState::new(StreamKind::Aggregated);
-    stream.on_request(&request(CDS, &[], ""), Some(&v1));
-    stream.on_request(&request(EDS, &[], ""), Some(&v1));
-    stream.on_request(&request(LDS, &["*"], ""), Some(&v1));
+    stream.on_request(&sotw(&request(CDS, &[], "")), Some(&v1));
+    stream.on_request(&sotw(&request(EDS, &[], "")), Some(&v1));
+    stream.on_request(&sotw(&request(LDS, &["*"], "")), Some(&v1));
     assert_eq!(show(stream.due(&v1)), ["clusters v1 #1: a@1 b@1"], "endpoints take no wildcard");
     assert_eq!(exchange(&mut stream, &request(CDS, &[], "1"), &v1), ["listeners v1 #2: l@1 m@1"]);
     // The wildcard takes in new resources.
-    stream.on_request(&request(LDS, &["*"], "2"), Some(&v1));
+    stream.on_request(&sotw(&request(LDS, &["*"], "2")), Some(&v1));
     let v2 = bundle(2, "v2", &with(MESH, &[(CDS, "c", 1), (LDS, "n", 1)]), Some(&v1));
     assert_eq!(show(stream.due(&v2)), ["clusters v2 #3: a@1 b@1 c@1"]);
     assert_eq!(exchange(&mut stream, &request(CDS, &[], "3"), &v2), ["listeners v2 #4: l@1 m@1 n@1"]);
@@ -512,10 +517,10 @@ fn r16_a_named_lds_subscription_gets_every_named_listener_that_exists_in_each_re
     let v1 = bundle(1, "v1", listeners, None);
     let mut stream = StreamState::new(StreamKind::Single(LDS));
     assert_eq!(exchange(&mut stream, &request(LDS, &["l", "n", "x"], ""), &v1), ["listeners v1 #1: l@1 n@1"]);
-    stream.on_request(&request(LDS, &["l", "n", "x"], "1"), Some(&v1));
+    stream.on_request(&sotw(&request(LDS, &["l", "n", "x"], "1")), Some(&v1));
     let v2 = bundle(2, "v2", &with(listeners, &[(LDS, "n", 2)]), Some(&v1));
     assert_eq!(show(stream.due(&v2)), ["listeners v2 #2: l@1 n@2"]);
-    stream.on_request(&request(LDS, &["l", "n", "x"], "2"), Some(&v2));
+    stream.on_request(&sotw(&request(LDS, &["l", "n", "x"], "2")), Some(&v2));
     let v3 = bundle(3, "v3", &with(listeners, &[(LDS, "n", 2), (LDS, "x", 1)]), Some(&v2));
     assert_eq!(show(stream.due(&v3)), ["listeners v3 #3: l@1 n@2 x@1"]);
 }
@@ -530,8 +535,8 @@ fn r17_a_name_left_out_of_the_list_is_unsubscribed() {
     // it, R21); leaving "*" out ends the wildcard.
     assert_eq!(exchange(&mut endpoints, &request(EDS, &["a"], "1"), &v1), ["endpoints v1 #2: a@1"]);
     assert_eq!(exchange(&mut clusters, &request(CDS, &["a"], "1"), &v1), ["clusters v1 #2: a@1"]);
-    endpoints.on_request(&request(EDS, &["a"], "2"), Some(&v1));
-    clusters.on_request(&request(CDS, &["a"], "2"), Some(&v1));
+    endpoints.on_request(&sotw(&request(EDS, &["a"], "2")), Some(&v1));
+    clusters.on_request(&sotw(&request(CDS, &["a"], "2")), Some(&v1));
     let v2 = bundle(2, "v2", &with(MESH, &[(CDS, "a", 2), (CDS, "b", 2), (EDS, "a", 2), (EDS, "b", 2)]), Some(&v1));
     assert_eq!(show(endpoints.due(&v2)), ["endpoints v2 #3: a@2"]);
     assert_eq!(show(clusters.due(&v2)), ["clusters v2 #3: a@2"]);
@@ -619,11 +624,11 @@ fn r21_on_per_type_streams_an_eds_repeat_after_a_cds_update_is_answered() {
     assert_eq!(show(clusters.due(&v2)), ["clusters v2 #2: a@2 b@1"]);
     // Cluster a warms: Envoy repeats the EDS request it sent as its ACK.
     let repeat = request(EDS, &["a", "b"], "1");
-    assert_eq!(endpoints.on_request(&repeat, Some(&v2)), Received::Request { ty: EDS });
+    assert_eq!(endpoints.on_request(&sotw(&repeat), Some(&v2)), Received::Request { ty: EDS });
     assert_eq!(show(endpoints.due(&v2)), ["endpoints v2 #2: a@1 b@1"]);
     // ...once.
     assert_eq!(exchange(&mut endpoints, &request(EDS, &["a", "b"], "2"), &v2), NOTHING);
-    assert_eq!(endpoints.on_request(&request(EDS, &["a", "b"], "2"), Some(&v2)), Received::Repeat { ty: EDS });
+    assert_eq!(endpoints.on_request(&sotw(&request(EDS, &["a", "b"], "2")), Some(&v2)), Received::Repeat { ty: EDS });
     assert_eq!(show(endpoints.due(&v2)), NOTHING);
 }
 
@@ -657,13 +662,13 @@ fn r23_on_ads_listeners_and_routes_wait_for_clusters_and_endpoints() {
     let v1 = bundle(1, "v1", MESH, None);
     let mut stream = StreamState::new(StreamKind::Aggregated);
     for (ty, names) in ENVOY.iter().rev() {
-        stream.on_request(&request(*ty, names, ""), Some(&v1));
+        stream.on_request(&sotw(&request(*ty, names, "")), Some(&v1));
     }
     assert_eq!(show(stream.due(&v1)), ["clusters v1 #1: a@1 b@1", "endpoints v1 #2: a@1 b@1"]);
     assert_eq!(exchange(&mut stream, &request(CDS, &[], "1"), &v1), NOTHING, "endpoints not ACKed yet");
     assert_eq!(exchange(&mut stream, &request(EDS, &["a", "b"], "2"), &v1), ["listeners v1 #3: l@1 m@1", "routes v1 #4: r@1 s@1"]);
-    stream.on_request(&request(LDS, &[], "3"), Some(&v1));
-    stream.on_request(&request(RDS, &["r", "s"], "4"), Some(&v1));
+    stream.on_request(&sotw(&request(LDS, &[], "3")), Some(&v1));
+    stream.on_request(&sotw(&request(RDS, &["r", "s"], "4")), Some(&v1));
     // A bundle that changes every type: the same order.
     let all_changed: Vec<Resource> = MESH.iter().map(|&(ty, name, _)| (ty, name, 2)).collect();
     let v2 = bundle(2, "v2", &all_changed, Some(&v1));
@@ -702,18 +707,18 @@ fn only(responses: Vec<(ResourceType, EncodedResponse)>) -> (ResourceType, Strin
 fn clusters_kept_for_make_before_break_are_only_those_still_subscribed() {
     let v1 = clusters_snapshot(1, "v1", &["a", "b", "c"], None);
     let mut stream = StreamState::new(StreamKind::Aggregated);
-    stream.on_request(&request(ResourceType::Cluster, &["a", "b"], ""), Some(&v1));
-    stream.on_request(&request(ResourceType::Listener, &[], ""), Some(&v1));
+    stream.on_request(&sotw(&request(ResourceType::Cluster, &["a", "b"], "")), Some(&v1));
+    stream.on_request(&sotw(&request(ResourceType::Listener, &[], "")), Some(&v1));
     assert_eq!(only(stream.due(&v1)), (ResourceType::Cluster, "1".into(), vec!["a".into(), "b".into()]));
-    stream.on_request(&request(ResourceType::Cluster, &["a", "b"], "1"), Some(&v1));
+    stream.on_request(&sotw(&request(ResourceType::Cluster, &["a", "b"], "1")), Some(&v1));
     assert_eq!(only(stream.due(&v1)).0, ResourceType::Listener, "routing follows the clusters");
-    stream.on_request(&request(ResourceType::Listener, &[], "2"), Some(&v1));
+    stream.on_request(&sotw(&request(ResourceType::Listener, &[], "2")), Some(&v1));
 
     // b and c are dropped: b is kept a while, c was never asked for.
     let v2 = clusters_snapshot(2, "v2", &["a"], Some(&v1));
     assert_eq!(only(stream.due(&v2)), (ResourceType::Cluster, "3".into(), vec!["a".into(), "b".into()]));
     // The client unsubscribes from b, and asks for d, which does not exist.
-    stream.on_request(&request(ResourceType::Cluster, &["a", "d"], "3"), Some(&v2));
+    stream.on_request(&sotw(&request(ResourceType::Cluster, &["a", "d"], "3")), Some(&v2));
     assert_eq!(only(stream.due(&v2)), (ResourceType::Cluster, "4".into(), vec!["a".into()]));
 }
 
@@ -724,17 +729,17 @@ fn clusters_kept_for_make_before_break_are_only_those_still_subscribed() {
 fn clusters_never_sent_are_not_kept_when_the_subscription_grows() {
     let v1 = clusters_snapshot(1, "v1", &["a", "b"], None);
     let mut stream = StreamState::new(StreamKind::Aggregated);
-    stream.on_request(&request(ResourceType::Cluster, &["a"], ""), Some(&v1));
-    stream.on_request(&request(ResourceType::Listener, &[], ""), Some(&v1));
+    stream.on_request(&sotw(&request(ResourceType::Cluster, &["a"], "")), Some(&v1));
+    stream.on_request(&sotw(&request(ResourceType::Listener, &[], "")), Some(&v1));
     assert_eq!(only(stream.due(&v1)), (ResourceType::Cluster, "1".into(), vec!["a".into()]));
-    stream.on_request(&request(ResourceType::Cluster, &["a"], "1"), Some(&v1));
+    stream.on_request(&sotw(&request(ResourceType::Cluster, &["a"], "1")), Some(&v1));
     assert_eq!(only(stream.due(&v1)).0, ResourceType::Listener);
-    stream.on_request(&request(ResourceType::Listener, &[], "2"), Some(&v1));
+    stream.on_request(&sotw(&request(ResourceType::Listener, &[], "2")), Some(&v1));
 
     let v2 = clusters_snapshot(2, "v2", &["a"], Some(&v1));
-    stream.on_request(&request(ResourceType::Cluster, &["*"], "1"), Some(&v2));
+    stream.on_request(&sotw(&request(ResourceType::Cluster, &["*"], "1")), Some(&v2));
     assert_eq!(only(stream.due(&v2)), (ResourceType::Cluster, "3".into(), vec!["a".into()]));
-    stream.on_request(&request(ResourceType::Cluster, &["*"], "3"), Some(&v2));
+    stream.on_request(&sotw(&request(ResourceType::Cluster, &["*"], "3")), Some(&v2));
     assert!(stream.due(&v2).is_empty(), "no final CDS response: nothing was kept");
 }
 
@@ -744,7 +749,7 @@ fn clusters_never_sent_are_not_kept_when_the_subscription_grows() {
 fn r37_requests_before_the_first_bundle_are_answered_with_it() {
     let mut stream = StreamState::new(StreamKind::Aggregated);
     for (ty, names) in ENVOY {
-        assert_eq!(stream.on_request(&request(*ty, names, ""), None), Received::Request { ty: *ty });
+        assert_eq!(stream.on_request(&sotw(&request(*ty, names, "")), None), Received::Request { ty: *ty });
     }
     let v1 = bundle(1, "v1", MESH, None);
     assert_eq!(show(stream.due(&v1)), ["clusters v1 #1: a@1 b@1", "endpoints v1 #2: a@1 b@1"]);
