@@ -549,6 +549,93 @@ mod tests {
         assert_ne!(a.content_hash, other.content_hash);
     }
 
+    /// A bundle touching most of what the parse meets: `Any`s unpacked for
+    /// the hash (a filter, a TypedStruct, per-filter configs in a map),
+    /// `Struct`s with several keys, packed numbers, enums, wrappers,
+    /// durations, doubles, bytes, and every resource list.
+    fn rich_bundle() -> serde_json::Value {
+        let router = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"});
+        let lua = json!({"@type": "type.googleapis.com/xds.type.v3.TypedStruct", "type_url": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "value": {"default_source_code": {"inline_string": "function envoy_on_response(h) end"}, "n": 1.5, "list": [true, null, "x"]}});
+        let host = json!({"name": "all", "domains": ["*", "a.example"], "routes": [
+            {"match": {"prefix": "/a"}, "route": {"cluster": "c1", "timeout": "2.5s", "retry_policy": {"retry_on": "5xx", "num_retries": 3, "retriable_status_codes": [503, 504]}}},
+            {"match": {"safe_regex": {"regex": "^/b.*"}}, "route": {"weighted_clusters": {"clusters": [{"name": "c1", "weight": 30}, {"name": "c2", "weight": 70}]}}},
+            {"match": {"path": "/c"}, "direct_response": {"status": 200, "body": {"inline_bytes": "aGVsbG8="}}},
+        ], "typed_per_filter_config": {"envoy.filters.http.router": router.clone(), "lua": lua.clone()}});
+        let hcm = json!({"@type": HCM, "stat_prefix": "in", "codec_type": "AUTO", "route_config": {"name": "inline", "virtual_hosts": [host.clone()]},
+            "http_filters": [{"name": "lua", "typed_config": lua}, {"name": "envoy.filters.http.router", "typed_config": router}],
+            "common_http_protocol_options": {"idle_timeout": "30s", "max_headers_count": 50}});
+        let metadata = json!({"filter_metadata": {"b": {"k": 1, "s": "v", "n": null, "l": [1, "2", {"x": false}]}, "a": {"z": {"deep": [[]]}}}});
+        json!({
+            "version": "pinned",
+            "listeners": [{"name": "l1", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}}, "metadata": metadata.clone(),
+                "filter_chains": [{"filter_chain_match": {"server_names": ["a", "b"], "destination_port": 443}, "filters": [{"name": "hcm", "typed_config": hcm}]}]}],
+            "clusters": [
+                {"name": "c1", "type": "EDS", "connect_timeout": "0.250s", "lb_policy": "LEAST_REQUEST", "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}},
+                 "per_connection_buffer_limit_bytes": 32768, "metadata": metadata, "dns_lookup_family": "V4_ONLY",
+                 "outlier_detection": {"consecutive_5xx": 5, "interval": "10s", "max_ejection_percent": 50},
+                 "common_lb_config": {"healthy_panic_threshold": {"value": 40.5}},
+                 "circuit_breakers": {"thresholds": [{"priority": "HIGH", "max_connections": 100}, {"max_requests": 7}]}},
+                {"name": "c2", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {"cluster_name": "c2", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "10.0.0.1", "port_value": 80}}}, "load_balancing_weight": 3},
+                    {"endpoint": {"address": {"socket_address": {"address": "10.0.0.2", "port_value": 80}}}, "health_status": "HEALTHY"}]}]}},
+            ],
+            "routes": [{"name": "r1", "virtual_hosts": [host.clone()]}],
+            "endpoints": [{"cluster_name": "c1", "endpoints": [{"locality": {"zone": "z1"}, "priority": 1, "lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "10.1.0.1", "port_value": 8080}}, "hostname": "h1"}, "load_balancing_weight": 1},
+                {"endpoint": {"address": {"socket_address": {"address": "10.1.0.2", "port_value": 8080}}}}]}],
+                "policy": {"overprovisioning_factor": 140}}],
+            "secrets": [{"name": "s1", "generic_secret": {"secret": {"inline_bytes": "c2VjcmV0"}}},
+                        {"name": "s2", "validation_context": {"trusted_ca": {"filename": "/etc/ca.pem"}, "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "a"}}]}}],
+            "runtimes": [{"name": "rt", "layer": {"health_check": {"min_interval": 5}, "flags": {"a": true, "b": "x"}}}],
+            "extension_configs": [{"name": "ext", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", "suppress_envoy_headers": true}}],
+            "scoped_routes": [{"name": "sr", "route_configuration_name": "r1", "key": {"fragments": [{"string_key": "k"}]}}],
+            "virtual_hosts": [{"name": "r1/vh", "domains": ["vh.example"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c2"}}]}],
+        })
+    }
+
+    #[test]
+    fn content_hashes_stay_what_they_were() {
+        // As the parse at 5317284 computed them: a stored bundle's derived
+        // version must not change when the daemon is upgraded.
+        let bundle = rich_bundle();
+        assert_eq!(stored(&bundle).content_hash, "904bbc93ebdbc5a10f640585a69a8980bfc214b2c05970cefd770bbcf3f533ac");
+        let each = [
+            ("listeners", "273d2272bb3a7aa12b8c89ee8feb794d2fe76f3eac61614847a7ac6f758b975e"),
+            ("clusters", "0bc7e41c24ab8fde4f14d979ae56f420ccc349016d639cd0879f3c7a09c62b5d"),
+            ("routes", "0676af229984df1f18240fd9fdccb96bfe85b5db033a454f1bed1e47f53d6784"),
+            ("endpoints", "c1fbfaf28ad6ca3e8a0ec51290301145af424215200b7c9371433267fdef68f9"),
+            ("secrets", "b335c9dfa1d855e30f927cb80f0d1a2b86cfff036664ab5899fccedc3ef55f67"),
+            ("runtimes", "b5129595bf4e822183338a23e8ffc2cefbc7777526a4a20d9fc569f57863b032"),
+            ("extension_configs", "ea295712122a5fc29a01eafb8072fe3dccebb17a7bd1ac21ede2d6bb605a9635"),
+            ("scoped_routes", "a1b878b4c2f25a6a4791385b3f62ab2553f65e6ce5119011a11e0360be1a8553"),
+            ("virtual_hosts", "1922e5e2a3df4f73750ee3c3667d1798cdbb67558ee79357736df6aa1db9af7c"),
+        ];
+        for (key, hash) in each {
+            assert_eq!(stored(&json!({key: bundle[key]})).content_hash, hash, "{key}");
+        }
+    }
+
+    #[test]
+    fn stored_bytes_are_the_message_parsed() {
+        let bundle = rich_bundle();
+        let descriptor = schema::bundle_descriptor();
+        let parsed = stored(&bundle);
+        let mut next = BTreeMap::<u32, usize>::new();
+        for resource in &parsed.resources {
+            let field = descriptor.get_field(resource.field).unwrap();
+            let Kind::Message(message) = field.kind() else { panic!("{} is a list of messages", field.name()) };
+            let index = next.entry(resource.field).or_default();
+            let json = bundle[field.name()][*index].to_string();
+            *index += 1;
+            let expected = message.clone().deserialize(&mut serde_json::Deserializer::from_str(&json)).unwrap();
+            // Compared as JSON: the bytes inside an `Any` hold maps in no set order.
+            let options = SerializeOptions::new().use_proto_field_name(true);
+            let expected = expected.serialize_with_options(serde_json::value::Serializer, &options).unwrap();
+            assert_eq!(resource_value(&message, resource, false).unwrap(), expected, "{}", resource.name);
+        }
+    }
+
     #[test]
     fn map_order_inside_messages_does_not_change_the_hash() {
         let a = r#"{"clusters": [{"name": "a", "metadata": {"filter_metadata": {"x": {"k": 1}, "y": {"k": 2}}}}]}"#;
