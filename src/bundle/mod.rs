@@ -4,6 +4,7 @@
 //! version.
 
 mod diff;
+mod encode;
 mod parse;
 mod redact;
 mod strict;

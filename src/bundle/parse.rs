@@ -9,8 +9,7 @@
 
 use std::{collections::BTreeMap, num::NonZeroUsize, thread};
 
-use prost::Message;
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, SerializeOptions, Value};
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions};
 use serde::de::DeserializeSeed;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -143,8 +142,9 @@ fn parse_part(resources: &[RawResource<'_>]) -> Result<Part, BundleError> {
         stored: Vec::with_capacity(resources.len()),
         facts: Vec::with_capacity(resources.len()),
     };
+    let mut scratch = Scratch::default();
     for resource in resources {
-        let parsed = parse_resource(resource)?;
+        let parsed = parse_resource(resource, &mut scratch)?;
         let field = resource.field.number();
         // Decoding the stored bytes here is the deepest decode they will
         // ever see (GET decodes each resource the same way; loading decodes
@@ -168,16 +168,24 @@ struct ParsedResource {
     value: Vec<u8>,
 }
 
+/// Buffers a run of resources reuses, one resource at a time.
+#[derive(Default)]
+struct Scratch {
+    value: Vec<u8>,
+    canon: Vec<u8>,
+}
+
 /// Parses one resource: canonical digest, name and protobuf bytes.
-fn parse_resource(resource: &RawResource<'_>) -> Result<ParsedResource, BundleError> {
+fn parse_resource(resource: &RawResource<'_>, scratch: &mut Scratch) -> Result<ParsedResource, BundleError> {
     super::strict::unique_keys(resource.json, || format!("{}[{}]", resource.field.name(), resource.index))?;
     let mut de = serde_json::Deserializer::from_str(resource.json.get());
     let message = match resource.message.clone().deserialize(&mut de) {
         Ok(message) => message,
         Err(_) => return Err(locate_error(resource)),
     };
-    let mut hasher = Sha256::new();
-    hash_message(&message, &mut hasher);
+    scratch.value.clear();
+    scratch.canon.clear();
+    super::encode::encode(&message, &mut scratch.value, &mut scratch.canon);
     let name_field = match ResourceType::from_bundle_field(resource.field.number()) {
         Some(ty) => ty.name_field(),
         None => "cluster_name", // an endpoint source
@@ -186,7 +194,8 @@ fn parse_resource(resource: &RawResource<'_>) -> Result<ParsedResource, BundleEr
         .get_field_by_name(name_field)
         .and_then(|name| name.as_str().map(str::to_owned))
         .unwrap_or_default();
-    Ok(ParsedResource { digest: hasher.finalize().into(), name, value: message.encode_to_vec() })
+    // Copied out to its exact size: the store and the snapshot keep it.
+    Ok(ParsedResource { digest: Sha256::digest(&scratch.canon).into(), name, value: scratch.value.clone() })
 }
 
 /// Parses a refused resource again, tracking the path of the error. This
@@ -246,74 +255,6 @@ fn field_error(path: &str, message: String) -> BundleError {
     } else {
         BundleError::at(path, message)
     }
-}
-
-/// Feeds the canonical form of a message to the hasher: fields in number
-/// order, defaults skipped, map entries sorted by key, and every `Any`
-/// unpacked and walked too. Spelling differences (`1s` vs `1.000s`,
-/// camelCase vs snake_case, key order, JSON vs YAML) hash alike, and no map
-/// order can leak in.
-fn hash_message(message: &DynamicMessage, hasher: &mut Sha256) {
-    if let Some(inner) = unpack_any(message) {
-        hasher.update(b"@");
-        hasher.update(inner.descriptor().full_name().as_bytes());
-        return hash_message(&inner, hasher);
-    }
-    hasher.update(b"{");
-    for (field, value) in message.fields() {
-        if !field.supports_presence() && value.is_default_for_field(&field) {
-            continue;
-        }
-        hasher.update(field.number().to_le_bytes());
-        hash_value(value, hasher);
-    }
-    hasher.update(b"}");
-}
-
-fn hash_value(value: &Value, hasher: &mut Sha256) {
-    let mut sized = |tag: u8, bytes: &[u8]| {
-        hasher.update([tag]);
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(bytes);
-    };
-    match value {
-        Value::Bool(v) => sized(0, &[u8::from(*v)]),
-        Value::I32(v) => sized(1, &v.to_le_bytes()),
-        Value::I64(v) => sized(2, &v.to_le_bytes()),
-        Value::U32(v) => sized(3, &v.to_le_bytes()),
-        Value::U64(v) => sized(4, &v.to_le_bytes()),
-        Value::F32(v) => sized(5, &v.to_bits().to_le_bytes()),
-        Value::F64(v) => sized(6, &v.to_bits().to_le_bytes()),
-        Value::String(v) => sized(7, v.as_bytes()),
-        Value::Bytes(v) => sized(8, v),
-        Value::EnumNumber(v) => sized(9, &v.to_le_bytes()),
-        Value::Message(message) => hash_message(message, hasher),
-        Value::List(items) => {
-            sized(10, &(items.len() as u64).to_le_bytes());
-            items.iter().for_each(|item| hash_value(item, hasher));
-        }
-        Value::Map(map) => {
-            sized(11, &(map.len() as u64).to_le_bytes());
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            for (key, value) in entries {
-                hash_value(&key.clone().into(), hasher);
-                hash_value(value, hasher);
-            }
-        }
-    }
-}
-
-/// The message inside a `google.protobuf.Any`, when its type is known.
-fn unpack_any(message: &DynamicMessage) -> Option<DynamicMessage> {
-    if message.descriptor().full_name() != "google.protobuf.Any" {
-        return None;
-    }
-    let type_url = message.get_field_by_name("type_url")?;
-    let name = type_url.as_str()?.rsplit('/').next()?;
-    let descriptor = schema::pool().get_message_by_name(name)?;
-    let value = message.get_field_by_name("value")?;
-    DynamicMessage::decode(descriptor, value.as_bytes()?.clone()).ok()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -393,6 +334,7 @@ mod tests {
         assert_eq!(error.path.as_deref(), Some("clusters[777].connect_timeout"), "the first error in order: {error:?}");
     }
 
+    use prost::Message;
     use serde_json::json;
 
     use super::*;
