@@ -90,9 +90,10 @@ fn field(field: &FieldDescriptor, value: &Value, mut out: Option<&mut Vec<u8>>, 
                 Some(out) if field.is_packed() => {
                     let kind = field.kind();
                     encode_key(number, WireType::LengthDelimited, out);
-                    nested(out, |out| items.iter().for_each(|item| Wire::of(&kind, item).write_payload(out)));
+                    let scalars = || items.iter().filter_map(Scalar::of);
+                    nested(out, |out| scalars().for_each(|scalar| scalar.wire(&kind).write_payload(out)));
                     if let Some(canon) = canon {
-                        items.iter().for_each(|item| hash_scalar(item, canon));
+                        scalars().for_each(|scalar| scalar.canon(canon));
                     }
                 }
                 mut out => items.iter().for_each(|item| self::field(field, item, out.as_deref_mut(), canon.as_deref_mut())),
@@ -125,14 +126,100 @@ fn field(field: &FieldDescriptor, value: &Value, mut out: Option<&mut Vec<u8>>, 
             }
         }
         scalar => {
+            let Some(scalar) = Scalar::of(scalar) else { return };
             if let Some(out) = out {
-                let payload = Wire::of(&field.kind(), scalar);
-                encode_key(number, payload.wire_type(), out);
-                payload.write_payload(out);
+                scalar.wire(&field.kind()).write_field(number, out);
             }
             if let Some(canon) = canon {
-                hash_scalar(scalar, canon);
+                scalar.canon(canon);
             }
+        }
+    }
+}
+
+/// A scalar value, as both parses write it.
+#[derive(Clone, Copy)]
+pub(super) enum Scalar<'a> {
+    Bool(bool),
+    I32(i32),
+    I64(i64),
+    U32(u32),
+    U64(u64),
+    F32(f32),
+    F64(f64),
+    Enum(i32),
+    String(&'a str),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Scalar<'a> {
+    fn of(value: &'a Value) -> Option<Self> {
+        Some(match value {
+            Value::Bool(v) => Self::Bool(*v),
+            Value::I32(v) => Self::I32(*v),
+            Value::I64(v) => Self::I64(*v),
+            Value::U32(v) => Self::U32(*v),
+            Value::U64(v) => Self::U64(*v),
+            Value::F32(v) => Self::F32(*v),
+            Value::F64(v) => Self::F64(*v),
+            Value::EnumNumber(v) => Self::Enum(*v),
+            Value::String(v) => Self::String(v),
+            Value::Bytes(v) => Self::Bytes(v),
+            Value::Message(_) | Value::List(_) | Value::Map(_) => return None,
+        })
+    }
+
+    /// Whether a field without presence leaves it out (proto3 defaults;
+    /// `-0.0` is one, as prost-reflect compares).
+    pub(super) fn is_default(&self) -> bool {
+        match *self {
+            Self::Bool(v) => !v,
+            Self::I32(v) | Self::Enum(v) => v == 0,
+            Self::I64(v) => v == 0,
+            Self::U32(v) => v == 0,
+            Self::U64(v) => v == 0,
+            Self::F32(v) => v == 0.0,
+            Self::F64(v) => v == 0.0,
+            Self::String(v) => v.is_empty(),
+            Self::Bytes(v) => v.is_empty(),
+        }
+    }
+
+    /// The value encoded as `kind`, the kind of its field.
+    pub(super) fn wire(&self, kind: &Kind) -> Wire<'a> {
+        match (*self, kind) {
+            (Self::Bool(v), _) => Wire::Varint(u64::from(v)),
+            (Self::I32(v), Kind::Sint32) => Wire::Varint(u64::from(((v << 1) ^ (v >> 31)) as u32)),
+            (Self::I32(v), Kind::Sfixed32) => Wire::Fixed32(v.to_le_bytes()),
+            // int32 (and an enum) is sign-extended to 64 bits.
+            (Self::I32(v) | Self::Enum(v), _) => Wire::Varint(i64::from(v) as u64),
+            (Self::I64(v), Kind::Sint64) => Wire::Varint(((v << 1) ^ (v >> 63)) as u64),
+            (Self::I64(v), Kind::Sfixed64) => Wire::Fixed64(v.to_le_bytes()),
+            (Self::I64(v), _) => Wire::Varint(v as u64),
+            (Self::U32(v), Kind::Fixed32) => Wire::Fixed32(v.to_le_bytes()),
+            (Self::U32(v), _) => Wire::Varint(u64::from(v)),
+            (Self::U64(v), Kind::Fixed64) => Wire::Fixed64(v.to_le_bytes()),
+            (Self::U64(v), _) => Wire::Varint(v),
+            (Self::F32(v), _) => Wire::Fixed32(v.to_le_bytes()),
+            (Self::F64(v), _) => Wire::Fixed64(v.to_le_bytes()),
+            (Self::String(v), _) => Wire::Delimited(v.as_bytes()),
+            (Self::Bytes(v), _) => Wire::Delimited(v),
+        }
+    }
+
+    /// Writes the value's canonical form.
+    pub(super) fn canon(&self, canon: &mut Vec<u8>) {
+        match *self {
+            Self::Bool(v) => sized(canon, tag::BOOL, &[u8::from(v)]),
+            Self::I32(v) => sized(canon, tag::I32, &v.to_le_bytes()),
+            Self::I64(v) => sized(canon, tag::I64, &v.to_le_bytes()),
+            Self::U32(v) => sized(canon, tag::U32, &v.to_le_bytes()),
+            Self::U64(v) => sized(canon, tag::U64, &v.to_le_bytes()),
+            Self::F32(v) => sized(canon, tag::F32, &v.to_bits().to_le_bytes()),
+            Self::F64(v) => sized(canon, tag::F64, &v.to_bits().to_le_bytes()),
+            Self::String(v) => sized(canon, tag::STRING, v.as_bytes()),
+            Self::Bytes(v) => sized(canon, tag::BYTES, v),
+            Self::Enum(v) => sized(canon, tag::ENUM, &v.to_le_bytes()),
         }
     }
 }
@@ -145,31 +232,7 @@ pub(super) enum Wire<'a> {
     Delimited(&'a [u8]),
 }
 
-impl<'a> Wire<'a> {
-    /// `value` encoded as `kind`, the kind of its field.
-    pub(super) fn of(kind: &Kind, value: &'a Value) -> Self {
-        match (value, kind) {
-            (Value::Bool(v), _) => Self::Varint(u64::from(*v)),
-            (Value::I32(v), Kind::Sint32) => Self::Varint(u64::from(((v << 1) ^ (v >> 31)) as u32)),
-            (Value::I32(v), Kind::Sfixed32) => Self::Fixed32(v.to_le_bytes()),
-            // int32 (and an enum) is sign-extended to 64 bits.
-            (Value::I32(v) | Value::EnumNumber(v), _) => Self::Varint(i64::from(*v) as u64),
-            (Value::I64(v), Kind::Sint64) => Self::Varint(((v << 1) ^ (v >> 63)) as u64),
-            (Value::I64(v), Kind::Sfixed64) => Self::Fixed64(v.to_le_bytes()),
-            (Value::I64(v), _) => Self::Varint(*v as u64),
-            (Value::U32(v), Kind::Fixed32) => Self::Fixed32(v.to_le_bytes()),
-            (Value::U32(v), _) => Self::Varint(u64::from(*v)),
-            (Value::U64(v), Kind::Fixed64) => Self::Fixed64(v.to_le_bytes()),
-            (Value::U64(v), _) => Self::Varint(*v),
-            (Value::F32(v), _) => Self::Fixed32(v.to_le_bytes()),
-            (Value::F64(v), _) => Self::Fixed64(v.to_le_bytes()),
-            (Value::String(v), _) => Self::Delimited(v.as_bytes()),
-            (Value::Bytes(v), _) => Self::Delimited(v),
-            // Not scalars: `field` writes them.
-            (Value::Message(_) | Value::List(_) | Value::Map(_), _) => Self::Delimited(&[]),
-        }
-    }
-
+impl Wire<'_> {
     pub(super) fn wire_type(&self) -> WireType {
         match self {
             Self::Varint(_) => WireType::Varint,
@@ -190,21 +253,11 @@ impl<'a> Wire<'a> {
             }
         }
     }
-}
 
-fn hash_scalar(value: &Value, canon: &mut Vec<u8>) {
-    match value {
-        Value::Bool(v) => sized(canon, tag::BOOL, &[u8::from(*v)]),
-        Value::I32(v) => sized(canon, tag::I32, &v.to_le_bytes()),
-        Value::I64(v) => sized(canon, tag::I64, &v.to_le_bytes()),
-        Value::U32(v) => sized(canon, tag::U32, &v.to_le_bytes()),
-        Value::U64(v) => sized(canon, tag::U64, &v.to_le_bytes()),
-        Value::F32(v) => sized(canon, tag::F32, &v.to_bits().to_le_bytes()),
-        Value::F64(v) => sized(canon, tag::F64, &v.to_bits().to_le_bytes()),
-        Value::String(v) => sized(canon, tag::STRING, v.as_bytes()),
-        Value::Bytes(v) => sized(canon, tag::BYTES, v),
-        Value::EnumNumber(v) => sized(canon, tag::ENUM, &v.to_le_bytes()),
-        Value::Message(_) | Value::List(_) | Value::Map(_) => {}
+    /// Writes the field: key, then payload.
+    pub(super) fn write_field(&self, number: u32, out: &mut Vec<u8>) {
+        encode_key(number, self.wire_type(), out);
+        self.write_payload(out);
     }
 }
 
@@ -273,14 +326,14 @@ fn unpack_any(message: &DynamicMessage) -> Option<DynamicMessage> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use prost::Message;
     use prost_reflect::MapKey;
 
     use super::*;
 
     /// A value for `field` that is not its default.
-    fn sample(field: &FieldDescriptor) -> Value {
+    pub(in crate::bundle) fn sample(field: &FieldDescriptor) -> Value {
         let one = |kind: &Kind| match kind {
             Kind::Bool => Value::Bool(true),
             Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(-300),

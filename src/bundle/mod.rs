@@ -8,6 +8,7 @@ mod encode;
 mod parse;
 mod redact;
 mod strict;
+mod transcode;
 mod validate;
 
 pub use diff::{diff, Changed, Diff, FieldChange, TypeDiff};

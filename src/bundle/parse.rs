@@ -5,7 +5,9 @@
 //!
 //! The envelope is read first with every resource left as raw JSON; the
 //! resources (10,000 clusters is a normal bundle) are then parsed, hashed and
-//! encoded on every core.
+//! encoded on every core: most straight to protobuf bytes
+//! ([`super::transcode`]), the others, and every refusal, through a
+//! prost-reflect `DynamicMessage` ([`super::encode`]).
 
 use std::{collections::BTreeMap, num::NonZeroUsize, thread};
 
@@ -15,6 +17,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::{
+    transcode::Transcoder,
     validate::{self, Facts},
     BundleError,
 };
@@ -142,9 +145,9 @@ fn parse_part(resources: &[RawResource<'_>]) -> Result<Part, BundleError> {
         stored: Vec::with_capacity(resources.len()),
         facts: Vec::with_capacity(resources.len()),
     };
-    let mut scratch = Scratch::default();
+    let mut transcoder = Transcoder::default();
     for resource in resources {
-        let parsed = parse_resource(resource, &mut scratch)?;
+        let parsed = parse_resource(resource, &mut transcoder)?;
         let field = resource.field.number();
         // Decoding the stored bytes here is the deepest decode they will
         // ever see (GET decodes each resource the same way; loading decodes
@@ -168,34 +171,32 @@ struct ParsedResource {
     value: Vec<u8>,
 }
 
-/// Buffers a run of resources reuses, one resource at a time.
-#[derive(Default)]
-struct Scratch {
-    value: Vec<u8>,
-    canon: Vec<u8>,
-}
-
-/// Parses one resource: canonical digest, name and protobuf bytes.
-fn parse_resource(resource: &RawResource<'_>, scratch: &mut Scratch) -> Result<ParsedResource, BundleError> {
+/// Parses one resource: canonical digest, name and protobuf bytes. Most
+/// take the fast path; the rest (and whatever is wrong) go through a
+/// `DynamicMessage`, after a check for repeated keys.
+fn parse_resource(resource: &RawResource<'_>, transcoder: &mut Transcoder) -> Result<ParsedResource, BundleError> {
+    let name_field = match ResourceType::from_bundle_field(resource.field.number()) {
+        Some(ty) => ty.name_field(),
+        None => "cluster_name", // an endpoint source
+    };
+    let name_number = resource.message.get_field_by_name(name_field).map(|field| field.number());
+    if let Some(read) = transcoder.read(resource.json.get(), &resource.message, name_number) {
+        return Ok(ParsedResource { digest: Sha256::digest(read.canon).into(), name: read.name, value: read.value.to_vec() });
+    }
     super::strict::unique_keys(resource.json, || format!("{}[{}]", resource.field.name(), resource.index))?;
     let mut de = serde_json::Deserializer::from_str(resource.json.get());
     let message = match resource.message.clone().deserialize(&mut de) {
         Ok(message) => message,
         Err(_) => return Err(locate_error(resource)),
     };
-    scratch.value.clear();
-    scratch.canon.clear();
-    super::encode::encode(&message, &mut scratch.value, &mut scratch.canon);
-    let name_field = match ResourceType::from_bundle_field(resource.field.number()) {
-        Some(ty) => ty.name_field(),
-        None => "cluster_name", // an endpoint source
-    };
+    let (mut value, mut canon) = (Vec::new(), Vec::new());
+    super::encode::encode(&message, &mut value, &mut canon);
+    value.shrink_to_fit(); // the store and the snapshot keep it
     let name = message
         .get_field_by_name(name_field)
         .and_then(|name| name.as_str().map(str::to_owned))
         .unwrap_or_default();
-    // Copied out to its exact size: the store and the snapshot keep it.
-    Ok(ParsedResource { digest: Sha256::digest(&scratch.canon).into(), name, value: scratch.value.clone() })
+    Ok(ParsedResource { digest: Sha256::digest(&canon).into(), name, value })
 }
 
 /// Parses a refused resource again, tracking the path of the error. This
