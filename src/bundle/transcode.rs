@@ -16,10 +16,10 @@
 //! It also never sees a key twice in one object (a field twice is `None`),
 //! so a resource it reads needs no duplicate-key walk.
 
-use std::ops::Range;
+use std::{cell::OnceCell, ops::Range};
 
 use prost::encoding::{encode_key, WireType};
-use prost_reflect::{Cardinality, FieldDescriptor, Kind, MessageDescriptor};
+use prost_reflect::{Cardinality, Kind, MessageDescriptor};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::encode::{close_length, open_length, sized, tag, Scalar};
@@ -32,9 +32,18 @@ pub(super) struct Transcoded<'a> {
     pub name: String,
 }
 
-/// The fast path, with buffers reused from one resource to the next.
+/// The fast path, with what it learns of each type and its buffers kept
+/// from one resource to the next.
 #[derive(Default)]
 pub(super) struct Transcoder {
+    /// One per resource type read so far.
+    types: Vec<Table>,
+    out: Out,
+}
+
+/// What is written.
+#[derive(Default)]
+struct Out {
     wire: Vec<u8>,
     canon: Vec<u8>,
     /// The fields read of each message being read, innermost last: where
@@ -62,6 +71,103 @@ struct Piece {
     canon: Range<usize>,
 }
 
+/// A message type as the fast path reads it: its fields by name, looked up
+/// without hashing, each with what its value needs.
+struct Table {
+    message: MessageDescriptor,
+    form: Form,
+    fields: Vec<Field>,
+    /// Indexes into `fields`, sorted by JSON name and by proto name.
+    by_json_name: Vec<(Box<str>, usize)>,
+    by_name: Vec<(Box<str>, usize)>,
+}
+
+/// How a message is written in JSON, as prost-reflect's
+/// `deserialize_message` tells: the well-known types have forms of their own.
+enum Form {
+    /// An object of fields (a proto3 message).
+    Fields,
+    /// `google.protobuf.Duration`: a string.
+    Duration,
+    /// A wrapper type: the value of its field 1, of this kind.
+    Wrapper(Kind),
+    /// Any other well-known type, or a proto2 message: the slow path's.
+    Outside,
+}
+
+struct Field {
+    number: u32,
+    kind: Kind,
+    shape: Shape,
+    packed: bool,
+    presence: bool,
+    oneof: Option<i32>,
+    /// The table of a message field's type, made when first needed.
+    child: OnceCell<Box<Table>>,
+}
+
+impl Table {
+    fn new(message: &MessageDescriptor) -> Self {
+        let form = match message.full_name().strip_prefix("google.protobuf.") {
+            Some("Duration") => Form::Duration,
+            Some("DoubleValue") => Form::Wrapper(Kind::Double),
+            Some("FloatValue") => Form::Wrapper(Kind::Float),
+            Some("Int64Value") => Form::Wrapper(Kind::Int64),
+            Some("UInt64Value") => Form::Wrapper(Kind::Uint64),
+            Some("Int32Value") => Form::Wrapper(Kind::Int32),
+            Some("UInt32Value") => Form::Wrapper(Kind::Uint32),
+            Some("BoolValue") => Form::Wrapper(Kind::Bool),
+            Some("StringValue") => Form::Wrapper(Kind::String),
+            Some(_) => Form::Outside,
+            // proto3 only: its defaults are zeros, and it has neither
+            // groups, extensions nor custom defaults.
+            None if message.parent_file_descriptor_proto().syntax.as_deref() == Some("proto3") => Form::Fields,
+            None => Form::Outside,
+        };
+        let mut table = Table { message: message.clone(), form, fields: Vec::new(), by_json_name: Vec::new(), by_name: Vec::new() };
+        if matches!(table.form, Form::Fields) {
+            for (i, field) in message.fields().enumerate() {
+                let kind = field.kind();
+                let shape = match field.cardinality() {
+                    Cardinality::Repeated if matches!(&kind, Kind::Message(entry) if entry.is_map_entry()) => Shape::Map,
+                    Cardinality::Repeated => Shape::List,
+                    _ => Shape::One,
+                };
+                let (packed, presence, oneof) = (field.is_packed(), field.supports_presence(), field.field_descriptor_proto().oneof_index);
+                table.fields.push(Field { number: field.number(), kind, shape, packed, presence, oneof, child: OnceCell::new() });
+                table.by_json_name.push((field.json_name().into(), i));
+                table.by_name.push((field.name().into(), i));
+            }
+            table.by_json_name.sort_unstable();
+            table.by_name.sort_unstable();
+        }
+        table
+    }
+
+    /// The field `key` names: by JSON name first, as prost-reflect looks.
+    fn field(&self, key: &str) -> Option<&Field> {
+        let find = |names: &[(Box<str>, usize)]| names.binary_search_by(|(name, _)| (**name).cmp(key)).ok().map(|at| &self.fields[names[at].1]);
+        find(&self.by_json_name).or_else(|| find(&self.by_name))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    One,
+    List,
+    /// A map: the slow path's.
+    Map,
+}
+
+impl Field {
+    fn child(&self) -> Option<&Table> {
+        match &self.kind {
+            Kind::Message(message) => Some(self.child.get_or_init(|| Box::new(Table::new(message)))),
+            _ => None,
+        }
+    }
+}
+
 /// Why the fast path gave up; never shown, the slow path explains.
 fn outside<E: de::Error>() -> E {
     E::custom("not on the fast path")
@@ -70,43 +176,43 @@ fn outside<E: de::Error>() -> E {
 impl Transcoder {
     /// Reads a resource of type `message` whose name is field `name_field`.
     pub(super) fn read(&mut self, json: &str, message: &MessageDescriptor, name_field: Option<u32>) -> Option<Transcoded<'_>> {
-        self.wire.clear();
-        self.canon.clear();
-        self.fields.clear();
-        self.name.clear();
-        if message.full_name().starts_with("google.protobuf.") {
+        let at = match self.types.iter().position(|table| table.message == *message) {
+            Some(at) => at,
+            None => {
+                self.types.push(Table::new(message));
+                self.types.len() - 1
+            }
+        };
+        let (table, out) = (&self.types[at], &mut self.out);
+        if !matches!(table.form, Form::Fields) {
             return None;
         }
+        out.wire.clear();
+        out.canon.clear();
+        out.fields.clear();
+        out.name.clear();
         let mut deserializer = serde_json::Deserializer::from_str(json);
-        deserializer.deserialize_map(Fields { out: self, message, name_field }).ok()?;
+        deserializer.deserialize_map(Fields { out: &mut *out, table, name_field }).ok()?;
         deserializer.end().ok()?;
-        Some(Transcoded { value: &self.wire, canon: &self.canon, name: std::mem::take(&mut self.name) })
+        Some(Transcoded { value: &out.wire, canon: &out.canon, name: std::mem::take(&mut out.name) })
     }
+}
 
-    /// Reads a message's content (no key, no length) as prost-reflect's
-    /// `deserialize_message` does: the well-known types have JSON forms of
-    /// their own.
-    fn message<'de, D: Deserializer<'de>>(&mut self, message: &MessageDescriptor, deserializer: D) -> Result<(), D::Error> {
-        let Some(known) = message.full_name().strip_prefix("google.protobuf.") else {
-            return deserializer.deserialize_map(Fields { out: self, message, name_field: None });
-        };
-        // A wrapper is its value: field 1, left out when it is the default.
-        let kind = match known {
-            "Duration" => return deserializer.deserialize_str(DurationVisitor(self)),
-            "DoubleValue" => Kind::Double,
-            "FloatValue" => Kind::Float,
-            "Int64Value" => Kind::Int64,
-            "UInt64Value" => Kind::Uint64,
-            "Int32Value" => Kind::Int32,
-            "UInt32Value" => Kind::Uint32,
-            "BoolValue" => Kind::Bool,
-            "StringValue" => Kind::String,
-            _ => return Err(outside()),
-        };
-        self.canon.push(b'{');
-        deserializer.deserialize_any(ScalarVisitor { out: self, kind: &kind, slot: Slot::Field { number: 1, presence: false, name: false } })?;
-        self.canon.push(b'}');
-        Ok(())
+impl Out {
+    /// Reads a message's content (no key, no length).
+    fn message<'de, D: Deserializer<'de>>(&mut self, table: &Table, deserializer: D) -> Result<(), D::Error> {
+        match &table.form {
+            Form::Fields => deserializer.deserialize_map(Fields { out: self, table, name_field: None }),
+            Form::Duration => deserializer.deserialize_str(DurationVisitor(self)),
+            Form::Wrapper(kind) => {
+                // Field 1, left out when it is the default.
+                self.canon.push(b'{');
+                deserializer.deserialize_any(ScalarVisitor { out: &mut *self, kind, slot: Slot::Field { number: 1, presence: false, name: false } })?;
+                self.canon.push(b'}');
+                Ok(())
+            }
+            Form::Outside => Err(outside()),
+        }
     }
 
     /// Puts the fields read since `first` in number order, in `wire` and
@@ -139,8 +245,8 @@ fn reorder(buffer: &mut Vec<u8>, scratch: &mut Vec<u8>, start: usize, pieces: im
 
 /// A message's fields: a JSON object.
 struct Fields<'a> {
-    out: &'a mut Transcoder,
-    message: &'a MessageDescriptor,
+    out: &'a mut Out,
+    table: &'a Table,
     /// The number of the field whose string is the resource's name.
     name_field: Option<u32>,
 }
@@ -153,21 +259,16 @@ impl<'de> Visitor<'de> for Fields<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Fields { out, message, name_field } = self;
-        // proto3 only: its defaults are zeros, and it has neither groups,
-        // extensions nor custom defaults.
-        if message.parent_file_descriptor_proto().syntax.as_deref() != Some("proto3") {
-            return Err(outside());
-        }
+        let Fields { out, table, name_field } = self;
         out.canon.push(b'{');
         let first = out.fields.len();
         let mut oneofs = Vec::new();
-        while let Some(field) = map.next_key_seed(Key(message))? {
-            let number = field.number();
+        while let Some(field) = map.next_key_seed(Key(table))? {
+            let number = field.number;
             if out.fields[first..].iter().any(|span| span.number == number) {
                 return Err(outside());
             }
-            if let Some(oneof) = field.field_descriptor_proto().oneof_index {
+            if let Some(oneof) = field.oneof {
                 if oneofs.contains(&oneof) {
                     return Err(outside());
                 }
@@ -175,7 +276,7 @@ impl<'de> Visitor<'de> for Fields<'_> {
             }
             let span = Span { number, wire: out.wire.len(), canon: out.canon.len() };
             out.fields.push(span);
-            let present = map.next_value_seed(FieldValue { out: &mut *out, field: &field, name: name_field == Some(number) })?;
+            let present = map.next_value_seed(FieldValue { out: &mut *out, field, name: name_field == Some(number) })?;
             if !present {
                 // Kept, empty: the field was given, and must not be again.
                 out.wire.truncate(span.wire);
@@ -189,34 +290,34 @@ impl<'de> Visitor<'de> for Fields<'_> {
     }
 }
 
-/// A key: the field it names, by JSON name first, as prost-reflect looks.
-struct Key<'a>(&'a MessageDescriptor);
+/// A key: the field it names.
+struct Key<'a>(&'a Table);
 
-impl<'de> DeserializeSeed<'de> for Key<'_> {
-    type Value = FieldDescriptor;
+impl<'de, 'a> DeserializeSeed<'de> for Key<'a> {
+    type Value = &'a Field;
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<FieldDescriptor, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<&'a Field, D::Error> {
         deserializer.deserialize_str(self)
     }
 }
 
-impl<'de> Visitor<'de> for Key<'_> {
-    type Value = FieldDescriptor;
+impl<'de, 'a> Visitor<'de> for Key<'a> {
+    type Value = &'a Field;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a field name")
     }
 
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<FieldDescriptor, E> {
-        self.0.get_field_by_json_name(key).or_else(|| self.0.get_field_by_name(key)).ok_or_else(outside)
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<&'a Field, E> {
+        self.0.field(key).ok_or_else(outside)
     }
 }
 
 /// The value of one field; says whether the field is present (a default
 /// scalar without presence, or an empty list, is not).
 struct FieldValue<'a> {
-    out: &'a mut Transcoder,
-    field: &'a FieldDescriptor,
+    out: &'a mut Out,
+    field: &'a Field,
     /// Whether this is the resource's name.
     name: bool,
 }
@@ -226,34 +327,36 @@ impl<'de> DeserializeSeed<'de> for FieldValue<'_> {
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
         let FieldValue { out, field, name } = self;
-        let (number, kind) = (field.number(), field.kind());
-        if field.cardinality() == Cardinality::Repeated {
-            if matches!(&kind, Kind::Message(entry) if entry.is_map_entry()) {
-                return Err(outside());
+        let number = field.number;
+        match field.shape {
+            Shape::One => {}
+            Shape::List => {
+                out.canon.extend_from_slice(&number.to_le_bytes());
+                return deserializer.deserialize_seq(List { out, field });
             }
-            out.canon.extend_from_slice(&number.to_le_bytes());
-            return deserializer.deserialize_seq(List { out, kind: &kind, number, packed: field.is_packed() });
+            Shape::Map => return Err(outside()),
         }
-        match &kind {
-            Kind::Message(message) => {
+        match field.child() {
+            Some(table) => {
                 out.canon.extend_from_slice(&number.to_le_bytes());
                 encode_key(number, WireType::LengthDelimited, &mut out.wire);
                 let at = open_length(&mut out.wire);
-                out.message(message, deserializer)?;
+                out.message(table, deserializer)?;
                 close_length(&mut out.wire, at);
                 Ok(true)
             }
-            _ => deserializer.deserialize_any(ScalarVisitor { out, kind: &kind, slot: Slot::Field { number, presence: field.supports_presence(), name } }),
+            None => {
+                let slot = Slot::Field { number, presence: field.presence, name };
+                deserializer.deserialize_any(ScalarVisitor { out, kind: &field.kind, slot })
+            }
         }
     }
 }
 
 /// The items of a repeated field: a JSON array. Says whether it has any.
 struct List<'a> {
-    out: &'a mut Transcoder,
-    kind: &'a Kind,
-    number: u32,
-    packed: bool,
+    out: &'a mut Out,
+    field: &'a Field,
 }
 
 impl<'de> Visitor<'de> for List<'_> {
@@ -264,7 +367,8 @@ impl<'de> Visitor<'de> for List<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-        let List { out, kind, number, packed } = self;
+        let List { out, field } = self;
+        let (number, packed) = (field.number, field.packed);
         // The count, written once known.
         let count_at = out.canon.len() + 9;
         sized(&mut out.canon, tag::LIST, &0u64.to_le_bytes());
@@ -273,15 +377,15 @@ impl<'de> Visitor<'de> for List<'_> {
             open_length(&mut out.wire)
         });
         let mut count = 0u64;
-        match kind {
-            Kind::Message(message) => {
-                while seq.next_element_seed(Item { out: &mut *out, message, number })?.is_some() {
+        match field.child() {
+            Some(table) => {
+                while seq.next_element_seed(Item { out: &mut *out, table, number })?.is_some() {
                     count += 1;
                 }
             }
-            _ => {
+            None => {
                 let slot = Slot::Item { number, packed };
-                while seq.next_element_seed(ScalarVisitor { out: &mut *out, kind, slot })?.is_some() {
+                while seq.next_element_seed(ScalarVisitor { out: &mut *out, kind: &field.kind, slot })?.is_some() {
                     count += 1;
                 }
             }
@@ -296,8 +400,8 @@ impl<'de> Visitor<'de> for List<'_> {
 
 /// A message in a list.
 struct Item<'a> {
-    out: &'a mut Transcoder,
-    message: &'a MessageDescriptor,
+    out: &'a mut Out,
+    table: &'a Table,
     number: u32,
 }
 
@@ -305,10 +409,10 @@ impl<'de> DeserializeSeed<'de> for Item<'_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        let Item { out, message, number } = self;
+        let Item { out, table, number } = self;
         encode_key(number, WireType::LengthDelimited, &mut out.wire);
         let at = open_length(&mut out.wire);
-        out.message(message, deserializer)?;
+        out.message(table, deserializer)?;
         close_length(&mut out.wire, at);
         Ok(())
     }
@@ -328,7 +432,7 @@ enum Slot {
 /// kind accepts it (or refused as outside the fast path), and written to
 /// its slot at once. Says whether it was written.
 struct ScalarVisitor<'a> {
-    out: &'a mut Transcoder,
+    out: &'a mut Out,
     kind: &'a Kind,
     slot: Slot,
 }
@@ -431,7 +535,7 @@ impl<'de> Visitor<'de> for ScalarVisitor<'_> {
 }
 
 /// A `google.protobuf.Duration`: `<seconds>[.<fraction>]s`.
-struct DurationVisitor<'a>(&'a mut Transcoder);
+struct DurationVisitor<'a>(&'a mut Out);
 
 impl<'de> Visitor<'de> for DurationVisitor<'_> {
     type Value = ();
