@@ -9,7 +9,12 @@
 //! ([`super::transcode`]), the others, and every refusal, through a
 //! prost-reflect `DynamicMessage` ([`super::encode`]).
 
-use std::{collections::BTreeMap, num::NonZeroUsize, thread};
+use std::{
+    collections::BTreeMap,
+    num::NonZeroUsize,
+    sync::atomic::{AtomicUsize, Ordering},
+    thread,
+};
 
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions};
 use serde::de::DeserializeSeed;
@@ -139,15 +144,14 @@ pub fn check_version(version: String) -> Result<String, BundleError> {
 }
 
 /// Parses a run of resources into a part of the bundle.
-fn parse_part(resources: &[RawResource<'_>]) -> Result<Part, BundleError> {
+fn parse_part(transcoder: &mut Transcoder, resources: &[RawResource<'_>]) -> Result<Part, BundleError> {
     let mut part = Part {
         digests: Vec::with_capacity(resources.len()),
         stored: Vec::with_capacity(resources.len()),
         facts: Vec::with_capacity(resources.len()),
     };
-    let mut transcoder = Transcoder::default();
     for resource in resources {
-        let parsed = parse_resource(resource, &mut transcoder)?;
+        let parsed = parse_resource(resource, transcoder)?;
         let field = resource.field.number();
         // Decoding the stored bytes here is the deepest decode they will
         // ever see (GET decodes each resource the same way; loading decodes
@@ -222,16 +226,42 @@ fn locate_error(resource: &RawResource<'_>) -> BundleError {
     }
 }
 
-/// Runs `f` over `items` split in one run per core, keeping their order;
-/// the first error (in order) wins.
-fn on_every_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&[T]) -> Result<R, BundleError> + Sync) -> Result<Vec<R>, BundleError> {
+/// Runs `f` over `items` on every core, keeping their order; the first
+/// error (in order) wins. The items go in batches, each taken by the next
+/// core free: they differ in cost (a cluster is a tenth of a
+/// ClusterLoadAssignment), and the cores are shared. Each core keeps one
+/// `S` for all its batches.
+fn on_every_core<T: Sync, S: Default, R: Send>(items: &[T], f: impl Fn(&mut S, &[T]) -> Result<R, BundleError> + Sync) -> Result<Vec<R>, BundleError> {
+    const BATCH: usize = 64;
     let cores = thread::available_parallelism().map_or(1, NonZeroUsize::get);
     // Small bundles are not worth a thread.
-    let run = items.len().div_ceil(cores).max(256);
-    thread::scope(|scope| {
-        let workers: Vec<_> = items.chunks(run).map(|part| scope.spawn(|| f(part))).collect();
-        workers.into_iter().map(|worker| worker.join().map_err(|_| BundleError::new("the parser failed"))?).collect()
-    })
+    let workers = cores.min(items.len().div_ceil(256)).max(1);
+    let batches = items.chunks(BATCH).collect::<Vec<_>>();
+    let next = AtomicUsize::new(0);
+    // No batch after one that failed is started: the first error is in an
+    // earlier batch or in that one, and every earlier batch is done.
+    let failed = AtomicUsize::new(usize::MAX);
+    let work = || {
+        let (mut state, mut done) = (S::default(), Vec::new());
+        loop {
+            let at = next.fetch_add(1, Ordering::Relaxed);
+            let Some(batch) = batches.get(at).filter(|_| at <= failed.load(Ordering::Relaxed)) else { return done };
+            let result = f(&mut state, batch);
+            if result.is_err() {
+                failed.fetch_min(at, Ordering::Relaxed);
+            }
+            done.push((at, result));
+        }
+    };
+    let mut done: Vec<_> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..workers).map(|_| scope.spawn(work)).collect();
+        workers.into_iter().map(|worker| worker.join().map_err(|_| BundleError::new("the parser failed"))).collect::<Result<Vec<_>, _>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    done.sort_unstable_by_key(|(at, _)| *at);
+    done.into_iter().map(|(_, result)| result).collect()
 }
 
 fn malformed_json(e: serde_json::Error) -> BundleError {
@@ -333,6 +363,21 @@ mod tests {
         body["clusters"][901]["bogus"] = serde_json::json!(1);
         let error = parse(body.to_string().as_bytes(), Format::Json).unwrap_err();
         assert_eq!(error.path.as_deref(), Some("clusters[777].connect_timeout"), "the first error in order: {error:?}");
+    }
+
+    #[test]
+    fn batches_on_every_core_come_back_in_order_and_the_first_error_wins() {
+        let items: Vec<usize> = (0..10_000).collect();
+        let sum = |calls: &mut usize, batch: &[usize]| {
+            *calls += 1;
+            match batch.iter().find(|i| **i == 9_000 || **i == 130 || **i == 131) {
+                Some(i) => Err(BundleError::new(i.to_string())),
+                None => Ok(batch.to_vec()),
+            }
+        };
+        assert_eq!(on_every_core(&items, sum).unwrap_err().message, "130");
+        let fine = on_every_core(&items[200..8_000], sum).unwrap().concat();
+        assert_eq!(fine, items[200..8_000]);
     }
 
     use prost::Message;
