@@ -84,6 +84,34 @@ struct Part {
 }
 
 fn parse_json(body: &[u8]) -> Result<Parsed, BundleError> {
+    let (version, mut resources) = match envelope_at_once(body) {
+        Some(envelope) => envelope,
+        None => envelope(body)?,
+    };
+    resources.sort_by_key(|r| (r.field.number(), r.index));
+
+    let parts = on_every_core(&resources, parse_part)?;
+    let mut hasher = Sha256::new();
+    let digests = parts.iter().flat_map(|part| &part.digests);
+    for (resource, digest) in resources.iter().zip(digests) {
+        hasher.update(resource.field.number().to_le_bytes());
+        hasher.update(digest);
+    }
+    let content_hash = hex(&hasher.finalize());
+    let version = if version.is_empty() { derived_version(&content_hash) } else { check_version(version)? };
+    let mut stored = StoredBundle { version, content_hash, resources: Vec::with_capacity(resources.len()) };
+    let mut facts = Vec::with_capacity(resources.len());
+    for part in parts {
+        stored.resources.extend(part.stored);
+        facts.extend(part.facts);
+    }
+    Ok(Parsed { stored, facts })
+}
+
+/// The bundle's version and resources, the envelope read first with every
+/// value left raw, then each list on its own: what is wrong is found in
+/// that order.
+fn envelope(body: &[u8]) -> Result<(String, Vec<RawResource<'_>>), BundleError> {
     let envelope: super::strict::Object<'_> = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             BundleError::new(format!("a bundle is a JSON object: {e}"))
@@ -112,24 +140,49 @@ fn parse_json(body: &[u8]) -> Result<Parsed, BundleError> {
             resources.push(RawResource { field: field.clone(), message: message.clone(), index, json });
         }
     }
-    resources.sort_by_key(|r| (r.field.number(), r.index));
+    Ok((version, resources))
+}
 
-    let parts = on_every_core(&resources, parse_part)?;
-    let mut hasher = Sha256::new();
-    let digests = parts.iter().flat_map(|part| &part.digests);
-    for (resource, digest) in resources.iter().zip(digests) {
-        hasher.update(resource.field.number().to_le_bytes());
-        hasher.update(digest);
+/// What [`envelope`] finds in a sound body, in one pass over it instead of
+/// two: each list read straight into its items. `None` for anything else (a
+/// key unknown or twice, two spellings of one list, a value of the wrong
+/// type, bad JSON), for [`envelope`] to explain.
+fn envelope_at_once(body: &[u8]) -> Option<(String, Vec<RawResource<'_>>)> {
+    struct Envelope;
+
+    impl<'de> serde::de::Visitor<'de> for Envelope {
+        type Value = (String, Vec<RawResource<'de>>);
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a bundle")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let descriptor = schema::bundle_descriptor();
+            let (mut version, mut resources, mut seen) = (String::new(), Vec::new(), Vec::new());
+            while let Some(key) = map.next_key::<String>()? {
+                let field = descriptor.get_field_by_name(&key).or_else(|| descriptor.get_field_by_json_name(&key));
+                let Some(field) = field.filter(|field| !seen.contains(&field.number())) else {
+                    return Err(serde::de::Error::custom("for the envelope read in two passes to explain"));
+                };
+                seen.push(field.number());
+                let Kind::Message(message) = field.kind() else {
+                    version = map.next_value::<Option<String>>()?.unwrap_or_default();
+                    continue;
+                };
+                let items: Option<Vec<&'de RawValue>> = map.next_value()?;
+                for (index, json) in items.unwrap_or_default().into_iter().enumerate() {
+                    resources.push(RawResource { field: field.clone(), message: message.clone(), index, json });
+                }
+            }
+            Ok((version, resources))
+        }
     }
-    let content_hash = hex(&hasher.finalize());
-    let version = if version.is_empty() { derived_version(&content_hash) } else { check_version(version)? };
-    let mut stored = StoredBundle { version, content_hash, resources: Vec::with_capacity(resources.len()) };
-    let mut facts = Vec::with_capacity(resources.len());
-    for part in parts {
-        stored.resources.extend(part.stored);
-        facts.extend(part.facts);
-    }
-    Ok(Parsed { stored, facts })
+
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let envelope = serde::de::Deserializer::deserialize_map(&mut deserializer, Envelope).ok()?;
+    deserializer.end().ok()?;
+    Some(envelope)
 }
 
 /// A version is sent to Envoys and logged as is: printable ASCII only.
@@ -363,6 +416,38 @@ mod tests {
         body["clusters"][901]["bogus"] = serde_json::json!(1);
         let error = parse(body.to_string().as_bytes(), Format::Json).unwrap_err();
         assert_eq!(error.path.as_deref(), Some("clusters[777].connect_timeout"), "the first error in order: {error:?}");
+    }
+
+    #[test]
+    fn the_envelope_read_at_once_is_the_envelope_read_in_two_passes() {
+        let listed = |(version, resources): (String, Vec<RawResource<'_>>)| {
+            (version, resources.iter().map(|r| (r.field.number(), r.index, r.json.get().to_owned())).collect::<Vec<_>>())
+        };
+        let sound = [
+            r#"{"version": "v1", "clusters": [{"name": "a"}, {"name": "b"}], "endpoints": [{"cluster_name": "a"}], "listeners": []}"#,
+            r#"{"extensionConfigs": [{"name": "x"}], "virtual_hosts": null, "version": null}"#,
+            r#" { "clusters" : [ { "name" : "a" } ] } "#,
+            "{}",
+        ];
+        for body in sound {
+            let at_once = envelope_at_once(body.as_bytes()).unwrap_or_else(|| panic!("read at once: {body}"));
+            assert_eq!(listed(at_once), listed(envelope(body.as_bytes()).unwrap()), "{body}");
+        }
+        // What only the two passes explain, or read (two spellings of one list).
+        let other = [
+            r#"{"clusters": [], "clusters": []}"#,
+            r#"{"endpoint_sources": [], "endpointSources": []}"#,
+            r#"{"clusterz": []}"#,
+            r#"{"version": 2}"#,
+            r#"{"clusters": {}}"#,
+            r#"{"clusters": [1,]}"#,
+            r#"{"clusters": []} x"#,
+            "[]",
+        ];
+        for body in other {
+            assert!(envelope_at_once(body.as_bytes()).is_none(), "{body}");
+        }
+        assert!(envelope(br#"{"endpoint_sources": [], "endpointSources": []}"#).is_ok());
     }
 
     #[test]
