@@ -36,8 +36,8 @@ pub(super) struct Transcoded<'a> {
 /// from one resource to the next.
 #[derive(Default)]
 pub(super) struct Transcoder {
-    /// One per resource type read so far.
-    types: Vec<Table>,
+    /// One per resource type read so far, with the number of its name field.
+    types: Vec<(Table, Option<u32>)>,
     out: Out,
 }
 
@@ -54,6 +54,8 @@ struct Out {
     scratch: Vec<u8>,
     /// The resource's name, once read.
     name: String,
+    /// How many messages deep the field being read is.
+    depth: usize,
 }
 
 /// Where a field starts.
@@ -77,9 +79,56 @@ struct Table {
     message: MessageDescriptor,
     form: Form,
     fields: Vec<Field>,
-    /// Indexes into `fields`, sorted by JSON name and by proto name.
-    by_json_name: Vec<(Box<str>, usize)>,
-    by_name: Vec<(Box<str>, usize)>,
+    names: Names,
+}
+
+/// Field names to indexes into `fields`: an open-addressed table, a probe
+/// or two per key where a binary search compared several names.
+#[derive(Default)]
+struct Names {
+    /// A power of two, at least twice the names, each `(hash, name, index)`.
+    slots: Vec<Option<(u64, Box<str>, usize)>>,
+}
+
+impl Names {
+    fn new<'a>(names: impl Iterator<Item = (&'a str, usize)> + Clone) -> Self {
+        let size = (names.clone().count() * 2).next_power_of_two().max(8);
+        let mut table = Names { slots: (0..size).map(|_| None).collect() };
+        for (name, index) in names {
+            let hash = Self::hash(name);
+            let mut at = hash as usize & (size - 1);
+            loop {
+                match &table.slots[at] {
+                    // The first taker keeps a name (see `Table::new`).
+                    Some((_, taken, _)) if **taken == *name => break,
+                    Some(_) => at = (at + 1) & (size - 1),
+                    None => {
+                        table.slots[at] = Some((hash, name.into(), index));
+                        break;
+                    }
+                }
+            }
+        }
+        table
+    }
+
+    fn get(&self, key: &str) -> Option<usize> {
+        let size = self.slots.len();
+        let hash = Self::hash(key);
+        let mut at = hash as usize & size.checked_sub(1)?;
+        loop {
+            match &self.slots[at] {
+                Some((h, name, index)) if *h == hash && **name == *key => return Some(*index),
+                Some(_) => at = (at + 1) & (size - 1),
+                None => return None,
+            }
+        }
+    }
+
+    /// FNV-1a: field names are short.
+    fn hash(name: &str) -> u64 {
+        name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+    }
 }
 
 /// How a message is written in JSON, as prost-reflect's
@@ -124,9 +173,10 @@ impl Table {
             None if message.parent_file_descriptor_proto().syntax.as_deref() == Some("proto3") => Form::Fields,
             None => Form::Outside,
         };
-        let mut table = Table { message: message.clone(), form, fields: Vec::new(), by_json_name: Vec::new(), by_name: Vec::new() };
+        let mut table = Table { message: message.clone(), form, fields: Vec::new(), names: Names::default() };
         if matches!(table.form, Form::Fields) {
-            for (i, field) in message.fields().enumerate() {
+            let fields: Vec<_> = message.fields().collect();
+            for field in &fields {
                 let kind = field.kind();
                 let shape = match field.cardinality() {
                     Cardinality::Repeated if matches!(&kind, Kind::Message(entry) if entry.is_map_entry()) => Shape::Map,
@@ -135,19 +185,18 @@ impl Table {
                 };
                 let (packed, presence, oneof) = (field.is_packed(), field.supports_presence(), field.field_descriptor_proto().oneof_index);
                 table.fields.push(Field { number: field.number(), kind, shape, packed, presence, oneof, child: OnceCell::new() });
-                table.by_json_name.push((field.json_name().into(), i));
-                table.by_name.push((field.name().into(), i));
             }
-            table.by_json_name.sort_unstable();
-            table.by_name.sort_unstable();
+            // JSON names first: a key is looked up by JSON name, then by
+            // proto name, as prost-reflect looks.
+            let json_names = fields.iter().enumerate().map(|(i, field)| (field.json_name(), i));
+            table.names = Names::new(json_names.chain(fields.iter().enumerate().map(|(i, field)| (field.name(), i))));
         }
         table
     }
 
-    /// The field `key` names: by JSON name first, as prost-reflect looks.
+    /// The field `key` names.
     fn field(&self, key: &str) -> Option<&Field> {
-        let find = |names: &[(Box<str>, usize)]| names.binary_search_by(|(name, _)| (**name).cmp(key)).ok().map(|at| &self.fields[names[at].1]);
-        find(&self.by_json_name).or_else(|| find(&self.by_name))
+        self.names.get(key).map(|i| &self.fields[i])
     }
 }
 
@@ -168,6 +217,11 @@ impl Field {
     }
 }
 
+/// How deep the fast path nests messages: deeper ones take the slow path.
+/// Well under prost's decode limit (100), so that what this writes always
+/// decodes, with no decode to prove it.
+pub(super) const MAX_DEPTH: usize = 32;
+
 /// Why the fast path gave up; never shown, the slow path explains.
 fn outside<E: de::Error>() -> E {
     E::custom("not on the fast path")
@@ -175,15 +229,17 @@ fn outside<E: de::Error>() -> E {
 
 impl Transcoder {
     /// Reads a resource of type `message` whose name is field `name_field`.
-    pub(super) fn read(&mut self, json: &str, message: &MessageDescriptor, name_field: Option<u32>) -> Option<Transcoded<'_>> {
-        let at = match self.types.iter().position(|table| table.message == *message) {
+    pub(super) fn read(&mut self, json: &str, message: &MessageDescriptor, name_field: &str) -> Option<Transcoded<'_>> {
+        let at = match self.types.iter().position(|(table, _)| table.message == *message) {
             Some(at) => at,
             None => {
-                self.types.push(Table::new(message));
+                let name = message.get_field_by_name(name_field).map(|field| field.number());
+                self.types.push((Table::new(message), name));
                 self.types.len() - 1
             }
         };
-        let (table, out) = (&self.types[at], &mut self.out);
+        let ((table, name_field), out) = (&self.types[at], &mut self.out);
+        let name_field = *name_field;
         if !matches!(table.form, Form::Fields) {
             return None;
         }
@@ -191,6 +247,7 @@ impl Transcoder {
         out.canon.clear();
         out.fields.clear();
         out.name.clear();
+        out.depth = 0;
         let mut deserializer = serde_json::Deserializer::from_str(json);
         deserializer.deserialize_map(Fields { out: &mut *out, table, name_field }).ok()?;
         deserializer.end().ok()?;
@@ -201,6 +258,16 @@ impl Transcoder {
 impl Out {
     /// Reads a message's content (no key, no length).
     fn message<'de, D: Deserializer<'de>>(&mut self, table: &Table, deserializer: D) -> Result<(), D::Error> {
+        if self.depth == MAX_DEPTH {
+            return Err(outside());
+        }
+        self.depth += 1;
+        let read = self.message_at_depth(table, deserializer);
+        self.depth -= 1;
+        read
+    }
+
+    fn message_at_depth<'de, D: Deserializer<'de>>(&mut self, table: &Table, deserializer: D) -> Result<(), D::Error> {
         match &table.form {
             Form::Fields => deserializer.deserialize_map(Fields { out: self, table, name_field: None }),
             Form::Duration => deserializer.deserialize_str(DurationVisitor(self)),
@@ -596,9 +663,10 @@ mod tests {
     /// must read the same message from it, with no key twice. Says whether
     /// the fast path read it.
     fn both(message: &MessageDescriptor, json: &str) -> bool {
-        let name = message.get_field_by_name("name").or_else(|| message.get_field_by_name("cluster_name")).map(|f| f.number());
+        let name_field = if message.get_field_by_name("name").is_some() { "name" } else { "cluster_name" };
+        let name = message.get_field_by_name(name_field).map(|f| f.number());
         let mut transcoder = Transcoder::default();
-        let Some(fast) = transcoder.read(json, message, name) else { return false };
+        let Some(fast) = transcoder.read(json, message, name_field) else { return false };
         let mut deserializer = serde_json::Deserializer::from_str(json);
         let slow = DynamicMessage::deserialize(message.clone(), &mut deserializer)
             .and_then(|slow| deserializer.end().map(|()| slow))
@@ -660,6 +728,30 @@ mod tests {
             let json = json!({"endpoint": {}, "load_balancing_weight": weight}).to_string();
             assert!(both(&descriptor("envoy.config.endpoint.v3.LbEndpoint"), &json), "{json}");
         }
+    }
+
+    #[test]
+    fn names_keep_their_first_field() {
+        let names = Names::new([("a", 0), ("b", 1), ("a", 2), ("cc", 3)].into_iter());
+        assert_eq!((names.get("a"), names.get("b"), names.get("cc"), names.get("c"), names.get("")), (Some(0), Some(1), Some(3), None, None));
+        assert_eq!(Names::default().get("a"), None);
+    }
+
+    #[test]
+    fn deep_messages_go_the_slow_way() {
+        // A matcher nests as deep as it likes.
+        let nested = |depth: usize| {
+            let mut predicate = json!({"or_matcher": {"predicate": []}});
+            for _ in 0..depth {
+                predicate = json!({"not_matcher": predicate});
+            }
+            json!({"name": "l", "filter_chain_matcher": {"matcher_list": {"matchers": [{"predicate": predicate, "on_match": {"action": {"name": "a"}}}]}}})
+        };
+        let listener = descriptor("envoy.config.listener.v3.Listener");
+        let read = |depth: usize| both(&listener, &nested(depth).to_string());
+        let deepest = (0..=MAX_DEPTH).take_while(|depth| read(*depth)).last().expect("shallow matchers take the fast path");
+        // Matcher, matcher list, matcher, predicate and or_matcher around the not_matchers.
+        assert_eq!(deepest + 5, MAX_DEPTH);
     }
 
     #[test]
