@@ -4,9 +4,11 @@
 //! version.
 
 mod diff;
+mod encode;
 mod parse;
 mod redact;
 mod strict;
+mod transcode;
 mod validate;
 
 pub use diff::{diff, Changed, Diff, FieldChange, TypeDiff};

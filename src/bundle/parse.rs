@@ -5,17 +5,24 @@
 //!
 //! The envelope is read first with every resource left as raw JSON; the
 //! resources (10,000 clusters is a normal bundle) are then parsed, hashed and
-//! encoded on every core.
+//! encoded on every core: most straight to protobuf bytes
+//! ([`super::transcode`]), the others, and every refusal, through a
+//! prost-reflect `DynamicMessage` ([`super::encode`]).
 
-use std::{collections::BTreeMap, num::NonZeroUsize, thread};
+use std::{
+    collections::BTreeMap,
+    num::NonZeroUsize,
+    sync::atomic::{AtomicUsize, Ordering},
+    thread,
+};
 
-use prost::Message;
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, SerializeOptions, Value};
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions};
 use serde::de::DeserializeSeed;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::{
+    transcode::Transcoder,
     validate::{self, Facts},
     BundleError,
 };
@@ -77,6 +84,34 @@ struct Part {
 }
 
 fn parse_json(body: &[u8]) -> Result<Parsed, BundleError> {
+    let (version, mut resources) = match envelope_at_once(body) {
+        Some(envelope) => envelope,
+        None => envelope(body)?,
+    };
+    resources.sort_by_key(|r| (r.field.number(), r.index));
+
+    let parts = on_every_core(&resources, parse_part)?;
+    let mut hasher = Sha256::new();
+    let digests = parts.iter().flat_map(|part| &part.digests);
+    for (resource, digest) in resources.iter().zip(digests) {
+        hasher.update(resource.field.number().to_le_bytes());
+        hasher.update(digest);
+    }
+    let content_hash = hex(&hasher.finalize());
+    let version = if version.is_empty() { derived_version(&content_hash) } else { check_version(version)? };
+    let mut stored = StoredBundle { version, content_hash, resources: Vec::with_capacity(resources.len()) };
+    let mut facts = Vec::with_capacity(resources.len());
+    for part in parts {
+        stored.resources.extend(part.stored);
+        facts.extend(part.facts);
+    }
+    Ok(Parsed { stored, facts })
+}
+
+/// The bundle's version and resources, the envelope read first with every
+/// value left raw, then each list on its own: what is wrong is found in
+/// that order.
+fn envelope(body: &[u8]) -> Result<(String, Vec<RawResource<'_>>), BundleError> {
     let envelope: super::strict::Object<'_> = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             BundleError::new(format!("a bundle is a JSON object: {e}"))
@@ -105,24 +140,49 @@ fn parse_json(body: &[u8]) -> Result<Parsed, BundleError> {
             resources.push(RawResource { field: field.clone(), message: message.clone(), index, json });
         }
     }
-    resources.sort_by_key(|r| (r.field.number(), r.index));
+    Ok((version, resources))
+}
 
-    let parts = on_every_core(&resources, parse_part)?;
-    let mut hasher = Sha256::new();
-    let digests = parts.iter().flat_map(|part| &part.digests);
-    for (resource, digest) in resources.iter().zip(digests) {
-        hasher.update(resource.field.number().to_le_bytes());
-        hasher.update(digest);
+/// What [`envelope`] finds in a sound body, in one pass over it instead of
+/// two: each list read straight into its items. `None` for anything else (a
+/// key unknown or twice, two spellings of one list, a value of the wrong
+/// type, bad JSON), for [`envelope`] to explain.
+fn envelope_at_once(body: &[u8]) -> Option<(String, Vec<RawResource<'_>>)> {
+    struct Envelope;
+
+    impl<'de> serde::de::Visitor<'de> for Envelope {
+        type Value = (String, Vec<RawResource<'de>>);
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a bundle")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let descriptor = schema::bundle_descriptor();
+            let (mut version, mut resources, mut seen) = (String::new(), Vec::new(), Vec::new());
+            while let Some(key) = map.next_key::<String>()? {
+                let field = descriptor.get_field_by_name(&key).or_else(|| descriptor.get_field_by_json_name(&key));
+                let Some(field) = field.filter(|field| !seen.contains(&field.number())) else {
+                    return Err(serde::de::Error::custom("for the envelope read in two passes to explain"));
+                };
+                seen.push(field.number());
+                let Kind::Message(message) = field.kind() else {
+                    version = map.next_value::<Option<String>>()?.unwrap_or_default();
+                    continue;
+                };
+                let items: Option<Vec<&'de RawValue>> = map.next_value()?;
+                for (index, json) in items.unwrap_or_default().into_iter().enumerate() {
+                    resources.push(RawResource { field: field.clone(), message: message.clone(), index, json });
+                }
+            }
+            Ok((version, resources))
+        }
     }
-    let content_hash = hex(&hasher.finalize());
-    let version = if version.is_empty() { derived_version(&content_hash) } else { check_version(version)? };
-    let mut stored = StoredBundle { version, content_hash, resources: Vec::with_capacity(resources.len()) };
-    let mut facts = Vec::with_capacity(resources.len());
-    for part in parts {
-        stored.resources.extend(part.stored);
-        facts.extend(part.facts);
-    }
-    Ok(Parsed { stored, facts })
+
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let envelope = serde::de::Deserializer::deserialize_map(&mut deserializer, Envelope).ok()?;
+    deserializer.end().ok()?;
+    Some(envelope)
 }
 
 /// A version is sent to Envoys and logged as is: printable ASCII only.
@@ -137,19 +197,22 @@ pub fn check_version(version: String) -> Result<String, BundleError> {
 }
 
 /// Parses a run of resources into a part of the bundle.
-fn parse_part(resources: &[RawResource<'_>]) -> Result<Part, BundleError> {
+fn parse_part(transcoder: &mut Transcoder, resources: &[RawResource<'_>]) -> Result<Part, BundleError> {
     let mut part = Part {
         digests: Vec::with_capacity(resources.len()),
         stored: Vec::with_capacity(resources.len()),
         facts: Vec::with_capacity(resources.len()),
     };
     for resource in resources {
-        let parsed = parse_resource(resource)?;
+        let parsed = parse_resource(resource, transcoder)?;
         let field = resource.field.number();
         // Decoding the stored bytes here is the deepest decode they will
         // ever see (GET decodes each resource the same way; loading decodes
         // none): whatever passes can always be loaded and printed again.
+        // An endpoints entry refers to nothing: it is decoded only for that,
+        // which the fast path's bytes need not prove.
         let facts = match ResourceType::from_bundle_field(field) {
+            Some(ResourceType::Endpoint) if parsed.decodes => Facts::default(),
             Some(ty) => validate::facts(ty, resource.index, &parsed.value)?,
             None if field == schema::ENDPOINT_SOURCES_FIELD => validate::source_facts(resource.index, &parsed.value)?,
             None => return Err(BundleError::at(resource.field.name(), "not a resource list")),
@@ -166,27 +229,37 @@ struct ParsedResource {
     digest: [u8; 32],
     name: String,
     value: Vec<u8>,
+    /// Whether `value` is known to decode: the fast path wrote it, no
+    /// deeper than [`super::transcode::MAX_DEPTH`].
+    decodes: bool,
 }
 
-/// Parses one resource: canonical digest, name and protobuf bytes.
-fn parse_resource(resource: &RawResource<'_>) -> Result<ParsedResource, BundleError> {
+/// Parses one resource: canonical digest, name and protobuf bytes. Most
+/// take the fast path; the rest (and whatever is wrong) go through a
+/// `DynamicMessage`, after a check for repeated keys.
+fn parse_resource(resource: &RawResource<'_>, transcoder: &mut Transcoder) -> Result<ParsedResource, BundleError> {
+    let name_field = match ResourceType::from_bundle_field(resource.field.number()) {
+        Some(ty) => ty.name_field(),
+        None => "cluster_name", // an endpoint source
+    };
+    if let Some(read) = transcoder.read(resource.json.get(), &resource.message, name_field) {
+        let digest = Sha256::digest(read.canon).into();
+        return Ok(ParsedResource { digest, name: read.name, value: read.value.to_vec(), decodes: true });
+    }
     super::strict::unique_keys(resource.json, || format!("{}[{}]", resource.field.name(), resource.index))?;
     let mut de = serde_json::Deserializer::from_str(resource.json.get());
     let message = match resource.message.clone().deserialize(&mut de) {
         Ok(message) => message,
         Err(_) => return Err(locate_error(resource)),
     };
-    let mut hasher = Sha256::new();
-    hash_message(&message, &mut hasher);
-    let name_field = match ResourceType::from_bundle_field(resource.field.number()) {
-        Some(ty) => ty.name_field(),
-        None => "cluster_name", // an endpoint source
-    };
+    let (mut value, mut canon) = (Vec::new(), Vec::new());
+    super::encode::encode(&message, &mut value, &mut canon);
+    value.shrink_to_fit(); // the store and the snapshot keep it
     let name = message
         .get_field_by_name(name_field)
         .and_then(|name| name.as_str().map(str::to_owned))
         .unwrap_or_default();
-    Ok(ParsedResource { digest: hasher.finalize().into(), name, value: message.encode_to_vec() })
+    Ok(ParsedResource { digest: Sha256::digest(&canon).into(), name, value, decodes: false })
 }
 
 /// Parses a refused resource again, tracking the path of the error. This
@@ -212,16 +285,42 @@ fn locate_error(resource: &RawResource<'_>) -> BundleError {
     }
 }
 
-/// Runs `f` over `items` split in one run per core, keeping their order;
-/// the first error (in order) wins.
-fn on_every_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&[T]) -> Result<R, BundleError> + Sync) -> Result<Vec<R>, BundleError> {
+/// Runs `f` over `items` on every core, keeping their order; the first
+/// error (in order) wins. The items go in batches, each taken by the next
+/// core free: they differ in cost (a cluster is a tenth of a
+/// ClusterLoadAssignment), and the cores are shared. Each core keeps one
+/// `S` for all its batches.
+fn on_every_core<T: Sync, S: Default, R: Send>(items: &[T], f: impl Fn(&mut S, &[T]) -> Result<R, BundleError> + Sync) -> Result<Vec<R>, BundleError> {
+    const BATCH: usize = 64;
     let cores = thread::available_parallelism().map_or(1, NonZeroUsize::get);
     // Small bundles are not worth a thread.
-    let run = items.len().div_ceil(cores).max(256);
-    thread::scope(|scope| {
-        let workers: Vec<_> = items.chunks(run).map(|part| scope.spawn(|| f(part))).collect();
-        workers.into_iter().map(|worker| worker.join().map_err(|_| BundleError::new("the parser failed"))?).collect()
-    })
+    let workers = cores.min(items.len().div_ceil(256)).max(1);
+    let batches = items.chunks(BATCH).collect::<Vec<_>>();
+    let next = AtomicUsize::new(0);
+    // No batch after one that failed is started: the first error is in an
+    // earlier batch or in that one, and every earlier batch is done.
+    let failed = AtomicUsize::new(usize::MAX);
+    let work = || {
+        let (mut state, mut done) = (S::default(), Vec::new());
+        loop {
+            let at = next.fetch_add(1, Ordering::Relaxed);
+            let Some(batch) = batches.get(at).filter(|_| at <= failed.load(Ordering::Relaxed)) else { return done };
+            let result = f(&mut state, batch);
+            if result.is_err() {
+                failed.fetch_min(at, Ordering::Relaxed);
+            }
+            done.push((at, result));
+        }
+    };
+    let mut done: Vec<_> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..workers).map(|_| scope.spawn(work)).collect();
+        workers.into_iter().map(|worker| worker.join().map_err(|_| BundleError::new("the parser failed"))).collect::<Result<Vec<_>, _>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    done.sort_unstable_by_key(|(at, _)| *at);
+    done.into_iter().map(|(_, result)| result).collect()
 }
 
 fn malformed_json(e: serde_json::Error) -> BundleError {
@@ -246,74 +345,6 @@ fn field_error(path: &str, message: String) -> BundleError {
     } else {
         BundleError::at(path, message)
     }
-}
-
-/// Feeds the canonical form of a message to the hasher: fields in number
-/// order, defaults skipped, map entries sorted by key, and every `Any`
-/// unpacked and walked too. Spelling differences (`1s` vs `1.000s`,
-/// camelCase vs snake_case, key order, JSON vs YAML) hash alike, and no map
-/// order can leak in.
-fn hash_message(message: &DynamicMessage, hasher: &mut Sha256) {
-    if let Some(inner) = unpack_any(message) {
-        hasher.update(b"@");
-        hasher.update(inner.descriptor().full_name().as_bytes());
-        return hash_message(&inner, hasher);
-    }
-    hasher.update(b"{");
-    for (field, value) in message.fields() {
-        if !field.supports_presence() && value.is_default_for_field(&field) {
-            continue;
-        }
-        hasher.update(field.number().to_le_bytes());
-        hash_value(value, hasher);
-    }
-    hasher.update(b"}");
-}
-
-fn hash_value(value: &Value, hasher: &mut Sha256) {
-    let mut sized = |tag: u8, bytes: &[u8]| {
-        hasher.update([tag]);
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(bytes);
-    };
-    match value {
-        Value::Bool(v) => sized(0, &[u8::from(*v)]),
-        Value::I32(v) => sized(1, &v.to_le_bytes()),
-        Value::I64(v) => sized(2, &v.to_le_bytes()),
-        Value::U32(v) => sized(3, &v.to_le_bytes()),
-        Value::U64(v) => sized(4, &v.to_le_bytes()),
-        Value::F32(v) => sized(5, &v.to_bits().to_le_bytes()),
-        Value::F64(v) => sized(6, &v.to_bits().to_le_bytes()),
-        Value::String(v) => sized(7, v.as_bytes()),
-        Value::Bytes(v) => sized(8, v),
-        Value::EnumNumber(v) => sized(9, &v.to_le_bytes()),
-        Value::Message(message) => hash_message(message, hasher),
-        Value::List(items) => {
-            sized(10, &(items.len() as u64).to_le_bytes());
-            items.iter().for_each(|item| hash_value(item, hasher));
-        }
-        Value::Map(map) => {
-            sized(11, &(map.len() as u64).to_le_bytes());
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            for (key, value) in entries {
-                hash_value(&key.clone().into(), hasher);
-                hash_value(value, hasher);
-            }
-        }
-    }
-}
-
-/// The message inside a `google.protobuf.Any`, when its type is known.
-fn unpack_any(message: &DynamicMessage) -> Option<DynamicMessage> {
-    if message.descriptor().full_name() != "google.protobuf.Any" {
-        return None;
-    }
-    let type_url = message.get_field_by_name("type_url")?;
-    let name = type_url.as_str()?.rsplit('/').next()?;
-    let descriptor = schema::pool().get_message_by_name(name)?;
-    let value = message.get_field_by_name("value")?;
-    DynamicMessage::decode(descriptor, value.as_bytes()?.clone()).ok()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -393,6 +424,54 @@ mod tests {
         assert_eq!(error.path.as_deref(), Some("clusters[777].connect_timeout"), "the first error in order: {error:?}");
     }
 
+    #[test]
+    fn the_envelope_read_at_once_is_the_envelope_read_in_two_passes() {
+        let listed = |(version, resources): (String, Vec<RawResource<'_>>)| {
+            (version, resources.iter().map(|r| (r.field.number(), r.index, r.json.get().to_owned())).collect::<Vec<_>>())
+        };
+        let sound = [
+            r#"{"version": "v1", "clusters": [{"name": "a"}, {"name": "b"}], "endpoints": [{"cluster_name": "a"}], "listeners": []}"#,
+            r#"{"extensionConfigs": [{"name": "x"}], "virtual_hosts": null, "version": null}"#,
+            r#" { "clusters" : [ { "name" : "a" } ] } "#,
+            "{}",
+        ];
+        for body in sound {
+            let at_once = envelope_at_once(body.as_bytes()).unwrap_or_else(|| panic!("read at once: {body}"));
+            assert_eq!(listed(at_once), listed(envelope(body.as_bytes()).unwrap()), "{body}");
+        }
+        // What only the two passes explain, or read (two spellings of one list).
+        let other = [
+            r#"{"clusters": [], "clusters": []}"#,
+            r#"{"endpoint_sources": [], "endpointSources": []}"#,
+            r#"{"clusterz": []}"#,
+            r#"{"version": 2}"#,
+            r#"{"clusters": {}}"#,
+            r#"{"clusters": [1,]}"#,
+            r#"{"clusters": []} x"#,
+            "[]",
+        ];
+        for body in other {
+            assert!(envelope_at_once(body.as_bytes()).is_none(), "{body}");
+        }
+        assert!(envelope(br#"{"endpoint_sources": [], "endpointSources": []}"#).is_ok());
+    }
+
+    #[test]
+    fn batches_on_every_core_come_back_in_order_and_the_first_error_wins() {
+        let items: Vec<usize> = (0..10_000).collect();
+        let sum = |calls: &mut usize, batch: &[usize]| {
+            *calls += 1;
+            match batch.iter().find(|i| **i == 9_000 || **i == 130 || **i == 131) {
+                Some(i) => Err(BundleError::new(i.to_string())),
+                None => Ok(batch.to_vec()),
+            }
+        };
+        assert_eq!(on_every_core(&items, sum).unwrap_err().message, "130");
+        let fine = on_every_core(&items[200..8_000], sum).unwrap().concat();
+        assert_eq!(fine, items[200..8_000]);
+    }
+
+    use prost::Message;
     use serde_json::json;
 
     use super::*;
@@ -547,6 +626,93 @@ mod tests {
 
         let other = stored(&json!({"clusters": [{"name": "a", "connect_timeout": "2s", "type": "STATIC"}]}));
         assert_ne!(a.content_hash, other.content_hash);
+    }
+
+    /// A bundle touching most of what the parse meets: `Any`s unpacked for
+    /// the hash (a filter, a TypedStruct, per-filter configs in a map),
+    /// `Struct`s with several keys, packed numbers, enums, wrappers,
+    /// durations, doubles, bytes, and every resource list.
+    fn rich_bundle() -> serde_json::Value {
+        let router = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"});
+        let lua = json!({"@type": "type.googleapis.com/xds.type.v3.TypedStruct", "type_url": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "value": {"default_source_code": {"inline_string": "function envoy_on_response(h) end"}, "n": 1.5, "list": [true, null, "x"]}});
+        let host = json!({"name": "all", "domains": ["*", "a.example"], "routes": [
+            {"match": {"prefix": "/a"}, "route": {"cluster": "c1", "timeout": "2.5s", "retry_policy": {"retry_on": "5xx", "num_retries": 3, "retriable_status_codes": [503, 504]}}},
+            {"match": {"safe_regex": {"regex": "^/b.*"}}, "route": {"weighted_clusters": {"clusters": [{"name": "c1", "weight": 30}, {"name": "c2", "weight": 70}]}}},
+            {"match": {"path": "/c"}, "direct_response": {"status": 200, "body": {"inline_bytes": "aGVsbG8="}}},
+        ], "typed_per_filter_config": {"envoy.filters.http.router": router.clone(), "lua": lua.clone()}});
+        let hcm = json!({"@type": HCM, "stat_prefix": "in", "codec_type": "AUTO", "route_config": {"name": "inline", "virtual_hosts": [host.clone()]},
+            "http_filters": [{"name": "lua", "typed_config": lua}, {"name": "envoy.filters.http.router", "typed_config": router}],
+            "common_http_protocol_options": {"idle_timeout": "30s", "max_headers_count": 50}});
+        let metadata = json!({"filter_metadata": {"b": {"k": 1, "s": "v", "n": null, "l": [1, "2", {"x": false}]}, "a": {"z": {"deep": [[]]}}}});
+        json!({
+            "version": "pinned",
+            "listeners": [{"name": "l1", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}}, "metadata": metadata.clone(),
+                "filter_chains": [{"filter_chain_match": {"server_names": ["a", "b"], "destination_port": 443}, "filters": [{"name": "hcm", "typed_config": hcm}]}]}],
+            "clusters": [
+                {"name": "c1", "type": "EDS", "connect_timeout": "0.250s", "lb_policy": "LEAST_REQUEST", "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}},
+                 "per_connection_buffer_limit_bytes": 32768, "metadata": metadata, "dns_lookup_family": "V4_ONLY",
+                 "outlier_detection": {"consecutive_5xx": 5, "interval": "10s", "max_ejection_percent": 50},
+                 "common_lb_config": {"healthy_panic_threshold": {"value": 40.5}},
+                 "circuit_breakers": {"thresholds": [{"priority": "HIGH", "max_connections": 100}, {"max_requests": 7}]}},
+                {"name": "c2", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {"cluster_name": "c2", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "10.0.0.1", "port_value": 80}}}, "load_balancing_weight": 3},
+                    {"endpoint": {"address": {"socket_address": {"address": "10.0.0.2", "port_value": 80}}}, "health_status": "HEALTHY"}]}]}},
+            ],
+            "routes": [{"name": "r1", "virtual_hosts": [host.clone()]}],
+            "endpoints": [{"cluster_name": "c1", "endpoints": [{"locality": {"zone": "z1"}, "priority": 1, "lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "10.1.0.1", "port_value": 8080}}, "hostname": "h1"}, "load_balancing_weight": 1},
+                {"endpoint": {"address": {"socket_address": {"address": "10.1.0.2", "port_value": 8080}}}}]}],
+                "policy": {"overprovisioning_factor": 140}}],
+            "secrets": [{"name": "s1", "generic_secret": {"secret": {"inline_bytes": "c2VjcmV0"}}},
+                        {"name": "s2", "validation_context": {"trusted_ca": {"filename": "/etc/ca.pem"}, "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "a"}}]}}],
+            "runtimes": [{"name": "rt", "layer": {"health_check": {"min_interval": 5}, "flags": {"a": true, "b": "x"}}}],
+            "extension_configs": [{"name": "ext", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", "suppress_envoy_headers": true}}],
+            "scoped_routes": [{"name": "sr", "route_configuration_name": "r1", "key": {"fragments": [{"string_key": "k"}]}}],
+            "virtual_hosts": [{"name": "r1/vh", "domains": ["vh.example"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c2"}}]}],
+        })
+    }
+
+    #[test]
+    fn content_hashes_stay_what_they_were() {
+        // As the parse at 5317284 computed them: a stored bundle's derived
+        // version must not change when the daemon is upgraded.
+        let bundle = rich_bundle();
+        assert_eq!(stored(&bundle).content_hash, "904bbc93ebdbc5a10f640585a69a8980bfc214b2c05970cefd770bbcf3f533ac");
+        let each = [
+            ("listeners", "273d2272bb3a7aa12b8c89ee8feb794d2fe76f3eac61614847a7ac6f758b975e"),
+            ("clusters", "0bc7e41c24ab8fde4f14d979ae56f420ccc349016d639cd0879f3c7a09c62b5d"),
+            ("routes", "0676af229984df1f18240fd9fdccb96bfe85b5db033a454f1bed1e47f53d6784"),
+            ("endpoints", "c1fbfaf28ad6ca3e8a0ec51290301145af424215200b7c9371433267fdef68f9"),
+            ("secrets", "b335c9dfa1d855e30f927cb80f0d1a2b86cfff036664ab5899fccedc3ef55f67"),
+            ("runtimes", "b5129595bf4e822183338a23e8ffc2cefbc7777526a4a20d9fc569f57863b032"),
+            ("extension_configs", "ea295712122a5fc29a01eafb8072fe3dccebb17a7bd1ac21ede2d6bb605a9635"),
+            ("scoped_routes", "a1b878b4c2f25a6a4791385b3f62ab2553f65e6ce5119011a11e0360be1a8553"),
+            ("virtual_hosts", "1922e5e2a3df4f73750ee3c3667d1798cdbb67558ee79357736df6aa1db9af7c"),
+        ];
+        for (key, hash) in each {
+            assert_eq!(stored(&json!({key: bundle[key]})).content_hash, hash, "{key}");
+        }
+    }
+
+    #[test]
+    fn stored_bytes_are_the_message_parsed() {
+        let bundle = rich_bundle();
+        let descriptor = schema::bundle_descriptor();
+        let parsed = stored(&bundle);
+        let mut next = BTreeMap::<u32, usize>::new();
+        for resource in &parsed.resources {
+            let field = descriptor.get_field(resource.field).unwrap();
+            let Kind::Message(message) = field.kind() else { panic!("{} is a list of messages", field.name()) };
+            let index = next.entry(resource.field).or_default();
+            let json = bundle[field.name()][*index].to_string();
+            *index += 1;
+            let expected = message.clone().deserialize(&mut serde_json::Deserializer::from_str(&json)).unwrap();
+            // Compared as JSON: the bytes inside an `Any` hold maps in no set order.
+            let options = SerializeOptions::new().use_proto_field_name(true);
+            let expected = expected.serialize_with_options(serde_json::value::Serializer, &options).unwrap();
+            assert_eq!(resource_value(&message, resource, false).unwrap(), expected, "{}", resource.name);
+        }
     }
 
     #[test]
