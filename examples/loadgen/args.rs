@@ -7,7 +7,7 @@
 #![allow(dead_code)] // each user takes a different part
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -69,6 +69,11 @@ pub struct Args {
     pub protocol: ProtocolArg,
     #[arg(long, default_value = "bench")]
     pub node_type: String,
+    /// Local addresses the simulated Envoys connect from, taken in turn
+    /// (e.g. 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4): one loopback address
+    /// pair has ~28,000 ephemeral ports. Default: the OS picks.
+    #[arg(long, value_delimiter = ',')]
+    pub source_addrs: Vec<IpAddr>,
     /// The daemon binary to start.
     #[arg(long, default_value = "target/release/sxds")]
     pub sxds: PathBuf,
@@ -171,6 +176,7 @@ impl Args {
                 ProtocolArg::Delta => Protocol::Delta,
             },
             connect_concurrency: self.connect_concurrency,
+            source_addrs: self.source_addrs.clone(),
         }
     }
 }

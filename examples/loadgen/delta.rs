@@ -60,11 +60,11 @@ struct TypeState {
 type Responses = SelectAll<futures::stream::BoxStream<'static, Result<DeltaDiscoveryResponse, tonic::Status>>>;
 
 /// Open, subscribe, ACK until the stream ends: delta.
-pub(super) async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node) -> Result<(), String> {
+pub(super) async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node, index: usize) -> Result<(), String> {
     let mut types: PerType<TypeState> = PerType::default();
     let mut responses = Responses::new();
     let channel = {
-        let (channel, _permit) = shared.connect().await?;
+        let (channel, _permit) = shared.connect(index).await?;
         match shared.config.service {
             Service::Ads => {
                 let (tx, rx) = mpsc::channel(REQUEST_BUFFER);

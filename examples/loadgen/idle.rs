@@ -26,14 +26,15 @@ pub async fn idle(ctx: &mut Ctx<'_>, fleet: &mut Fleet) -> anyhow::Result<Value>
         ctx.settle().await;
         let now = ctx.daemon.sample()?;
         let per_stream = bytes_per_stream(&base, &now, n);
+        println!("idle  streams={n:>6}  rss={:>8} KiB (base {:>6} KiB)  per stream={:>7.0} B ({:.1} KiB)",
+            now.rss_kib, base.rss_kib, per_stream, per_stream / 1024.0);
         levels.push(json!({
             "streams": n, "connect_s": took.as_secs_f64(),
             "rss_base_kib": base.rss_kib, "rss_kib": now.rss_kib,
             "bytes_per_stream": per_stream.round(),
             "loadgen_rss_kib": Sample::of_self().rss_kib,
+            "connections": ctx.connections(),
         }));
-        println!("idle  streams={n:>6}  rss={:>8} KiB (base {:>6} KiB)  per stream={:>7.0} B ({:.1} KiB)",
-            now.rss_kib, base.rss_kib, per_stream, per_stream / 1024.0);
     }
     Ok(json!({ "clusters": args.clusters, "levels": levels }))
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::{
     args::Args,
-    daemon::{Daemon, Sample},
+    daemon::{open_files, Daemon, Sample},
     sim::{Convergence, Fleet, Target, TYPES},
 };
 
@@ -73,6 +73,18 @@ impl<'a> Ctx<'a> {
 
     pub fn samples(&self) -> anyhow::Result<Samples> {
         Ok(Samples { daemon: self.daemon.sample()?, loadgen: Sample::of_self() })
+    }
+
+    /// The daemon's xDS connections by client address, and the files the
+    /// daemon and the load generator hold open: each stream is one socket
+    /// in each process, under a hard limit of open files.
+    pub fn connections(&self) -> Value {
+        let clients = self.daemon.clients().unwrap_or_default();
+        let by_address: serde_json::Map<String, Value> = clients.iter().map(|(ip, n)| (ip.to_string(), (*n).into())).collect();
+        let (daemon_fds, loadgen_fds) = (self.daemon.open_files(), open_files("self"));
+        let listed: Vec<String> = clients.iter().map(|(ip, n)| format!("{ip} {n}")).collect();
+        println!("  connections to the daemon by client address: {}; open files: daemon {daemon_fds}, loadgen {loadgen_fds}", listed.join(", "));
+        json!({ "clients": by_address, "daemon_fds": daemon_fds, "loadgen_fds": loadgen_fds })
     }
 
     pub async fn settle(&self) {

@@ -17,6 +17,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -86,6 +87,10 @@ pub struct FleetConfig {
     pub protocol: Protocol,
     /// Nodes connecting at once: 10,000 connects must not stampede.
     pub connect_concurrency: usize,
+    /// Local addresses to connect from, node `i` from the `i % len`-th
+    /// (one loopback address pair has ~28,000 ephemeral ports); empty: the
+    /// OS picks.
+    pub source_addrs: Vec<IpAddr>,
 }
 
 /// What one simulated Envoy saw of one resource type.
@@ -134,6 +139,8 @@ pub struct NodeRecord {
     pub connects: u32,
     pub errors: u32,
     pub last_error: Option<String>,
+    /// The local address it connects from, if the fleet names one.
+    pub source: Option<IpAddr>,
     /// Only the [`TYPES`] are ever filled in.
     pub types: PerType<TypeRecord>,
 }
@@ -185,7 +192,8 @@ type Names = Arc<Vec<String>>;
 /// What every node has in common: config, connect permits, parsed names.
 struct Shared {
     config: FleetConfig,
-    endpoint: Endpoint,
+    /// One per source address (one without, if none is given).
+    endpoints: Vec<Endpoint>,
     connect_permits: Semaphore,
     /// EDS/RDS names found in a full-state CDS/LDS response, by type and
     /// version. sxds versions name content (a version is never reused for
@@ -211,10 +219,14 @@ impl Fleet {
         let endpoint = Endpoint::from_shared(config.xds_url.clone())?
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true);
+        let endpoints = match config.source_addrs.as_slice() {
+            [] => vec![endpoint],
+            sources => sources.iter().map(|&source| endpoint.clone().local_address(Some(source))).collect(),
+        };
         let permits = config.connect_concurrency.max(1);
         let shared = Arc::new(Shared {
             config,
-            endpoint,
+            endpoints,
             connect_permits: Semaphore::new(permits),
             names: Mutex::default(),
             held: Mutex::default(),
@@ -227,7 +239,9 @@ impl Fleet {
     pub fn add(&mut self, count: usize) {
         for _ in 0..count {
             let index = self.nodes.len();
-            let record = Arc::new(Mutex::new(NodeRecord::default()));
+            let sources = &self.shared.config.source_addrs;
+            let source = (!sources.is_empty()).then(|| sources[index % sources.len()]);
+            let record = Arc::new(Mutex::new(NodeRecord { source, ..NodeRecord::default() }));
             let node_id = format!("{}-{index}", self.shared.config.node_type);
             self.nodes.push(record.clone());
             self.tasks.push(tokio::spawn(run_node(self.shared.clone(), record, node_id, index)));
@@ -341,7 +355,7 @@ async fn run_node(shared: Arc<Shared>, record: Arc<Mutex<NodeRecord>>, node_id: 
     loop {
         let result = tokio::select! {
             () = shared.shutdown.cancelled() => return,
-            result = session(&shared, &record, &node_id) => result,
+            result = session(&shared, &record, &node_id, index) => result,
         };
         {
             let mut node = lock(&record);
@@ -377,11 +391,11 @@ struct Subscription {
 type Responses = SelectAll<futures::stream::BoxStream<'static, Result<DiscoveryResponse, tonic::Status>>>;
 
 /// One connection's life, in the fleet's protocol.
-async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node_id: &str) -> Result<(), String> {
+async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node_id: &str, index: usize) -> Result<(), String> {
     let node = Node { id: node_id.to_owned(), cluster: shared.config.node_type.clone(), user_agent_name: "envoy".into(), ..Node::default() };
     match shared.config.protocol {
-        Protocol::StateOfTheWorld => sotw_session(shared, record, &node).await,
-        Protocol::Delta => delta::session(shared, record, &node).await,
+        Protocol::StateOfTheWorld => sotw_session(shared, record, &node, index).await,
+        Protocol::Delta => delta::session(shared, record, &node, index).await,
     }
 }
 
@@ -403,14 +417,14 @@ fn connected(record: &Mutex<NodeRecord>) {
 }
 
 /// Open, subscribe, ACK until the stream ends: state of the world.
-async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node) -> Result<(), String> {
+async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node, index: usize) -> Result<(), String> {
     let mut subs: PerType<Subscription> = PerType::default();
     let mut responses = Responses::new();
 
     // Connect and open the first streams under a permit, released once the
     // server has accepted them.
     let channel = {
-        let (channel, _permit) = shared.connect().await?;
+        let (channel, _permit) = shared.connect(index).await?;
         match shared.config.service {
             Service::Ads => {
                 let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
@@ -511,11 +525,12 @@ fn request(node: &Node, ty: ResourceType, sub: &Subscription) -> DiscoveryReques
 }
 
 impl Shared {
-    /// A connection to the daemon, and the permit to hold until its first
-    /// streams are accepted.
-    async fn connect(&self) -> Result<(Channel, SemaphorePermit<'_>), String> {
+    /// Node `index`'s connection to the daemon (from its source address),
+    /// and the permit to hold until its first streams are accepted.
+    async fn connect(&self, index: usize) -> Result<(Channel, SemaphorePermit<'_>), String> {
         let permit = self.connect_permits.acquire().await.map_err(|e| e.to_string())?;
-        let channel = self.endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+        let endpoint = &self.endpoints[index % self.endpoints.len()];
+        let channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
         Ok((channel, permit))
     }
 
