@@ -76,7 +76,7 @@ impl Daemon {
     /// is the xDS port. Shows that the fleet's source addresses reached it.
     pub fn clients(&self) -> anyhow::Result<BTreeMap<IpAddr, usize>> {
         let table = std::fs::read_to_string("/proc/net/tcp").context("/proc/net/tcp")?;
-        Ok(established_to(&table, self.xds_addr.port()))
+        Ok(established_to(&table, self.xds_addr))
     }
 
     /// File descriptors the daemon holds open now.
@@ -112,9 +112,10 @@ impl Drop for Daemon {
 }
 
 /// Counts, by remote address, the ESTABLISHED (`01`) IPv4 sockets of a
-/// /proc/net/tcp listing whose local port is `port`. Addresses are printed
-/// as the kernel's 32-bit words in hexadecimal, ports in big-endian hex.
-fn established_to(table: &str, port: u16) -> BTreeMap<IpAddr, usize> {
+/// /proc/net/tcp listing whose local end is `server`: not a client socket
+/// that another local address gave the same port number. Addresses are
+/// printed as the kernel's 32-bit words in hexadecimal, ports in big-endian hex.
+fn established_to(table: &str, server: SocketAddr) -> BTreeMap<IpAddr, usize> {
     let mut clients = BTreeMap::new();
     let address = |field: &str| {
         let (ip, port) = field.split_once(':')?;
@@ -124,8 +125,8 @@ fn established_to(table: &str, port: u16) -> BTreeMap<IpAddr, usize> {
     for line in table.lines().skip(1) {
         let fields: Vec<&str> = line.split_whitespace().take(4).collect();
         let [_, local, remote, "01"] = fields[..] else { continue };
-        if let (Some((_, local_port)), Some((ip, _))) = (address(local), address(remote)) {
-            if local_port == port {
+        if let (Some((local_ip, local_port)), Some((ip, _))) = (address(local), address(remote)) {
+            if SocketAddr::from((local_ip, local_port)) == server {
                 *clients.entry(IpAddr::V4(ip)).or_insert(0) += 1;
             }
         }
@@ -205,13 +206,15 @@ mod tests {
     #[test]
     fn established_sockets_on_the_port_are_counted_by_client_address() {
         // 127.0.0.1:8080 (1F90) accepted from 127.0.0.2 and 127.0.0.1, a
-        // client socket of the other direction, and one in TIME_WAIT (06).
+        // client socket of the other direction, one in TIME_WAIT (06), and
+        // a client that bound 127.0.0.2:8080 to connect to 127.0.0.1:8081.
         let table = "  sl  local_address rem_address   st tx_queue rx_queue\n\
             0: 0100007F:1F90 0200007F:A000 01 00000000:00000000\n\
             1: 0100007F:1F90 0100007F:A001 01 00000000:00000000\n\
             2: 0200007F:A000 0100007F:1F90 01 00000000:00000000\n\
-            3: 0100007F:1F90 0300007F:A002 06 00000000:00000000\n";
-        let clients = established_to(table, 8080);
+            3: 0100007F:1F90 0300007F:A002 06 00000000:00000000\n\
+            4: 0200007F:1F90 0100007F:1F91 01 00000000:00000000\n";
+        let clients = established_to(table, SocketAddr::from(([127, 0, 0, 1], 8080)));
         let expected: BTreeMap<IpAddr, usize> = [([127, 0, 0, 1], 1), ([127, 0, 0, 2], 1)].into_iter().map(|(ip, n)| (IpAddr::from(ip), n)).collect();
         assert_eq!(clients, expected);
     }
