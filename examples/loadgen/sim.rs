@@ -278,8 +278,13 @@ impl Fleet {
     /// the polling interval does not blur them; only nodes still pending
     /// are polled again, to keep the load generator's own CPU low.
     pub async fn wait(&self, target: &Target, limit: Duration) -> Convergence {
+        self.wait_from(0, target, limit).await
+    }
+
+    /// [`Fleet::wait`] for the nodes from index `first` on.
+    pub async fn wait_from(&self, first: usize, target: &Target, limit: Duration) -> Convergence {
         let deadline = target.since + limit;
-        let mut pending: Vec<usize> = (0..self.nodes.len()).collect();
+        let mut pending: Vec<usize> = (first..self.nodes.len()).collect();
         let mut latencies = Vec::with_capacity(pending.len());
         loop {
             pending.retain(|&i| match self.arrival(i, target) {
@@ -296,6 +301,32 @@ impl Fleet {
         }
         latencies.sort();
         Convergence { latencies, never: pending.len() }
+    }
+
+    /// Waits until no node has taken a response for `window`, or until
+    /// `deadline`: the responses that follow an update are all in.
+    pub async fn quiet(&self, window: Duration, deadline: Instant) {
+        let mut last = self.responses();
+        let mut since = Instant::now();
+        while Instant::now() < deadline && since.elapsed() < window {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = self.responses();
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
+        }
+    }
+
+    /// Responses taken by every node, of every type.
+    pub fn responses(&self) -> u64 {
+        self.nodes.iter().map(|n| lock(n).types.values().map(|t| u64::from(t.responses)).sum::<u64>()).sum()
+    }
+
+    /// The version node `index` holds of each of the [`TYPES`] it has
+    /// taken; `None` if there is no such node.
+    pub fn versions(&self, index: usize) -> Option<Vec<(ResourceType, String)>> {
+        let node = lock(self.nodes.get(index)?);
+        Some(TYPES.iter().filter_map(|&ty| Some((ty, node.types[ty].last_version()?.to_owned()))).collect())
     }
 
     /// Where the fleet stands now against `target`.
@@ -453,11 +484,11 @@ async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node, 
         let response = message.map_err(|s| format!("stream: {s}"))?;
         let Some(ty) = ResourceType::from_type_url(&response.type_url).filter(|ty| TYPES.contains(ty)) else { continue };
         let received_at = Instant::now();
-        {
+        let previous = {
             let sub = &mut subs[ty];
-            sub.version = response.version_info.clone();
             sub.nonce = response.nonce.clone();
-        }
+            std::mem::replace(&mut sub.version, response.version_info.clone())
+        };
 
         // Like Envoy: subscribe to the EDS/RDS names the new clusters and
         // listeners refer to before ACKing them.
@@ -465,7 +496,12 @@ async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node, 
             let names = shared.referenced_names(ty, &response);
             let sub = &mut subs[child];
             let changed = !Arc::ptr_eq(&names, &sub.names) && *names != *sub.names;
-            if changed && !(names.is_empty() && sub.sender.is_none()) {
+            // A new version of clusters (listeners) the node had changes some
+            // of them (sxds resends a full-state type only when its content
+            // changed): like Envoy, those warm and ask again for their
+            // endpoints (routes), by the same names (R21, R22).
+            let warming = !changed && !previous.is_empty() && previous != response.version_info && !sub.names.is_empty();
+            if (changed && !(names.is_empty() && sub.sender.is_none())) || warming {
                 sub.names = names;
                 let update = request(node, child, sub);
                 match &sub.sender {
