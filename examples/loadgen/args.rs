@@ -25,6 +25,12 @@ pub enum Scenario {
     Idle,
     /// `--streams` nodes on a mesh of `--clusters`; change one endpoint set `--updates` times.
     Fanout,
+    /// The fan-out, but each update changes every cluster and the listener:
+    /// CDS and LDS go to every stream.
+    FullPush,
+    /// On one daemon, for each `--streams` level: RSS per stream, then
+    /// `--updates` fan-out updates [default updates: 3].
+    Scale,
     /// PUT `--ingest-clusters` clusters + endpoints (~10 MB JSON) to `--streams` nodes.
     Ingest,
     /// `--burst-puts` PUTs within `--burst-window-ms` against `--streams` nodes, `--burst-rounds` times.
@@ -60,7 +66,7 @@ pub enum ProtocolArg {
 pub struct Args {
     #[arg(long, value_enum)]
     pub scenario: Scenario,
-    /// Streams (simulated Envoys); for `idle`, a comma-separated list of levels.
+    /// Streams (simulated Envoys); for `idle` and `scale`, a comma-separated list of levels.
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     pub streams: Vec<usize>,
     #[arg(long, value_enum, default_value = "ads")]
@@ -84,19 +90,20 @@ pub struct Args {
     pub rest_addr: Option<SocketAddr>,
     #[arg(long)]
     pub pid: Option<u32>,
-    /// EDS clusters in the mesh bundle (idle, fanout, burst).
+    /// EDS clusters in the mesh bundle (idle, fanout, full-push, scale, burst).
     #[arg(long, default_value_t = 100)]
     pub clusters: usize,
     #[arg(long, default_value_t = 3)]
     pub endpoints_per_cluster: usize,
-    /// Updates, each changing one endpoint set [default: 5; cloud-map: 3].
+    /// Updates, each changing one endpoint set (full-push: everything) [default: 5; cloud-map and scale: 3].
     #[arg(long)]
     pub updates: Option<usize>,
     /// Daemons in the replicas scenario (the first is the one measured for CPU and RSS).
     #[arg(long, default_value_t = 3)]
     pub replicas: usize,
-    /// During the fan-out updates, read `GET /nodes` and `GET /metrics` in
-    /// a loop with this pause (ms) between reads, as a dashboard would.
+    /// During the fan-out updates (fanout, full-push, scale), read
+    /// `GET /nodes` and `GET /metrics` in a loop with this pause (ms)
+    /// between reads, as a dashboard would.
     #[arg(long)]
     pub poll_status_ms: Option<u64>,
     #[arg(long, default_value_t = 10_000)]
@@ -150,7 +157,10 @@ pub struct Args {
 
 impl Args {
     pub fn updates(&self) -> usize {
-        self.updates.unwrap_or(if self.scenario == Scenario::CloudMap { 3 } else { 5 })
+        self.updates.unwrap_or(match self.scenario {
+            Scenario::CloudMap | Scenario::Scale => 3,
+            _ => 5,
+        })
     }
 
     pub fn polling(&self) -> cloud_map::Polling {

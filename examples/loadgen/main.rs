@@ -4,6 +4,9 @@
 //! ```text
 //! cargo run --release --example loadgen -- --scenario fanout --streams 10000
 //! cargo run --release --example loadgen -- --scenario fanout --streams 10000 --protocol delta
+//! cargo run --release --example loadgen -- --scenario full-push --streams 10000
+//! cargo run --release --example loadgen -- --scenario scale --streams 5000,10000,19900 \
+//!     --source-addrs 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4
 //! cargo run --release --example loadgen -- --scenario cloud-map --sources 500 --instances 20 --streams 10000
 //! ```
 //!
@@ -20,7 +23,7 @@
 //! This file starts the daemon and picks the scenario; the scenarios live
 //! in modules that the `loadgen_smoke` test includes too: `args.rs` (the
 //! flags), `scenario.rs` (what they share: connecting, reports), `idle.rs`,
-//! `fanout.rs` (fanout, replicas), `ingest.rs` (ingest, memory), `burst.rs`,
+//! `fanout.rs` (fanout, full-push, scale, replicas), `ingest.rs` (ingest, memory), `burst.rs`,
 //! `poller.rs` (status reads during updates), `cloud_map.rs`; below them
 //! `sim.rs` (the fleet), `bundles.rs` and `daemon.rs`.
 
@@ -84,6 +87,8 @@ async fn run(args: &Args, daemon: &Daemon, cloud_map_url: Option<String>) -> any
     let details = match args.scenario {
         Scenario::Idle => idle::idle(&mut ctx, &mut fleet).await,
         Scenario::Fanout => fanout::fanout(&mut ctx, &mut fleet).await,
+        Scenario::FullPush => fanout::full_push(&mut ctx, &mut fleet).await,
+        Scenario::Scale => fanout::scale(&mut ctx, &mut fleet).await,
         Scenario::Ingest => ingest::ingest(&mut ctx, &mut fleet).await,
         Scenario::Memory => ingest::memory(&mut ctx).await,
         Scenario::Burst => burst::burst(&mut ctx, &mut fleet).await,

@@ -56,16 +56,22 @@ impl<'a> Ctx<'a> {
         Ok(bundle["version"].as_str().unwrap_or_default().to_owned())
     }
 
-    /// Grows the fleet to `streams` and waits until every node has `version`.
+    /// Grows the fleet to `streams` and waits until every new node holds
+    /// `version` of every type. (A node that connects after updates takes
+    /// every type at the stored version, while the nodes before it keep the
+    /// version in which each type last changed.)
     pub async fn connect(&self, fleet: &mut Fleet, streams: usize, version: &str) -> anyhow::Result<Duration> {
         let start = Instant::now();
-        fleet.add(streams.saturating_sub(fleet.len()));
+        let first = fleet.len();
+        fleet.add(streams.saturating_sub(first));
         eprintln!("loadgen: connecting {} streams ...", fleet.len());
         let target = Target { version: version.to_owned(), types: TYPES.to_vec(), since: start };
-        let result = fleet.wait(&target, self.args.connect_deadline).await;
+        let result = fleet.wait_from(first, &target, self.args.connect_deadline).await;
         if result.never > 0 {
             let errors: Vec<String> = fleet.records().into_iter().filter_map(|r| r.last_error).take(3).collect();
-            bail!("{} of {} streams did not take version {version} within {:?}; errors: {errors:?}", result.never, fleet.len(), self.args.connect_deadline);
+            let held = fleet.versions(fleet.len() - 1).unwrap_or_default();
+            bail!("{} of {} new streams did not take version {version} within {:?}; the last node holds {held:?}; errors: {errors:?}",
+                result.never, fleet.len() - first, self.args.connect_deadline);
         }
         eprintln!("loadgen: {} streams connected and converged in {:.1?}", fleet.len(), start.elapsed());
         Ok(start.elapsed())
