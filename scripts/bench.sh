@@ -9,6 +9,18 @@
 #   PROTOCOL=delta scripts/bench.sh                                    # delta only
 #   SCENARIOS=cloud-map scripts/bench.sh                               # Cloud Map on moto, 500 × 20, 10,000 streams
 #   CLOUD_MAP_SOURCES=50 CLOUD_MAP_INSTANCES=5 CLOUD_MAP_STREAMS=200 SCENARIOS=cloud-map scripts/bench.sh
+#   SCENARIOS="scale full-push fanout fanout-polled" scripts/bench.sh  # the scenarios of issue #12
+#   SCALE_LEVELS=1000,2000 FULL_PUSH_STREAMS=2000 FANOUT_STREAMS=2000 SCENARIOS="scale full-push fanout-polled" scripts/bench.sh
+#
+# Scenarios: idle, fanout, ingest, burst, memory (the default list), and
+# replicas, cloud-map, scale (RSS per stream and fan-out updates at each of
+# $SCALE_LEVELS on one daemon, connecting from the local addresses
+# $SCALE_SOURCE_ADDRS: one loopback address pair has ~28,000 ephemeral
+# ports), full-push (every cluster and the listener change per update) and
+# fanout-polled (fanout while GET /nodes and /metrics are read every
+# $POLL_STATUS_MS ms; beside fanout, "with" and "without" polling are two
+# rows of one table). $SOURCE_ADDRS, if set, is passed to the other
+# scenarios that open streams.
 #
 # Every scenario but memory (which opens no streams) runs once per protocol
 # in $PROTOCOLS (sotw, delta; default sotw); delta results are kept as
@@ -16,7 +28,8 @@
 #
 # Each scenario starts its own daemon (target/release/sxds) on free loopback
 # ports with a temporary data directory. Raw JSON summaries are kept in
-# $OUT (default target/bench/<timestamp>/). Needs: cargo, jq; cloud-map
+# $OUT (default target/bench/<timestamp>/). Needs: cargo, jq (and flock,
+# with $CARGO_LOCK); cloud-map
 # (not in the default list: filling moto takes minutes) also needs
 # moto_server (pip install 'moto[server]==5.2.5'), which it starts itself.
 set -euo pipefail
@@ -31,6 +44,13 @@ FANOUT_STREAMS=${FANOUT_STREAMS:-10000}
 FANOUT_UPDATES=${FANOUT_UPDATES:-5}
 INGEST_STREAMS=${INGEST_STREAMS:-10}
 BURST_STREAMS=${BURST_STREAMS:-1000}
+FULL_PUSH_STREAMS=${FULL_PUSH_STREAMS:-$FANOUT_STREAMS}
+FULL_PUSH_UPDATES=${FULL_PUSH_UPDATES:-$FANOUT_UPDATES}
+POLL_STATUS_MS=${POLL_STATUS_MS:-100}
+SCALE_LEVELS=${SCALE_LEVELS:-5000,10000,19900}
+SCALE_UPDATES=${SCALE_UPDATES:-3}
+SCALE_SOURCE_ADDRS=${SCALE_SOURCE_ADDRS:-127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4}
+SOURCE_ADDRS=${SOURCE_ADDRS:-}
 CLOUD_MAP_SOURCES=${CLOUD_MAP_SOURCES:-500}
 CLOUD_MAP_INSTANCES=${CLOUD_MAP_INSTANCES:-20}
 CLOUD_MAP_STREAMS=${CLOUD_MAP_STREAMS:-10000}
@@ -46,7 +66,12 @@ mkdir -p "$OUT"
 # What is measured: the commit, and whether the tree had local changes, when built.
 REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock build.rs 2>/dev/null || echo '+dirty')"
 echo "building (release) ..." >&2
-cargo build --release --quiet --bin sxds --example loadgen
+# On a shared machine, CARGO_LOCK names a lock file that every cargo command takes.
+if [[ -n ${CARGO_LOCK:-} ]]; then
+    flock "$CARGO_LOCK" cargo build --release --quiet --bin sxds --example loadgen
+else
+    cargo build --release --quiet --bin sxds --example loadgen
+fi
 # Private copies: a rebuild of target/ during the run must not change the
 # binaries under test (or their symbols, for a profiler) halfway.
 mkdir -p "$OUT/bin"
@@ -69,6 +94,9 @@ run() { # name, protocol, loadgen args...
     fi
 }
 FAILED=
+# --source-addrs for the scenarios that open streams, if $SOURCE_ADDRS names some.
+sources=()
+[[ -z $SOURCE_ADDRS ]] || sources=(--source-addrs "$SOURCE_ADDRS")
 
 for protocol in $PROTOCOLS; do
     case $protocol in sotw | delta) ;; *) echo "unknown protocol $protocol (sotw, delta)" >&2; exit 2 ;; esac
@@ -76,10 +104,14 @@ done
 for protocol in $PROTOCOLS; do
     for scenario in $SCENARIOS; do
         case $scenario in
-            idle) run idle "$protocol" --scenario idle --streams "$IDLE_LEVELS" ;;
-            fanout) run fanout "$protocol" --scenario fanout --streams "$FANOUT_STREAMS" --updates "$FANOUT_UPDATES" ;;
-            ingest) run ingest "$protocol" --scenario ingest --streams "$INGEST_STREAMS" ;;
-            burst) run burst "$protocol" --scenario burst --streams "$BURST_STREAMS" ;;
+            idle) run idle "$protocol" --scenario idle --streams "$IDLE_LEVELS" "${sources[@]}" ;;
+            fanout) run fanout "$protocol" --scenario fanout --streams "$FANOUT_STREAMS" --updates "$FANOUT_UPDATES" "${sources[@]}" ;;
+            fanout-polled) run fanout-polled "$protocol" --scenario fanout --streams "$FANOUT_STREAMS" --updates "$FANOUT_UPDATES" \
+                --poll-status-ms "$POLL_STATUS_MS" "${sources[@]}" ;;
+            full-push) run full-push "$protocol" --scenario full-push --streams "$FULL_PUSH_STREAMS" --updates "$FULL_PUSH_UPDATES" "${sources[@]}" ;;
+            scale) run scale "$protocol" --scenario scale --streams "$SCALE_LEVELS" --updates "$SCALE_UPDATES" --source-addrs "$SCALE_SOURCE_ADDRS" ;;
+            ingest) run ingest "$protocol" --scenario ingest --streams "$INGEST_STREAMS" "${sources[@]}" ;;
+            burst) run burst "$protocol" --scenario burst --streams "$BURST_STREAMS" "${sources[@]}" ;;
             # No streams: the same for every protocol, so measured once.
             memory) [[ -f $OUT/memory.txt ]] || run memory sotw --scenario memory ;;
             # Three replicas on the etcd that SXDS_STORE names; needs an sxds built
@@ -95,6 +127,22 @@ done
 
 kib() { jq -r "$1 | if . == null then \"-\" else (. / 1024 * 10 | round / 10 | tostring) + \" KiB\" end" "$2"; }
 msf() { jq -r "$1 | if . == null then \"-\" else (. | round | tostring) + \" ms\" end" "$2"; }
+median() { jq -r "[$1] | sort | if length == 0 then \"-\" else .[length/2|floor] | round | tostring end" "$2"; }
+
+fanout_rows() { # file, label
+    local f=$1 label=$2 n
+    n=$(jq -r .streams "$f")
+    echo "| $label, $n streams, 1 of $(jq -r .clusters "$f") endpoint sets changed | convergence p50 / p99 / max (worst of $(jq '.updates | length' "$f") updates) | $(msf .worst.p50_ms "$f") / $(msf .worst.p99_ms "$f") / $(msf .worst.max_ms "$f") | p99 ≤ 1 s |"
+    echo "| | never converged (all updates) | $(jq -r .worst.never "$f") | 0 |"
+    echo "| | PUT answered (median) / daemon CPU per update (median) | $(jq -r '[.updates[].put_ms] | sort | .[length/2|floor] | round' "$f") ms / $(jq -r '[.updates[].daemon_cpu_ms] | sort | .[length/2|floor]' "$f") ms | no more on delta than on SotW |"
+    echo "| | resources per EDS response (mean, max) / EDS responses per stream (mean, max), all updates | $(jq -r 'def r2: if . == null then "-" else (. * 100 | round / 100 | tostring) end; def worst(k): map(.[k] // empty) | max | r2;
+        [.updates[].eds_responses] | "\(worst("resources_per_response_mean")), \(worst("resources_per_response_max")) / \(worst("responses_per_stream_mean")), \(worst("responses_per_stream_max"))"' "$f") | 1, 1 / 1, 1 |"
+}
+
+# Status reads of a polled run: rounds, and per path reads (failed), p50 / max.
+status_rows() { # file
+    jq -r 'select(.status_reads != null) | .status_reads | "| | status reads every \(.pause_ms | round) ms during the updates: \(.polls) rounds; GET /nodes, GET /metrics reads (failed), p50 / max | \(."/nodes" | "\(.reads) (\(.failed)), \(.p50_ms * 10 | round / 10) / \(.max_ms | round) ms"); \(."/metrics" | "\(.reads) (\(.failed)), \(.p50_ms * 10 | round / 10) / \(.max_ms | round) ms") | every read answered |"' "$1"
+}
 
 echo
 echo "sxds benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $REV, $(nproc) cores, $(uname -r), service=$SERVICE, protocols=${PROTOCOLS// /+}"
@@ -111,13 +159,25 @@ for protocol in $PROTOCOLS; do
         jq -r --arg tag "$tag" '.levels[] | "| idle\($tag), \(.streams) streams | daemon RSS per stream (RSS \(.rss_kib) KiB − base \(.rss_base_kib) KiB) | \((.bytes_per_stream / 1024 * 10 | round) / 10) KiB | ≤ 32 KiB at 10,000 |"' "$OUT/idle$suffix.json"
     fi
     if [[ -f $OUT/fanout$suffix.json ]]; then
-        f=$OUT/fanout$suffix.json
-        n=$(jq -r .streams "$f")
-        echo "| fan-out$tag, $n streams, 1 of $(jq -r .clusters "$f") endpoint sets changed | convergence p50 / p99 / max (worst of $(jq '.updates | length' "$f") updates) | $(msf .worst.p50_ms "$f") / $(msf .worst.p99_ms "$f") / $(msf .worst.max_ms "$f") | p99 ≤ 1 s |"
+        fanout_rows "$OUT/fanout$suffix.json" "fan-out$tag"
+    fi
+    if [[ -f $OUT/fanout-polled$suffix.json ]]; then
+        f=$OUT/fanout-polled$suffix.json
+        fanout_rows "$f" "fan-out$tag with status polling"
+        echo "| | loadgen CPU per update (median) | $(median '.updates[].loadgen_cpu_ms' "$f") ms | |"
+        status_rows "$f"
+    fi
+    if [[ -f $OUT/full-push$suffix.json ]]; then
+        f=$OUT/full-push$suffix.json
+        echo "| full-push$tag, $(jq -r .streams "$f") streams, all $(jq -r .clusters "$f") clusters and the listener changed | convergence (new CDS and LDS) p50 / p99 / max (worst of $(jq '.updates | length' "$f") updates) | $(msf .worst.p50_ms "$f") / $(msf .worst.p99_ms "$f") / $(msf .worst.max_ms "$f") | p99 ≤ 1 s |"
         echo "| | never converged (all updates) | $(jq -r .worst.never "$f") | 0 |"
-        echo "| | PUT answered (median) / daemon CPU per update (median) | $(jq -r '[.updates[].put_ms] | sort | .[length/2|floor] | round' "$f") ms / $(jq -r '[.updates[].daemon_cpu_ms] | sort | .[length/2|floor]' "$f") ms | no more on delta than on SotW |"
-        echo "| | resources per EDS response (mean, max) / EDS responses per stream (mean, max), all updates | $(jq -r 'def r2: if . == null then "-" else (. * 100 | round / 100 | tostring) end; def worst(k): map(.[k] // empty) | max | r2;
-            [.updates[].eds_responses] | "\(worst("resources_per_response_mean")), \(worst("resources_per_response_max")) / \(worst("responses_per_stream_mean")), \(worst("responses_per_stream_max"))"' "$f") | 1, 1 / 1, 1 |"
+        echo "| | PUT answered / daemon CPU / loadgen CPU per update (medians) | $(median '.updates[].put_ms' "$f") ms / $(median '.updates[].daemon_cpu_ms' "$f") ms / $(median '.updates[].loadgen_cpu_ms' "$f") ms | |"
+        echo "| | streams that took clusters / endpoints / listeners / routes, responses per stream (max), all updates | $(jq -r '[.updates[].received] as $r | ["clusters", "endpoints", "listeners", "routes"] | map(. as $t | "\($r | map(.[$t].streams) | min), \($r | map(.[$t].responses_per_stream_max) | max)") | join(" / ")' "$f") | all, 1 (EDS, RDS: the warming re-request's answer) |"
+        status_rows "$f"
+    fi
+    if [[ -f $OUT/scale$suffix.json ]]; then
+        f=$OUT/scale$suffix.json
+        jq -r --arg tag "$tag" '.levels[] | "| scale\($tag), \(.streams) streams (from \(.connections.clients | keys | length) addresses) | daemon RSS per stream (RSS \(.rss_kib) KiB − base \(.rss_base_kib) KiB) | \((.bytes_per_stream / 1024 * 10 | round) / 10) KiB | ≤ 32 KiB at 10,000 |\n| | fan-out p50 / p99 / max (worst of \(.updates | length) updates) / never | \(.worst.p50_ms | round) / \(.worst.p99_ms | round) / \(.worst.max_ms | round) ms / \(.worst.never) | p99 ≤ 1 s / 0 |\n| | daemon CPU / loadgen CPU per update (median) | \([.updates[].daemon_cpu_ms] | sort | .[length/2|floor]) ms / \([.updates[].loadgen_cpu_ms] | sort | .[length/2|floor]) ms | |"' "$f"
     fi
     if [[ -f $OUT/ingest$suffix.json ]]; then
         f=$OUT/ingest$suffix.json

@@ -1,6 +1,7 @@
 //! The bundles the load generator PUTs: a service mesh slice of EDS
 //! clusters behind one listener and one route, whose endpoint sets can be
-//! changed one at a time, or come from AWS Cloud Map.
+//! changed one at a time (or all clusters and the listener at once), or
+//! come from AWS Cloud Map.
 
 use serde_json::{json, Value};
 
@@ -15,11 +16,14 @@ pub struct Mesh {
     pub routed: usize,
     /// Per cluster: bumped to change that cluster's endpoint set.
     pub generation: Vec<u32>,
+    /// Bumped to change every cluster (its connect timeout) and the
+    /// listener (its stat prefix) at once: a full push.
+    pub revision: u32,
 }
 
 impl Mesh {
     pub fn new(clusters: usize, endpoints_per_cluster: usize, routed: usize) -> Self {
-        Self { clusters, endpoints_per_cluster, routed: routed.min(clusters), generation: vec![0; clusters] }
+        Self { clusters, endpoints_per_cluster, routed: routed.min(clusters), generation: vec![0; clusters], revision: 0 }
     }
 
     /// Changes the endpoint set of one cluster (its ports move).
@@ -28,10 +32,20 @@ impl Mesh {
         self.generation[i] += 1;
     }
 
+    /// Changes every cluster and the listener, not the endpoints or the route.
+    pub fn change_everything(&mut self) {
+        self.revision += 1;
+    }
+
     pub fn bundle(&self, version: &str) -> Value {
         let eds = json!({"ads": {}, "resource_api_version": "V3"});
+        let connect_timeout = format!("{}s", 1 + self.revision);
+        let stat_prefix = match self.revision {
+            0 => "ingress_http".to_owned(),
+            r => format!("ingress_http_{r}"),
+        };
         let clusters: Vec<Value> = (0..self.clusters)
-            .map(|i| json!({"name": cluster_name(i), "type": "EDS", "connect_timeout": "1s", "eds_cluster_config": {"eds_config": eds}}))
+            .map(|i| json!({"name": cluster_name(i), "type": "EDS", "connect_timeout": connect_timeout, "eds_cluster_config": {"eds_config": eds}}))
             .collect();
         let endpoints: Vec<Value> = (0..self.clusters)
             .map(|i| {
@@ -59,7 +73,7 @@ impl Mesh {
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "ingress_http",
+                        "stat_prefix": stat_prefix,
                         "rds": {"route_config_name": "route_0", "config_source": {"ads": {}, "resource_api_version": "V3"}},
                         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
                     }

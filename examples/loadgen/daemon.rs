@@ -2,7 +2,8 @@
 //! data directory (or attached to by PID), and sampled from /proc.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
     path::Path,
     process::{Child, Command},
     time::{Duration, Instant},
@@ -70,6 +71,19 @@ impl Daemon {
         Sample::of(&self.pid.to_string())
     }
 
+    /// The daemon's established xDS connections by the client's address,
+    /// as the kernel lists them (/proc/net/tcp): the sockets whose local end
+    /// is the xDS port. Shows that the fleet's source addresses reached it.
+    pub fn clients(&self) -> anyhow::Result<BTreeMap<IpAddr, usize>> {
+        let table = std::fs::read_to_string("/proc/net/tcp").context("/proc/net/tcp")?;
+        Ok(established_to(&table, self.xds_addr))
+    }
+
+    /// File descriptors the daemon holds open now.
+    pub fn open_files(&self) -> usize {
+        open_files(&self.pid.to_string())
+    }
+
     /// SIGTERM, then SIGKILL if it is still there after 15 s. Only a daemon
     /// this process started; also on drop, so an error never leaves one behind.
     pub fn stop(mut self) {
@@ -95,6 +109,34 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop_child();
     }
+}
+
+/// Counts, by remote address, the ESTABLISHED (`01`) IPv4 sockets of a
+/// /proc/net/tcp listing whose local end is `server`: not a client socket
+/// that another local address gave the same port number. Addresses are
+/// printed as the kernel's 32-bit words in hexadecimal, ports in big-endian hex.
+fn established_to(table: &str, server: SocketAddr) -> BTreeMap<IpAddr, usize> {
+    let mut clients = BTreeMap::new();
+    let address = |field: &str| {
+        let (ip, port) = field.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        Some((Ipv4Addr::from(ip.to_ne_bytes()), u16::from_str_radix(port, 16).ok()?))
+    };
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().take(4).collect();
+        let [_, local, remote, "01"] = fields[..] else { continue };
+        if let (Some((local_ip, local_port)), Some((ip, _))) = (address(local), address(remote)) {
+            if SocketAddr::from((local_ip, local_port)) == server {
+                *clients.entry(IpAddr::V4(ip)).or_insert(0) += 1;
+            }
+        }
+    }
+    clients
+}
+
+/// File descriptors process `pid` (a number or `self`) holds open now.
+pub fn open_files(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |entries| entries.count())
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
@@ -155,4 +197,25 @@ fn clock_ticks() -> u64 {
             .filter(|&hz| hz > 0)
             .unwrap_or(100)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn established_sockets_on_the_port_are_counted_by_client_address() {
+        // 127.0.0.1:8080 (1F90) accepted from 127.0.0.2 and 127.0.0.1, a
+        // client socket of the other direction, one in TIME_WAIT (06), and
+        // a client that bound 127.0.0.2:8080 to connect to 127.0.0.1:8081.
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+            0: 0100007F:1F90 0200007F:A000 01 00000000:00000000\n\
+            1: 0100007F:1F90 0100007F:A001 01 00000000:00000000\n\
+            2: 0200007F:A000 0100007F:1F90 01 00000000:00000000\n\
+            3: 0100007F:1F90 0300007F:A002 06 00000000:00000000\n\
+            4: 0200007F:1F90 0100007F:1F91 01 00000000:00000000\n";
+        let clients = established_to(table, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let expected: BTreeMap<IpAddr, usize> = [([127, 0, 0, 1], 1), ([127, 0, 0, 2], 1)].into_iter().map(|(ip, n)| (IpAddr::from(ip), n)).collect();
+        assert_eq!(clients, expected);
+    }
 }

@@ -4,7 +4,9 @@
 //! It subscribes to CDS and LDS with an empty first request (the legacy
 //! wildcard), then to EDS and RDS by the names the clusters and listeners
 //! it holds refer to (`resource_names_subscribe`, and `_unsubscribe` for
-//! names no longer referred to, sent before the ACK as Envoy does). It keeps
+//! names no longer referred to, sent before the ACK as Envoy does; the
+//! names of clusters and listeners a response changed are subscribed to
+//! again, as Envoy's warming does). It keeps
 //! what it holds, name → version, applying `removed_resources`, and ACKs
 //! each response by nonce. A type is at version V (the response's
 //! `system_version_info`, the bundle version in sxds) once a response at V
@@ -60,11 +62,11 @@ struct TypeState {
 type Responses = SelectAll<futures::stream::BoxStream<'static, Result<DeltaDiscoveryResponse, tonic::Status>>>;
 
 /// Open, subscribe, ACK until the stream ends: delta.
-pub(super) async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node) -> Result<(), String> {
+pub(super) async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node, index: usize) -> Result<(), String> {
     let mut types: PerType<TypeState> = PerType::default();
     let mut responses = Responses::new();
     let channel = {
-        let (channel, _permit) = shared.connect().await?;
+        let (channel, _permit) = shared.connect(index).await?;
         match shared.config.service {
             Service::Ads => {
                 let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
@@ -97,9 +99,20 @@ pub(super) async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node: &
 
         if let Some(child) = child(ty) {
             let wanted: HashSet<Arc<str>> = types[ty].held.values().flat_map(|held| held.children.iter().cloned()).collect();
+            // The clusters (listeners) this response changed warm: like
+            // Envoy, the node subscribes again to the endpoints (routes)
+            // they refer to, though it is subscribed already (R21, R22).
+            let changed: HashSet<Arc<str>> = response
+                .resources
+                .iter()
+                .filter_map(|resource| types[ty].held.get(resource.name.as_str()))
+                .flat_map(|held| held.children.iter().cloned())
+                .collect();
             let sub = &mut types[child];
-            let added: Vec<Arc<str>> = wanted.difference(&sub.names).cloned().collect();
+            let rewarmed: Vec<Arc<str>> = changed.intersection(&sub.names).cloned().collect();
+            let mut added: Vec<Arc<str>> = wanted.difference(&sub.names).cloned().collect();
             let dropped: Vec<Arc<str>> = sub.names.difference(&wanted).cloned().collect();
+            added.extend(rewarmed);
             if !added.is_empty() || !dropped.is_empty() {
                 // What is unsubscribed is forgotten: the server says nothing more of it.
                 for name in &dropped {

@@ -17,6 +17,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -86,6 +87,10 @@ pub struct FleetConfig {
     pub protocol: Protocol,
     /// Nodes connecting at once: 10,000 connects must not stampede.
     pub connect_concurrency: usize,
+    /// Local addresses to connect from, node `i` from the `i % len`-th
+    /// (one loopback address pair has ~28,000 ephemeral ports); empty: the
+    /// OS picks.
+    pub source_addrs: Vec<IpAddr>,
 }
 
 /// What one simulated Envoy saw of one resource type.
@@ -134,6 +139,8 @@ pub struct NodeRecord {
     pub connects: u32,
     pub errors: u32,
     pub last_error: Option<String>,
+    /// The local address it connects from, if the fleet names one.
+    pub source: Option<IpAddr>,
     /// Only the [`TYPES`] are ever filled in.
     pub types: PerType<TypeRecord>,
 }
@@ -185,7 +192,8 @@ type Names = Arc<Vec<String>>;
 /// What every node has in common: config, connect permits, parsed names.
 struct Shared {
     config: FleetConfig,
-    endpoint: Endpoint,
+    /// One per source address (one without, if none is given).
+    endpoints: Vec<Endpoint>,
     connect_permits: Semaphore,
     /// EDS/RDS names found in a full-state CDS/LDS response, by type and
     /// version. sxds versions name content (a version is never reused for
@@ -211,10 +219,14 @@ impl Fleet {
         let endpoint = Endpoint::from_shared(config.xds_url.clone())?
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true);
+        let endpoints = match config.source_addrs.as_slice() {
+            [] => vec![endpoint],
+            sources => sources.iter().map(|&source| endpoint.clone().local_address(Some(source))).collect(),
+        };
         let permits = config.connect_concurrency.max(1);
         let shared = Arc::new(Shared {
             config,
-            endpoint,
+            endpoints,
             connect_permits: Semaphore::new(permits),
             names: Mutex::default(),
             held: Mutex::default(),
@@ -227,7 +239,9 @@ impl Fleet {
     pub fn add(&mut self, count: usize) {
         for _ in 0..count {
             let index = self.nodes.len();
-            let record = Arc::new(Mutex::new(NodeRecord::default()));
+            let sources = &self.shared.config.source_addrs;
+            let source = (!sources.is_empty()).then(|| sources[index % sources.len()]);
+            let record = Arc::new(Mutex::new(NodeRecord { source, ..NodeRecord::default() }));
             let node_id = format!("{}-{index}", self.shared.config.node_type);
             self.nodes.push(record.clone());
             self.tasks.push(tokio::spawn(run_node(self.shared.clone(), record, node_id, index)));
@@ -264,8 +278,13 @@ impl Fleet {
     /// the polling interval does not blur them; only nodes still pending
     /// are polled again, to keep the load generator's own CPU low.
     pub async fn wait(&self, target: &Target, limit: Duration) -> Convergence {
+        self.wait_from(0, target, limit).await
+    }
+
+    /// [`Fleet::wait`] for the nodes from index `first` on.
+    pub async fn wait_from(&self, first: usize, target: &Target, limit: Duration) -> Convergence {
         let deadline = target.since + limit;
-        let mut pending: Vec<usize> = (0..self.nodes.len()).collect();
+        let mut pending: Vec<usize> = (first..self.nodes.len()).collect();
         let mut latencies = Vec::with_capacity(pending.len());
         loop {
             pending.retain(|&i| match self.arrival(i, target) {
@@ -282,6 +301,32 @@ impl Fleet {
         }
         latencies.sort();
         Convergence { latencies, never: pending.len() }
+    }
+
+    /// Waits until no node has taken a response for `window`, or until
+    /// `deadline`: the responses that follow an update are all in.
+    pub async fn quiet(&self, window: Duration, deadline: Instant) {
+        let mut last = self.responses();
+        let mut since = Instant::now();
+        while Instant::now() < deadline && since.elapsed() < window {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = self.responses();
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
+        }
+    }
+
+    /// Responses taken by every node, of every type.
+    pub fn responses(&self) -> u64 {
+        self.nodes.iter().map(|n| lock(n).types.values().map(|t| u64::from(t.responses)).sum::<u64>()).sum()
+    }
+
+    /// The version node `index` holds of each of the [`TYPES`] it has
+    /// taken; `None` if there is no such node.
+    pub fn versions(&self, index: usize) -> Option<Vec<(ResourceType, String)>> {
+        let node = lock(self.nodes.get(index)?);
+        Some(TYPES.iter().filter_map(|&ty| Some((ty, node.types[ty].last_version()?.to_owned()))).collect())
     }
 
     /// Where the fleet stands now against `target`.
@@ -341,7 +386,7 @@ async fn run_node(shared: Arc<Shared>, record: Arc<Mutex<NodeRecord>>, node_id: 
     loop {
         let result = tokio::select! {
             () = shared.shutdown.cancelled() => return,
-            result = session(&shared, &record, &node_id) => result,
+            result = session(&shared, &record, &node_id, index) => result,
         };
         {
             let mut node = lock(&record);
@@ -377,11 +422,11 @@ struct Subscription {
 type Responses = SelectAll<futures::stream::BoxStream<'static, Result<DiscoveryResponse, tonic::Status>>>;
 
 /// One connection's life, in the fleet's protocol.
-async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node_id: &str) -> Result<(), String> {
+async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node_id: &str, index: usize) -> Result<(), String> {
     let node = Node { id: node_id.to_owned(), cluster: shared.config.node_type.clone(), user_agent_name: "envoy".into(), ..Node::default() };
     match shared.config.protocol {
-        Protocol::StateOfTheWorld => sotw_session(shared, record, &node).await,
-        Protocol::Delta => delta::session(shared, record, &node).await,
+        Protocol::StateOfTheWorld => sotw_session(shared, record, &node, index).await,
+        Protocol::Delta => delta::session(shared, record, &node, index).await,
     }
 }
 
@@ -403,14 +448,14 @@ fn connected(record: &Mutex<NodeRecord>) {
 }
 
 /// Open, subscribe, ACK until the stream ends: state of the world.
-async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node) -> Result<(), String> {
+async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node, index: usize) -> Result<(), String> {
     let mut subs: PerType<Subscription> = PerType::default();
     let mut responses = Responses::new();
 
     // Connect and open the first streams under a permit, released once the
     // server has accepted them.
     let channel = {
-        let (channel, _permit) = shared.connect().await?;
+        let (channel, _permit) = shared.connect(index).await?;
         match shared.config.service {
             Service::Ads => {
                 let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
@@ -439,11 +484,11 @@ async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node) 
         let response = message.map_err(|s| format!("stream: {s}"))?;
         let Some(ty) = ResourceType::from_type_url(&response.type_url).filter(|ty| TYPES.contains(ty)) else { continue };
         let received_at = Instant::now();
-        {
+        let previous = {
             let sub = &mut subs[ty];
-            sub.version = response.version_info.clone();
             sub.nonce = response.nonce.clone();
-        }
+            std::mem::replace(&mut sub.version, response.version_info.clone())
+        };
 
         // Like Envoy: subscribe to the EDS/RDS names the new clusters and
         // listeners refer to before ACKing them.
@@ -451,7 +496,12 @@ async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node) 
             let names = shared.referenced_names(ty, &response);
             let sub = &mut subs[child];
             let changed = !Arc::ptr_eq(&names, &sub.names) && *names != *sub.names;
-            if changed && !(names.is_empty() && sub.sender.is_none()) {
+            // A new version of clusters (listeners) the node had changes some
+            // of them (sxds resends a full-state type only when its content
+            // changed): like Envoy, those warm and ask again for their
+            // endpoints (routes), by the same names (R21, R22).
+            let warming = !changed && !previous.is_empty() && previous != response.version_info && !sub.names.is_empty();
+            if (changed && !(names.is_empty() && sub.sender.is_none())) || warming {
                 sub.names = names;
                 let update = request(node, child, sub);
                 match &sub.sender {
@@ -511,11 +561,12 @@ fn request(node: &Node, ty: ResourceType, sub: &Subscription) -> DiscoveryReques
 }
 
 impl Shared {
-    /// A connection to the daemon, and the permit to hold until its first
-    /// streams are accepted.
-    async fn connect(&self) -> Result<(Channel, SemaphorePermit<'_>), String> {
+    /// Node `index`'s connection to the daemon (from its source address),
+    /// and the permit to hold until its first streams are accepted.
+    async fn connect(&self, index: usize) -> Result<(Channel, SemaphorePermit<'_>), String> {
         let permit = self.connect_permits.acquire().await.map_err(|e| e.to_string())?;
-        let channel = self.endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+        let endpoint = &self.endpoints[index % self.endpoints.len()];
+        let channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
         Ok((channel, permit))
     }
 
