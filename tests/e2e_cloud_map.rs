@@ -176,7 +176,14 @@ async fn cloud_map_down_keeps_envoy_endpoints_and_shows_the_source_failing_until
     // Back: the poller's backoff (at most a few seconds here) decides when.
     emulator.restart().await;
     admin.recreate().await;
-    let ok = wait_source(&sxds, NODE_TYPE, "ok", RECONNECT).await;
+    // `recreate` registers the instances one by one: a poll may see the
+    // first alone, so wait for both rather than for the first success.
+    wait_for("the source ok again with both instances", RECONNECT, || async {
+        let source = source_of(&sxds, NODE_TYPE).await;
+        source["state"] == "ok" && source["endpoints"] == 2
+    })
+    .await;
+    let ok = source_of(&sxds, NODE_TYPE).await;
     assert_eq!((&ok["error"], &ok["consecutive_failures"], &ok["endpoints"]), (&Value::Null, &json!(0), &json!(2)), "{ok}");
     wait_reached(port, &["A", "B"], CONVERGE).await;
 }
