@@ -91,16 +91,30 @@ impl<'a> Checks<'a> {
 
     /// One more resource name, of `len` bytes.
     pub(super) fn name(&mut self, len: usize) -> Result<(), Status> {
-        self.names += 1;
-        if self.names > MAX_RESOURCE_NAMES {
-            return Err(Status::invalid_argument(format!("a discovery request may name at most {MAX_RESOURCE_NAMES} resources")));
-        }
+        self.count(1)?;
         if len > MAX_RESOURCE_NAME_BYTES {
             return Err(Status::invalid_argument(format!("a resource name of {len} bytes is longer than the limit of {MAX_RESOURCE_NAME_BYTES} bytes")));
         }
         Ok(())
     }
+
+    /// `count` more resource names, each shorter than 128 bytes (so within
+    /// [`MAX_RESOURCE_NAME_BYTES`]).
+    pub(super) fn short_names(&mut self, count: usize) -> Result<(), Status> {
+        self.count(count)
+    }
+
+    fn count(&mut self, names: usize) -> Result<(), Status> {
+        self.names += names;
+        if self.names > MAX_RESOURCE_NAMES {
+            return Err(Status::invalid_argument(format!("a discovery request may name at most {MAX_RESOURCE_NAMES} resources")));
+        }
+        Ok(())
+    }
 }
+
+// A name of a one-byte length needs no length check.
+const _: () = assert!(MAX_RESOURCE_NAME_BYTES >= 0x7f);
 
 /// The longest length-delimited `field` of an encoded message.
 fn longest_field(mut message: &[u8], field: u32) -> Result<usize, Status> {
