@@ -376,10 +376,25 @@ pub fn glob_match(glob: &str, text: &str) -> bool {
 }
 
 /// What one stream watches: its node type's [`Published`], seen through its
-/// own node id.
+/// own node id. Dropping the last watch of a node type no bundle names
+/// forgets that node type, however the stream ended.
 pub struct SnapshotWatch {
     receiver: watch::Receiver<Option<Arc<Published>>>,
     node_id: Arc<str>,
+    cache: Cache,
+    node_type: NodeType,
+}
+
+impl Drop for SnapshotWatch {
+    fn drop(&mut self) {
+        let mut map = self.cache.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = map.get(&self.node_type) {
+            // This receiver still counts while it drops.
+            if sender.receiver_count() == 1 && sender.borrow().is_none() {
+                map.remove(&self.node_type);
+            }
+        }
+    }
 }
 
 impl SnapshotWatch {
@@ -419,7 +434,7 @@ impl Cache {
     pub fn subscribe(&self, node_type: &NodeType, node_id: &str) -> SnapshotWatch {
         let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
         let receiver = map.entry(node_type.clone()).or_insert_with(|| watch::channel(None).0).subscribe();
-        SnapshotWatch { receiver, node_id: node_id.into() }
+        SnapshotWatch { receiver, node_id: node_id.into(), cache: self.clone(), node_type: node_type.clone() }
     }
 
     /// The snapshot every stream of `node_type` not in a canary is served.
@@ -471,16 +486,6 @@ impl Cache {
             (canary, snapshot)
         });
         Arc::new(Published { stable, canary })
-    }
-
-    /// Forgets a node type nobody watches and no bundle names.
-    pub fn release(&self, node_type: &NodeType) {
-        let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(sender) = map.get(node_type) {
-            if sender.receiver_count() == 0 && sender.borrow().is_none() {
-                map.remove(node_type);
-            }
-        }
     }
 
     /// Brings every node type in line with `catalog`. Bundles that did not
@@ -651,5 +656,23 @@ mod tests {
         catalog.clear();
         cache.apply(&crate::discovery::as_stored(&catalog));
         assert!(watch.borrow_and_update().is_none(), "a deleted bundle stops serving new streams");
+    }
+
+    #[test]
+    fn a_node_type_is_forgotten_with_its_last_watch_unless_a_bundle_names_it() {
+        let cache = Cache::default();
+        let known = |name: &str| cache.0.by_node_type.lock().unwrap().contains_key(&NodeType::parse(name).unwrap());
+        let (sidecar, gateway) = (NodeType::parse("sidecar").unwrap(), NodeType::parse("gateway").unwrap());
+        let (first, second) = (cache.subscribe(&sidecar, "sidecar-a"), cache.subscribe(&sidecar, "sidecar-b"));
+        drop(first);
+        assert!(known("sidecar"), "another stream still watches it");
+        drop(second);
+        assert!(!known("sidecar"), "dropped however the stream ended (REST polls are cancelled mid-wait)");
+
+        let mut catalog = crate::store::Catalog::new();
+        catalog.insert(gateway.clone(), stored("v1", &["a"]));
+        cache.apply(&crate::discovery::as_stored(&catalog));
+        drop(cache.subscribe(&gateway, "gateway-a"));
+        assert!(known("gateway"), "a node type with a bundle stays");
     }
 }

@@ -170,7 +170,6 @@ impl RestXds {
         let mut snapshots = self.cache.subscribe(&node_type, node_id);
         let waited = wait(&mut snapshots, ty, version, nack.is_some(), hold, &drain).await;
         drop(snapshots);
-        self.cache.release(&node_type);
         match waited {
             Waited::Due(snapshot) => {
                 let body = Chunks::new(response_body(ty, &snapshot, &request.resource_names).await?);

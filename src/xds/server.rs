@@ -232,7 +232,6 @@ impl XdsServer {
         let mut stream = XdsStream {
             state: P::new(kind),
             snapshots: self.cache.subscribe(&node_type, &node_id),
-            cache: self.cache.clone(),
             node_id,
             node_type,
             handle,
@@ -270,7 +269,6 @@ enum Ending {
 struct XdsStream<P> {
     state: P,
     snapshots: SnapshotWatch,
-    cache: Cache,
     node_id: String,
     node_type: NodeType,
     handle: StreamHandle,
@@ -301,9 +299,6 @@ impl<P: Protocol> XdsStream<P> {
             }
         }
         tracing::info!(node_id = self.node_id, node_type = %self.node_type, stream = self.handle.id(), "stream closed");
-        let (cache, node_type) = (self.cache.clone(), self.node_type.clone());
-        drop(self);
-        cache.release(&node_type);
     }
 
     async fn serve(&mut self, mut inbound: Streaming<P::Request>, shutdown: CancellationToken) -> Ending {
