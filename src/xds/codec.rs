@@ -1,5 +1,5 @@
-//! Discovery streams on the wire: requests are checked against the
-//! [`limits`], then decoded with prost (through tonic's `Streaming`);
+//! Discovery streams on the wire: requests are read off the request body
+//! ([`Requests`]) and checked against the [`limits`] as they are decoded;
 //! responses are framed from bytes encoded once per snapshot.
 //!
 //! A response is an [`EncodedResponse`] (see [`crate::wire`]): shared chunks
@@ -22,7 +22,7 @@ use std::{
     task::{ready, Context, Poll, Waker},
 };
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
 use prost::Message;
@@ -30,10 +30,7 @@ use tokio::{
     sync::{mpsc::error::TrySendError, Notify},
     time::Instant,
 };
-use tonic::{
-    codec::{BufferSettings, DecodeBuf, Decoder, Streaming},
-    Status,
-};
+use tonic::Status;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
@@ -55,17 +52,115 @@ const COALESCE_BELOW: usize = 4 << 10;
 // A small chunk always fits in an empty piece, so every piece has bytes.
 const _: () = assert!(COALESCE_BELOW <= PIECE_BYTES);
 
-/// Decodes the request body of a discovery stream. A request over one of
-/// the [`limits`] comes out as an `INVALID_ARGUMENT` status naming it; one
-/// over [`limits::MAX_REQUEST_BYTES`] as tonic's `OUT_OF_RANGE`.
-pub fn requests<M, B>(body: B) -> Streaming<M>
+/// The requests of one discovery stream, read off its request body.
+/// Checked against the [`limits`]: over one, a request comes out as an
+/// `INVALID_ARGUMENT` status naming it; over [`limits::MAX_REQUEST_BYTES`],
+/// as `OUT_OF_RANGE`.
+///
+/// A request that arrives within one HTTP/2 DATA frame (nearly every one)
+/// is a slice of that frame, not a copy; only one split over frames is
+/// gathered, into a buffer of its exact size that goes with it. An idle
+/// stream holds no buffer: tonic's `Streaming` kept one per stream, as large
+/// as the stream's largest request (the first, with the node: kilobytes).
+pub struct Requests<M, B = axum::body::Body> {
+    body: B,
+    /// What the last DATA frame holds beyond the requests taken from it.
+    rest: Bytes,
+    /// A request split over frames, as far as it has arrived.
+    partial: BytesMut,
+    ended: bool,
+    message: PhantomData<fn() -> M>,
+}
+
+/// gRPC's prefix of each message: a compressed flag and a 4-byte length.
+const PREFIX: usize = 5;
+
+pub fn requests<M: WireRequest, B>(body: B) -> Requests<M, B> {
+    Requests { body, rest: Bytes::new(), partial: BytesMut::new(), ended: false, message: PhantomData }
+}
+
+impl<M, B> Requests<M, B>
 where
     M: WireRequest,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<tonic::codegen::StdError>,
 {
-    let decoder = RequestDecoder { message: PhantomData };
-    Streaming::new_request(decoder, body, None, Some(limits::MAX_REQUEST_BYTES))
+    /// The next request; `None` once the client closed its side.
+    pub async fn message(&mut self) -> Result<Option<M>, Status> {
+        std::future::poll_fn(|cx| self.poll_message(cx)).await
+    }
+
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<M>, Status>> {
+        loop {
+            if let Some(message) = self.take_message()? {
+                return Poll::Ready(M::decode(message).map(Some));
+            }
+            if self.ended {
+                return Poll::Ready(Ok(None));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Trailers, which a client has no reason to send, are ignored.
+                    if let Ok(data) = frame.into_data() {
+                        self.rest = data;
+                    }
+                }
+                Some(Err(error)) => return Poll::Ready(Err(Status::from_error(error.into()))),
+                None if self.partial.is_empty() && self.rest.is_empty() => self.ended = true,
+                None => return Poll::Ready(Err(Status::internal("the request stream ended inside a message"))),
+            }
+        }
+    }
+
+    /// A whole request's bytes, once they have arrived.
+    fn take_message(&mut self) -> Result<Option<Bytes>, Status> {
+        if self.partial.is_empty() {
+            // Within what the frame holds: a slice of it.
+            if self.rest.len() >= PREFIX {
+                let len = message_len(&self.rest[..PREFIX])?;
+                if self.rest.len() >= PREFIX + len {
+                    let message = self.rest.split_to(PREFIX + len);
+                    return Ok(Some(message.slice(PREFIX..)));
+                }
+            }
+            if self.rest.is_empty() {
+                return Ok(None);
+            }
+        }
+        // Split over frames: gathered.
+        loop {
+            let wanted = match self.partial.len() {
+                n if n < PREFIX => PREFIX,
+                _ => PREFIX + message_len(&self.partial[..PREFIX])?,
+            };
+            if self.partial.len() == wanted {
+                let message = std::mem::take(&mut self.partial).freeze();
+                return Ok(Some(message.slice(PREFIX..)));
+            }
+            if self.rest.is_empty() {
+                return Ok(None);
+            }
+            // Grown as the bytes arrive, not to the length announced: a
+            // client cannot make a stream hold 4 MiB by sending 5 bytes.
+            let taken = self.rest.split_to((wanted - self.partial.len()).min(self.rest.len()));
+            self.partial.extend_from_slice(&taken);
+        }
+    }
+}
+
+/// The length a gRPC message prefix announces, within the limit.
+fn message_len(prefix: &[u8]) -> Result<usize, Status> {
+    if prefix[0] != 0 {
+        return Err(Status::invalid_argument("compressed discovery requests are not supported (no grpc-encoding is accepted)"));
+    }
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if len > limits::MAX_REQUEST_BYTES {
+        return Err(Status::out_of_range(format!(
+            "a discovery request of {len} bytes is larger than the limit of {} bytes",
+            limits::MAX_REQUEST_BYTES
+        )));
+    }
+    Ok(len)
 }
 
 /// A discovery request as a stream takes it off the wire: checked against
@@ -84,30 +179,6 @@ impl WireRequest for DeltaDiscoveryRequest {
     fn decode(message: Bytes) -> Result<Self, Status> {
         limits::check_request(&limits::DELTA, &message)?;
         Message::decode(message).map_err(|error| Status::invalid_argument(format!("not a discovery request: {error}")))
-    }
-}
-
-struct RequestDecoder<M> {
-    message: PhantomData<fn() -> M>,
-}
-
-impl<M: WireRequest> Decoder for RequestDecoder<M> {
-    type Item = M;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<M>, Status> {
-        // The whole message is buffered by now; taking it is not a copy.
-        let message = src.copy_to_bytes(src.remaining());
-        M::decode(message).map(Some)
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        // Requests are small (a type, some names, a nonce), and every idle
-        // stream keeps its buffer at the size of its largest request: start
-        // small and let a subscription of many names grow it. 256 bytes
-        // rather than 1 KiB: 0.6–0.7 KiB less per idle stream at 10,000
-        // (BENCHMARKS.md, issue #9).
-        BufferSettings::new(256, 32 << 10)
     }
 }
 
@@ -363,6 +434,76 @@ mod tests {
 
     use super::*;
     use crate::wire::encode_bytes_field;
+
+    /// A request exactly as it came off the wire.
+    struct Raw(Bytes);
+
+    impl WireRequest for Raw {
+        fn decode(message: Bytes) -> Result<Self, Status> {
+            Ok(Raw(message))
+        }
+    }
+
+    fn body_of(frames: Vec<Bytes>) -> impl http_body::Body<Data = Bytes, Error = Infallible> + Unpin {
+        let frames = frames.into_iter().map(|data| Ok::<_, Infallible>(Frame::data(data)));
+        http_body_util::StreamBody::new(futures::stream::iter(frames))
+    }
+
+    fn grpc(message: &[u8]) -> Vec<u8> {
+        let mut framed = vec![0];
+        framed.extend((message.len() as u32).to_be_bytes());
+        framed.extend(message);
+        framed
+    }
+
+    #[tokio::test]
+    async fn requests_are_slices_of_their_frame_or_gathered_across_frames() {
+        // Two requests and the start of a third in one frame; the third's
+        // prefix itself split; an empty request last.
+        let third: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let framed_third = grpc(&third);
+        let mut first_frame = [grpc(b"one"), grpc(b"two")].concat();
+        first_frame.extend(&framed_third[..2]);
+        let first_frame = Bytes::from(first_frame);
+        let frames = vec![first_frame.clone(), Bytes::copy_from_slice(&framed_third[2..600]), Bytes::copy_from_slice(&framed_third[600..]), Bytes::from(grpc(b""))];
+        let mut requests = requests::<Raw, _>(body_of(frames));
+
+        let one = requests.message().await.unwrap().unwrap().0;
+        assert_eq!(&one[..], b"one");
+        let frame = first_frame.as_ptr_range();
+        assert!(frame.contains(&one.as_ptr()), "a request within one frame is not copied");
+        assert_eq!(&requests.message().await.unwrap().unwrap().0[..], b"two");
+        assert_eq!(&requests.message().await.unwrap().unwrap().0[..], &third[..]);
+        assert!(requests.partial.capacity() == 0, "no buffer is kept once a gathered request is out");
+        assert!(requests.message().await.unwrap().unwrap().0.is_empty());
+        assert!(requests.message().await.unwrap().is_none(), "the client closed its side");
+    }
+
+    #[tokio::test]
+    async fn oversized_compressed_and_truncated_requests_are_refused() {
+        let mut huge = vec![0];
+        huge.extend(((limits::MAX_REQUEST_BYTES + 1) as u32).to_be_bytes());
+        // Refused from the prefix alone, before the bytes are sent.
+        let status = requests::<Raw, _>(body_of(vec![Bytes::from(huge)])).message().await.err().unwrap();
+        assert_eq!(status.code(), tonic::Code::OutOfRange);
+
+        let mut compressed = grpc(b"x");
+        compressed[0] = 1;
+        let status = requests::<Raw, _>(body_of(vec![Bytes::from(compressed)])).message().await.err().unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+        let cut = grpc(b"cut short");
+        let status = requests::<Raw, _>(body_of(vec![Bytes::copy_from_slice(&cut[..7])])).message().await.err().unwrap();
+        assert_eq!(status.code(), tonic::Code::Internal);
+
+        // The limits on what a request holds apply as it is decoded.
+        let names = envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest {
+            resource_names: vec!["x".into(); limits::MAX_RESOURCE_NAMES + 1],
+            ..Default::default()
+        };
+        let status = requests::<SotwRequest, _>(body_of(vec![Bytes::from(grpc(&names.encode_to_vec()))])).message().await.err().unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
 
     /// The body's next frame, or `None` if it would wait.
     async fn next_frame(body: &mut ResponseBody) -> Option<Frame<Bytes>> {

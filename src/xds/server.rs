@@ -28,10 +28,10 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use http::{header::CONTENT_TYPE, Uri};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Status};
 
 use super::{
-    codec::{self, EncodedResponse, ResponseBody, ResponseSender, WireRequest},
+    codec::{self, EncodedResponse, Requests, ResponseBody, ResponseSender, WireRequest},
     delta::DeltaState,
     request::SotwRequest,
     rest::{self, RestXds},
@@ -201,7 +201,7 @@ impl XdsServer {
     async fn open<P: Protocol>(
         &self,
         kind: StreamKind,
-        mut inbound: Streaming<P::Request>,
+        mut inbound: Requests<P::Request>,
         closer: Option<ConnectionCloser>,
         certified: Option<CertifiedNodeTypes>,
         drain: CancellationToken,
@@ -279,7 +279,7 @@ struct XdsStream<P> {
 impl<P: Protocol> XdsStream<P> {
     async fn run(
         mut self,
-        inbound: Streaming<P::Request>,
+        inbound: Requests<P::Request>,
         shutdown: CancellationToken,
         closer: Option<ConnectionCloser>,
         early: Option<Ending>,
@@ -301,7 +301,7 @@ impl<P: Protocol> XdsStream<P> {
         tracing::info!(node_id = self.node_id, node_type = %self.node_type, stream = self.handle.id(), "stream closed");
     }
 
-    async fn serve(&mut self, mut inbound: Streaming<P::Request>, shutdown: CancellationToken) -> Ending {
+    async fn serve(&mut self, mut inbound: Requests<P::Request>, shutdown: CancellationToken) -> Ending {
         loop {
             // The oldest response the client has not taken in full, if any,
             // must be taken by this deadline.
