@@ -251,14 +251,19 @@ impl ResponseSender {
         Ok(())
     }
 
-    /// Completes once the body is gone: the client left.
-    pub async fn closed(&self) {
-        loop {
-            let notified = self.shared.body_gone.notified();
-            if self.shared.queue().body_gone {
-                return;
+    /// Completes once the body is gone: the client left. It owns what it
+    /// waits on, so a stream's loop keeps one across its turns rather than
+    /// register a new waiter on each.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let shared = self.shared.clone();
+        async move {
+            loop {
+                let notified = shared.body_gone.notified();
+                if shared.queue().body_gone {
+                    return;
+                }
+                notified.await;
             }
-            notified.await;
         }
     }
 

@@ -302,13 +302,17 @@ impl<P: Protocol> XdsStream<P> {
     }
 
     async fn serve(&mut self, mut inbound: Requests<P::Request>, shutdown: CancellationToken) -> Ending {
+        // Made once: a turn of the loop polls them, it does not make them again.
+        let shutdown = shutdown.cancelled_owned();
+        let client_gone = self.responses.closed();
+        tokio::pin!(shutdown, client_gone);
         loop {
             // The oldest response the client has not taken in full, if any,
             // must be taken by this deadline.
             let deadline = self.responses.oldest_untaken().map(|queued| queued + self.send_timeout);
             let step = tokio::select! {
-                () = shutdown.cancelled() => Err(Ending::Closed),
-                () = self.responses.closed() => Err(Ending::Closed),
+                () = &mut shutdown => Err(Ending::Closed),
+                () = &mut client_gone => Err(Ending::Closed),
                 () = sleep_until(deadline), if deadline.is_some() => self.check_taken(),
                 changed = self.snapshots.changed() => match changed {
                     Ok(()) => self.send_due(),
