@@ -364,7 +364,16 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snaps
             })
             .collect(),
     };
-    (!changed.is_empty()).then_some(Selection::Named(changed))
+    if changed.is_empty() {
+        return None;
+    }
+    // Every resource of the type (a full push, a stream's first response
+    // on a mesh it subscribes to whole): the type's one shared chunk, not
+    // one entry per name to look up, gather and copy on every stream.
+    if changed.len() == snapshot.resources(ty).len() {
+        return Some(Selection::All);
+    }
+    Some(Selection::Named(changed))
 }
 
 /// What a full response of `ty` to this subscription carries.

@@ -580,6 +580,29 @@ fn r19_rds_and_eds_responses_carry_only_what_changed() {
     assert_eq!(show(stream.due(&v4)), ["endpoints v4 #7: b@3"]);
 }
 
+/// When every endpoint set changed (a full push) and the stream holds them
+/// all, the EDS response is the type's one shared chunk, as a wildcard CDS
+/// response is: no entry per name gathered on each stream. When only some
+/// changed, just those go, one entry each.
+#[test]
+fn r19_an_eds_response_carrying_every_resource_of_the_type_is_its_shared_chunk() {
+    let v1 = bundle(1, "v1", MESH, None);
+    let mut stream = settled(StreamKind::Aggregated, ENVOY, &v1);
+    let v2 = bundle(2, "v2", &with(MESH, &[(EDS, "a", 2), (EDS, "b", 2)]), Some(&v1));
+    let due = stream.due(&v2);
+    let (ty, response) = &due[0];
+    assert_eq!(show(due.clone()), ["endpoints v2 #5: a@2 b@2"]);
+    // The head (version, type, nonce), then the snapshot's own chunk.
+    assert_eq!(response.chunks().len(), 2, "{ty}: one shared chunk for the resources");
+    assert_eq!(response.chunks()[1].as_ptr(), v2.all_entries(EDS).as_ptr());
+
+    assert_eq!(exchange(&mut stream, &request(EDS, &["a", "b"], "5"), &v2), NOTHING);
+    let v3 = bundle(3, "v3", &with(MESH, &[(EDS, "a", 3), (EDS, "b", 2)]), Some(&v2));
+    let due = stream.due(&v3);
+    assert_eq!(due[0].1.chunks().len(), 2, "head and the one entry that changed");
+    assert_eq!(show(due), ["endpoints v3 #6: a@3"]);
+}
+
 /// Found by tests/replicas_e2e.rs (a PUT storm through a real Envoy): on
 /// ADS, bundle v3 changes cluster `a` and its endpoints while the CDS
 /// response of v2 is still unanswered. EDS v3 goes out alone and is
