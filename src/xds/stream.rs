@@ -249,6 +249,11 @@ impl StreamState {
         }
         let routing_follows = [ResourceType::Listener, ResourceType::Route].iter().any(|t| self.types[*t].requested);
         let state = &self.types[ty];
+        // The usual case: this snapshot replaced the one the client holds,
+        // and its own list of removals says no cluster went.
+        if state.retiring.is_none() && state.sent.as_ref().is_some_and(|sent| snapshot.removed_since(sent, ty).is_some_and(<[_]>::is_empty)) {
+            return None;
+        }
         // Still in a transition: keep what the client was told to keep.
         let (from, candidates) = match &state.retiring {
             Some((from, names)) => (from.clone(), names.clone()),
