@@ -131,6 +131,17 @@ pub fn digest(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
+/// A stable digest of a list of byte strings, in order: each one's length
+/// goes in before it, so `["ab"]` and `["a", "b"]` differ.
+pub fn list_digest<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for item in items {
+        hasher.update(&(item.len() as u64).to_le_bytes());
+        hasher.update(item);
+    }
+    hasher.digest()
+}
+
 #[cfg(test)]
 mod tests {
     use envoy_types::pb::google::protobuf::Any;

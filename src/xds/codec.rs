@@ -59,7 +59,7 @@ const _: () = assert!(COALESCE_BELOW <= PIECE_BYTES);
 ///
 /// A request that arrives within one HTTP/2 DATA frame (nearly every one)
 /// is a slice of that frame, not a copy; only one split over frames is
-/// gathered, into a buffer of its exact size that goes with it. An idle
+/// gathered, into a buffer that grows as its bytes arrive and goes with it. An idle
 /// stream holds no buffer: tonic's `Streaming` kept one per stream, as large
 /// as the stream's largest request (the first, with the node: kilobytes).
 pub struct Requests<M, B = axum::body::Body> {
@@ -102,6 +102,8 @@ where
                 Some(Ok(frame)) => {
                     // Trailers, which a client has no reason to send, are ignored.
                     if let Ok(data) = frame.into_data() {
+                        // `take_message` used up the last frame before asking for one.
+                        debug_assert!(self.rest.is_empty());
                         self.rest = data;
                     }
                 }

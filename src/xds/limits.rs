@@ -91,21 +91,18 @@ impl<'a> Checks<'a> {
 
     /// One more resource name, of `len` bytes.
     pub(super) fn name(&mut self, len: usize) -> Result<(), Status> {
-        self.count(1)?;
+        self.short_names(1)?;
         if len > MAX_RESOURCE_NAME_BYTES {
             return Err(Status::invalid_argument(format!("a resource name of {len} bytes is longer than the limit of {MAX_RESOURCE_NAME_BYTES} bytes")));
         }
         Ok(())
     }
 
-    /// `count` more resource names, each shorter than 128 bytes (so within
-    /// [`MAX_RESOURCE_NAME_BYTES`]).
+    /// `count` more resource names whose lengths need no check: each is
+    /// shorter than 128 bytes (so within [`MAX_RESOURCE_NAME_BYTES`]), or,
+    /// from `name`, checked there.
     pub(super) fn short_names(&mut self, count: usize) -> Result<(), Status> {
-        self.count(count)
-    }
-
-    fn count(&mut self, names: usize) -> Result<(), Status> {
-        self.names += names;
+        self.names += count;
         if self.names > MAX_RESOURCE_NAMES {
             return Err(Status::invalid_argument(format!("a discovery request may name at most {MAX_RESOURCE_NAMES} resources")));
         }

@@ -69,12 +69,7 @@ static INTERNED: LazyLock<Mutex<Interned>> = LazyLock::new(|| Mutex::new(Interne
 
 /// The set in use with exactly these (sorted, distinct) names, or a new one.
 fn intern(names: Vec<Arc<str>>) -> Arc<[Arc<str>]> {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for name in &names {
-        hasher.update(&(name.len() as u64).to_le_bytes());
-        hasher.update(name.as_bytes());
-    }
-    let key = hasher.digest();
+    let key = crate::wire::list_digest(names.iter().map(|name| name.as_bytes()));
     let mut interned = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
     // A digest collision is told by comparing the names.
     if let Some(set) = interned.sets.get(&key).and_then(Weak::upgrade).filter(|set| **set == *names) {

@@ -116,8 +116,8 @@ impl SotwRequest {
     /// another way is the same subscription (R8). Two different lists
     /// colliding is a 2^-64 event.
     pub fn names_digest(&self) -> u64 {
-        let count = self.resource_names().count() as u64;
-        self.resource_names().fold(count, |digest, name| digest.wrapping_add(wire::digest(name.as_bytes())))
+        let (count, sum) = self.names_on_wire().fold((0u64, 0u64), |(count, sum), name| (count + 1, sum.wrapping_add(wire::digest(name))));
+        count.wrapping_add(sum)
     }
 
     /// A digest of `resource_names` as sent, order included: one hash over
@@ -127,12 +127,7 @@ impl SotwRequest {
         if self.names.contiguous {
             return wire::digest(&self.message[self.names.span.clone()]);
         }
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        self.names_on_wire().for_each(|name| {
-            hasher.update(&(name.len() as u64).to_le_bytes());
-            hasher.update(name);
-        });
-        hasher.digest()
+        wire::list_digest(self.names_on_wire())
     }
 
     /// The node, decoded now (a stream reads it once, from its first request).
