@@ -29,14 +29,9 @@ use envoy_types::pb::envoy::{
         listener::v3::{filter::ConfigType, Listener},
     },
     extensions::filters::network::http_connection_manager::v3::{http_connection_manager::RouteSpecifier, HttpConnectionManager},
-    service::{
-        cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient,
-        discovery::v3::{aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DiscoveryRequest, DiscoveryResponse},
-        endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient,
-        listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient,
-        route::v3::route_discovery_service_client::RouteDiscoveryServiceClient,
-    },
+    service::discovery::v3::{DiscoveryRequest, DiscoveryResponse},
 };
+use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::google::protobuf::Any;
 use futures::{stream::SelectAll, StreamExt};
 use prost::{Message, Name};
@@ -44,7 +39,11 @@ use sxds::resource_type::{PerType, ResourceType};
 use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    transport::{Channel, Endpoint},
+    Status,
+};
 
 // A path relative to this file, so that the example (`mod sim;`) and the
 // smoke test (`#[path] mod sim;`) find the same file.
@@ -187,7 +186,37 @@ impl Convergence {
 }
 
 /// Sorted resource names, shared by every node that subscribes to them.
-type Names = Arc<Vec<String>>;
+type Names = Arc<NameList>;
+
+/// A list of names with its encoding as a request's `resource_names`: an
+/// ACK repeats the list (hundreds of names on a large mesh), and copying
+/// one piece instead of cloning and encoding each name keeps the load
+/// generator, which shares the two cores with the daemon, from costing
+/// more than the daemon it measures.
+#[derive(Debug, Default)]
+struct NameList {
+    names: Vec<String>,
+    wire: Bytes,
+}
+
+impl NameList {
+    fn new(names: Vec<String>) -> Self {
+        let wire = DiscoveryRequest { resource_names: names.clone(), ..DiscoveryRequest::default() }.encode_to_vec().into();
+        Self { names, wire }
+    }
+}
+
+impl NameList {
+    fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+impl PartialEq for NameList {
+    fn eq(&self, other: &Self) -> bool {
+        self.names == other.names
+    }
+}
 
 /// What every node has in common: config, connect permits, parsed names.
 struct Shared {
@@ -411,8 +440,8 @@ async fn run_node(shared: Arc<Shared>, record: Arc<Mutex<NodeRecord>>, node_id: 
 /// The subscription and last accepted response of one type, as Envoy keeps them.
 #[derive(Default)]
 struct Subscription {
-    /// Requests of this type go here (the ADS sender, or the type's own stream).
-    sender: Option<mpsc::Sender<DiscoveryRequest>>,
+    /// Requests of this type go here, encoded (the ADS sender, or the type's own stream).
+    sender: Option<mpsc::Sender<Bytes>>,
     /// Named subscription (EDS/RDS); empty means wildcard for CDS/LDS.
     names: Names,
     version: String,
@@ -449,6 +478,8 @@ fn connected(record: &Mutex<NodeRecord>) {
 
 /// Open, subscribe, ACK until the stream ends: state of the world.
 async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node, index: usize) -> Result<(), String> {
+    // The same on every request of the session: encoded once.
+    let node: Bytes = DiscoveryRequest { node: Some(node.clone()), ..DiscoveryRequest::default() }.encode_to_vec().into();
     let mut subs: PerType<Subscription> = PerType::default();
     let mut responses = Responses::new();
 
@@ -460,18 +491,17 @@ async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node, 
             Service::Ads => {
                 let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
                 for ty in [ResourceType::Cluster, ResourceType::Listener] {
-                    let _ = tx.send(request(node, ty, &subs[ty])).await;
+                    let _ = tx.send(request(&node, ty, &subs[ty])).await;
                 }
-                let mut client = AggregatedDiscoveryServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
-                let inbound = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.map_err(|s| format!("ADS: {s}"))?;
-                responses.push(inbound.into_inner().boxed());
+                let inbound = open(&channel, ADS_PATH, rx).await.map_err(|s| format!("ADS: {s}"))?;
+                responses.push(inbound.boxed());
                 for ty in TYPES {
                     subs[ty].sender = Some(tx.clone());
                 }
             }
             Service::Separate => {
                 for ty in [ResourceType::Cluster, ResourceType::Listener] {
-                    let first = request(node, ty, &subs[ty]);
+                    let first = request(&node, ty, &subs[ty]);
                     subs[ty].sender = Some(open_single(&channel, ty, first, &mut responses).await?);
                 }
             }
@@ -503,7 +533,7 @@ async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node, 
             let warming = !changed && !previous.is_empty() && previous != response.version_info && !sub.names.is_empty();
             if (changed && !(names.is_empty() && sub.sender.is_none())) || warming {
                 sub.names = names;
-                let update = request(node, child, sub);
+                let update = request(&node, child, sub);
                 match &sub.sender {
                     Some(tx) => tx.send(update).await.map_err(|_| "request stream closed".to_owned())?,
                     None => sub.sender = Some(open_single(&channel, child, update, &mut responses).await?),
@@ -512,7 +542,7 @@ async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node, 
         }
 
         let sub = &subs[ty];
-        let ack = request(node, ty, sub);
+        let ack = request(&node, ty, sub);
         let tx = sub.sender.as_ref().ok_or("response on a type never requested")?;
         tx.send(ack).await.map_err(|_| "request stream closed".to_owned())?;
 
@@ -524,39 +554,92 @@ async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node, 
 }
 
 /// Opens the per-type stream of `ty` (separate services) with its first request.
-async fn open_single(
-    channel: &Channel,
-    ty: ResourceType,
-    first: DiscoveryRequest,
-    responses: &mut Responses,
-) -> Result<mpsc::Sender<DiscoveryRequest>, String> {
-    let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
-    tx.send(first).await.map_err(|e| e.to_string())?;
-    let rx = ReceiverStream::new(rx);
-    let channel = channel.clone();
-    let opened = match ty {
-        ResourceType::Cluster => ClusterDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).stream_clusters(rx).await,
-        ResourceType::Listener => ListenerDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).stream_listeners(rx).await,
-        ResourceType::Endpoint => EndpointDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).stream_endpoints(rx).await,
-        ResourceType::Route => RouteDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).stream_routes(rx).await,
+async fn open_single(channel: &Channel, ty: ResourceType, first: Bytes, responses: &mut Responses) -> Result<mpsc::Sender<Bytes>, String> {
+    let path = match ty {
+        ResourceType::Cluster => "/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters",
+        ResourceType::Listener => "/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners",
+        ResourceType::Endpoint => "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints",
+        ResourceType::Route => "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes",
         other => return Err(format!("the load generator simulates no {other} stream")),
     };
-    let inbound = opened.map_err(|s| format!("{ty}: {s}"))?;
-    responses.push(inbound.into_inner().boxed());
+    let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
+    tx.send(first).await.map_err(|e| e.to_string())?;
+    let inbound = open(channel, path, rx).await.map_err(|s| format!("{ty}: {s}"))?;
+    responses.push(inbound.boxed());
     Ok(tx)
 }
 
+const ADS_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+
+/// Opens a state-of-the-world stream at `path` that sends what `requests` yields.
+async fn open(channel: &Channel, path: &'static str, requests: mpsc::Receiver<Bytes>) -> Result<tonic::Streaming<DiscoveryResponse>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
+    grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::from_static(path);
+    Ok(grpc.streaming(tonic::Request::new(ReceiverStream::new(requests)), path, PreEncoded).await?.into_inner())
+}
+
 /// A request of `ty` carrying the subscription and, once something was
-/// received, the ACK of the last response (version and nonce, R5).
-fn request(node: &Node, ty: ResourceType, sub: &Subscription) -> DiscoveryRequest {
-    DiscoveryRequest {
-        version_info: sub.version.clone(),
-        node: Some(node.clone()),
-        resource_names: sub.names.to_vec(),
-        type_url: ty.type_url().to_owned(),
-        response_nonce: sub.nonce.clone(),
-        error_detail: None,
-        ..DiscoveryRequest::default()
+/// received, the ACK of the last response (version and nonce, R5), with
+/// `node` (encoded) as Envoy sends it on every request. The bytes prost
+/// would write for the same `DiscoveryRequest`: its fields in order.
+fn request(node: &Bytes, ty: ResourceType, sub: &Subscription) -> Bytes {
+    let type_url = ty.type_url();
+    let mut buf = BytesMut::with_capacity(node.len() + sub.names.wire.len() + sub.version.len() + type_url.len() + sub.nonce.len() + 16);
+    put_string(1, &sub.version, &mut buf);
+    buf.put_slice(node);
+    buf.put_slice(&sub.names.wire);
+    put_string(4, type_url, &mut buf);
+    put_string(5, &sub.nonce, &mut buf);
+    buf.freeze()
+}
+
+/// A string field as prost writes it: nothing when empty (proto3).
+fn put_string(tag: u32, value: &str, buf: &mut BytesMut) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    if !value.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(value.len() as u64, buf);
+        buf.put_slice(value.as_bytes());
+    }
+}
+
+/// The codec of the simulated Envoys' streams: requests go out as encoded
+/// by [`request`], responses are decoded by prost.
+#[derive(Debug, Clone, Copy, Default)]
+struct PreEncoded;
+
+impl Codec for PreEncoded {
+    type Encode = Bytes;
+    type Decode = DiscoveryResponse;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self {
+        Self
+    }
+
+    fn decoder(&mut self) -> Self {
+        Self
+    }
+}
+
+impl Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for PreEncoded {
+    type Item = DiscoveryResponse;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DiscoveryResponse>, Status> {
+        DiscoveryResponse::decode(src).map(Some).map_err(|e| Status::internal(format!("decoding a response: {e}")))
     }
 }
 
@@ -586,9 +669,9 @@ impl Shared {
         names.dedup();
         let mut cache = self.names.lock().unwrap_or_else(|p| p.into_inner());
         // Reuse the Arc of an equal list, so nodes compare by pointer.
-        let names = match cache.values().find(|known| ***known == names) {
+        let names = match cache.values().find(|known| known.names == names) {
             Some(known) => known.clone(),
-            None => Arc::new(names),
+            None => Arc::new(NameList::new(names)),
         };
         cache.insert(key, names.clone());
         names
@@ -627,4 +710,30 @@ fn rds_names(any: &Any) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_the_bytes_prost_writes_for_it() {
+        let node = Node { id: "bench-7".into(), cluster: "bench".into(), user_agent_name: "envoy".into(), ..Node::default() };
+        let encoded_node: Bytes = DiscoveryRequest { node: Some(node.clone()), ..DiscoveryRequest::default() }.encode_to_vec().into();
+        let names = vec!["a".to_owned(), "é".to_owned(), "n".repeat(300)];
+        let sub = Subscription { sender: None, names: Arc::new(NameList::new(names.clone())), version: "v3".into(), nonce: "12".into() };
+        let expected = DiscoveryRequest {
+            version_info: "v3".into(),
+            node: Some(node.clone()),
+            resource_names: names,
+            type_url: ResourceType::Endpoint.type_url().into(),
+            response_nonce: "12".into(),
+            ..DiscoveryRequest::default()
+        };
+        assert_eq!(request(&encoded_node, ResourceType::Endpoint, &sub), expected.encode_to_vec());
+
+        // A first request: no version, nonce or names.
+        let first = DiscoveryRequest { node: Some(node), type_url: ResourceType::Cluster.type_url().into(), ..DiscoveryRequest::default() };
+        assert_eq!(request(&encoded_node, ResourceType::Cluster, &Subscription::default()), first.encode_to_vec());
+    }
 }
