@@ -11,6 +11,7 @@
 #   CLOUD_MAP_SOURCES=50 CLOUD_MAP_INSTANCES=5 CLOUD_MAP_STREAMS=200 SCENARIOS=cloud-map scripts/bench.sh
 #   SCENARIOS="scale full-push fanout fanout-polled" scripts/bench.sh  # the scenarios of issue #12
 #   SCALE_LEVELS=1000,2000 FULL_PUSH_STREAMS=2000 FANOUT_STREAMS=2000 SCENARIOS="scale full-push fanout-polled" scripts/bench.sh
+#   SCENARIOS=wire-floor scripts/bench.sh                              # the wire's share of an update, without sxds
 #
 # Scenarios: idle, fanout, ingest, burst, memory (the default list), and
 # replicas, cloud-map, scale (RSS per stream and fan-out updates at each of
@@ -19,8 +20,11 @@
 # ports), full-push (every cluster and the listener change per update) and
 # fanout-polled (fanout while GET /nodes and /metrics are read every
 # $POLL_STATUS_MS ms; beside fanout, "with" and "without" polling are two
-# rows of one table). $SOURCE_ADDRS, if set, is passed to the other
-# scenarios that open streams.
+# rows of one table), and wire-floor (examples/wire_floor.rs, no daemon:
+# what one response and its ACK per stream cost in the kernel and tokio
+# alone, at $FANOUT_STREAMS streams, shaped as an everyday update and as a
+# full push). $SOURCE_ADDRS, if set, is passed to the other scenarios that
+# open streams.
 #
 # Every scenario but memory (which opens no streams) runs once per protocol
 # in $PROTOCOLS (sotw, delta; default sotw); delta results are kept as
@@ -68,14 +72,14 @@ REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet
 echo "building (release) ..." >&2
 # On a shared machine, CARGO_LOCK names a lock file that every cargo command takes.
 if [[ -n ${CARGO_LOCK:-} ]]; then
-    flock "$CARGO_LOCK" cargo build --release --quiet --bin sxds --example loadgen
+    flock "$CARGO_LOCK" cargo build --release --quiet --bin sxds --example loadgen --example wire_floor
 else
-    cargo build --release --quiet --bin sxds --example loadgen
+    cargo build --release --quiet --bin sxds --example loadgen --example wire_floor
 fi
 # Private copies: a rebuild of target/ during the run must not change the
 # binaries under test (or their symbols, for a profiler) halfway.
 mkdir -p "$OUT/bin"
-cp target/release/sxds target/release/examples/loadgen "$OUT/bin/"
+cp target/release/sxds target/release/examples/loadgen target/release/examples/wire_floor "$OUT/bin/"
 LOADGEN=$OUT/bin/loadgen
 SXDS=$OUT/bin/sxds
 
@@ -94,6 +98,14 @@ run() { # name, protocol, loadgen args...
     fi
 }
 FAILED=
+wire_floor() { # name, wire_floor args...
+    local name=$1; shift
+    echo "== $name: wire_floor $*" >&2
+    if ! timeout 600 "$OUT/bin/wire_floor" --streams "$FANOUT_STREAMS" "$@" | tee "$OUT/$name.txt" >&2; then
+        echo "== $name FAILED (see $OUT/$name.txt)" >&2
+        FAILED="$FAILED $name"
+    fi
+}
 # --source-addrs for the scenarios that open streams, if $SOURCE_ADDRS names some.
 sources=()
 [[ -z $SOURCE_ADDRS ]] || sources=(--source-addrs "$SOURCE_ADDRS")
@@ -120,6 +132,11 @@ for protocol in $PROTOCOLS; do
             cloud-map) run cloud-map "$protocol" --scenario cloud-map --sources "$CLOUD_MAP_SOURCES" --instances "$CLOUD_MAP_INSTANCES" \
                 --streams "$CLOUD_MAP_STREAMS" --cloud-map-interval "$CLOUD_MAP_INTERVAL" --cloud-map-refresh "$CLOUD_MAP_REFRESH" \
                 --steady-secs "$CLOUD_MAP_STEADY_SECS" --updates 3 ;;
+            # No daemon, no protocol: measured once.
+            wire-floor) if [[ ! -f $OUT/wire-floor.txt ]]; then
+                    wire_floor wire-floor --rounds 10
+                    wire_floor wire-floor-full-push --rounds 5 --exchanges 4 --response-bytes 4000 --ack-bytes 800
+                fi ;;
             *) echo "unknown scenario $scenario" >&2; exit 2 ;;
         esac
     done
@@ -197,6 +214,10 @@ for protocol in $PROTOCOLS; do
         echo "| | Cloud Map calls per minute at steady state over $(jq -r '.steady.seconds | round' "$f") s, interval $(jq -r .interval_s "$f") s, refresh $(jq -r .refresh_s "$f") s: DiscoverInstancesRevision / DiscoverInstances / throttled or failed | $(jq -r '.steady | "\(.revision_per_minute | round) / \(.instances_per_minute | round) / \(.failed_per_minute | round)"' "$f") | ≈ $(jq -r '.steady | "\(.expected_revision_per_minute | round) / \(.expected_instances_per_minute | round)"' "$f") / 0 |"
         echo "| | daemon CPU at steady state / RSS | $(jq -r '.steady | "\(.daemon_cpu_ms / 10 / .seconds * 10 | round / 10) % of a core / \(.rss_kib / 1024 | round) MiB"' "$f") | |"
     fi
+done
+for f in "$OUT"/wire-floor*.txt; do
+    [[ -f $f ]] || continue
+    echo "| $(head -n 1 "$f" | sed 's/^wire floor: /wire floor (no sxds), /') | server CPU a round (mean) | $(tail -n 1 "$f" | sed -E 's/^mean: server CPU ([0-9.]+ ms) a round \(([0-9.]+ µs)[^)]*\).*/\1 (\2 a response and its ACK)/') | the floor under a fan-out's CPU |"
 done
 if [[ -f $OUT/memory.json ]]; then
     jq -r '.bundles[] | "| memory, \(.bundle), \(.json_bytes / 1e6 * 10 | round / 10) MB JSON | RSS kept after the PUT / encoded size (\(.encoded_bytes / 1e6 * 10 | round / 10) MB) | \(.retained_bytes / 1e6 * 10 | round / 10) MB (\(.factor * 100 | round / 100)×) | a small factor |"' "$OUT/memory.json"

@@ -31,7 +31,7 @@ use envoy_types::pb::envoy::{
     extensions::filters::network::http_connection_manager::v3::{http_connection_manager::RouteSpecifier, HttpConnectionManager},
     service::discovery::v3::{DiscoveryRequest, DiscoveryResponse},
 };
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use envoy_types::pb::google::protobuf::Any;
 use futures::{stream::SelectAll, StreamExt};
 use prost::{Message, Name};
@@ -448,7 +448,7 @@ struct Subscription {
     nonce: String,
 }
 
-type Responses = SelectAll<futures::stream::BoxStream<'static, Result<DiscoveryResponse, tonic::Status>>>;
+type Responses = SelectAll<futures::stream::BoxStream<'static, Result<Received, tonic::Status>>>;
 
 /// One connection's life, in the fleet's protocol.
 async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node_id: &str, index: usize) -> Result<(), String> {
@@ -546,7 +546,7 @@ async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node, 
         let tx = sub.sender.as_ref().ok_or("response on a type never requested")?;
         tx.send(ack).await.map_err(|_| "request stream closed".to_owned())?;
 
-        let size = response.resources.len();
+        let size = response.resources;
         let held = ty.is_full_state().then_some(size);
         lock(record).types[ty].took(size, held, Some(&response.version_info), received_at);
     }
@@ -572,7 +572,7 @@ async fn open_single(channel: &Channel, ty: ResourceType, first: Bytes, response
 const ADS_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 
 /// Opens a state-of-the-world stream at `path` that sends what `requests` yields.
-async fn open(channel: &Channel, path: &'static str, requests: mpsc::Receiver<Bytes>) -> Result<tonic::Streaming<DiscoveryResponse>, Status> {
+async fn open(channel: &Channel, path: &'static str, requests: mpsc::Receiver<Bytes>) -> Result<tonic::Streaming<Received>, Status> {
     let mut grpc = tonic::client::Grpc::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
     grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
     let path = http::uri::PathAndQuery::from_static(path);
@@ -605,13 +605,13 @@ fn put_string(tag: u32, value: &str, buf: &mut BytesMut) {
 }
 
 /// The codec of the simulated Envoys' streams: requests go out as encoded
-/// by [`request`], responses are decoded by prost.
+/// by [`request`], responses come in as [`Received`].
 #[derive(Debug, Clone, Copy, Default)]
 struct PreEncoded;
 
 impl Codec for PreEncoded {
     type Encode = Bytes;
-    type Decode = DiscoveryResponse;
+    type Decode = Received;
     type Encoder = Self;
     type Decoder = Self;
 
@@ -635,11 +635,61 @@ impl Encoder for PreEncoded {
 }
 
 impl Decoder for PreEncoded {
-    type Item = DiscoveryResponse;
+    type Item = Received;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DiscoveryResponse>, Status> {
-        DiscoveryResponse::decode(src).map(Some).map_err(|e| Status::internal(format!("decoding a response: {e}")))
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Received>, Status> {
+        let encoded = src.copy_to_bytes(src.remaining());
+        Received::decode(encoded).map(Some).map_err(|e| Status::internal(format!("decoding a response: {e}")))
+    }
+}
+
+/// A `DiscoveryResponse` as a simulated Envoy reads it: the small fields,
+/// the resources counted and left encoded. Every node takes every response,
+/// but the resources are read only for a CDS/LDS version not seen before,
+/// once for the fleet ([`Shared::referenced_names`]); decoding them whole on
+/// every node cost the load generator more CPU than the daemon spent.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub version_info: String,
+    pub type_url: String,
+    pub nonce: String,
+    pub resources: usize,
+    encoded: Bytes,
+}
+
+impl Received {
+    fn decode(encoded: Bytes) -> Result<Self, String> {
+        use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+        let mut received = Self { version_info: String::new(), type_url: String::new(), nonce: String::new(), resources: 0, encoded };
+        let mut rest = &received.encoded[..];
+        while !rest.is_empty() {
+            let (number, wire_type) = decode_key(&mut rest).map_err(|e| e.to_string())?;
+            let field = match (number, wire_type) {
+                (1, WireType::LengthDelimited) => &mut received.version_info,
+                (4, WireType::LengthDelimited) => &mut received.type_url,
+                (5, WireType::LengthDelimited) => &mut received.nonce,
+                (2, WireType::LengthDelimited) => {
+                    received.resources += 1;
+                    skip_field(wire_type, number, &mut rest, DecodeContext::default()).map_err(|e| e.to_string())?;
+                    continue;
+                }
+                _ => {
+                    skip_field(wire_type, number, &mut rest, DecodeContext::default()).map_err(|e| e.to_string())?;
+                    continue;
+                }
+            };
+            let len = usize::try_from(decode_varint(&mut rest).map_err(|e| e.to_string())?).unwrap_or(usize::MAX);
+            let value = rest.get(..len).ok_or("a string runs past the message")?;
+            *field = std::str::from_utf8(value).map_err(|_| "a string is not UTF-8")?.to_owned();
+            rest = &rest[len..];
+        }
+        Ok(received)
+    }
+
+    /// The whole response, decoded now.
+    fn response(&self) -> Result<DiscoveryResponse, prost::DecodeError> {
+        DiscoveryResponse::decode(self.encoded.clone())
     }
 }
 
@@ -655,11 +705,13 @@ impl Shared {
 
     /// The EDS names (for CDS) or RDS names (for LDS) a full-state response
     /// refers to, sorted; decoded once per version for the fleet.
-    fn referenced_names(&self, ty: ResourceType, response: &DiscoveryResponse) -> Names {
-        let key = (ty, response.version_info.clone());
+    fn referenced_names(&self, ty: ResourceType, received: &Received) -> Names {
+        let key = (ty, received.version_info.clone());
         if let Some(names) = self.names.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return names.clone();
         }
+        // Decoded by `Received::decode` already, up to the resources.
+        let response = received.response().unwrap_or_default();
         let mut names: Vec<String> = match ty {
             ResourceType::Cluster => response.resources.iter().filter_map(eds_name).collect(),
             ResourceType::Listener => response.resources.iter().flat_map(rds_names).collect(),
@@ -735,5 +787,26 @@ mod tests {
         // A first request: no version, nonce or names.
         let first = DiscoveryRequest { node: Some(node), type_url: ResourceType::Cluster.type_url().into(), ..DiscoveryRequest::default() };
         assert_eq!(request(&encoded_node, ResourceType::Cluster, &Subscription::default()), first.encode_to_vec());
+    }
+
+    #[test]
+    fn a_response_reads_as_prost_decodes_it() {
+        let any = |name: &str| Any { type_url: "t".into(), value: name.as_bytes().to_vec() };
+        let response = DiscoveryResponse {
+            version_info: "v9".into(),
+            resources: vec![any("a"), any("b"), any("c")],
+            canary: true,
+            type_url: ResourceType::Cluster.type_url().into(),
+            nonce: "4".into(),
+            ..DiscoveryResponse::default()
+        };
+        let received = Received::decode(response.encode_to_vec().into()).unwrap();
+        assert_eq!((received.version_info.as_str(), received.type_url.as_str(), received.nonce.as_str()), ("v9", ResourceType::Cluster.type_url(), "4"));
+        assert_eq!(received.resources, 3);
+        assert_eq!(received.response().unwrap(), response);
+
+        let empty = Received::decode(Bytes::new()).unwrap();
+        assert_eq!((empty.resources, empty.version_info.as_str()), (0, ""));
+        assert!(Received::decode(Bytes::from_static(&[0x0a, 0x05, b'v'])).is_err(), "a truncated version");
     }
 }
