@@ -291,7 +291,7 @@ impl Snapshot {
     }
 
     /// Names of every resource of `ty`, in order.
-    pub fn names(&self, ty: ResourceType) -> impl Iterator<Item = &str> {
+    pub fn names(&self, ty: ResourceType) -> impl ExactSizeIterator<Item = &str> {
         self.types[ty].0.iter().map(|r| &*r.name)
     }
 

@@ -55,6 +55,12 @@ impl Names {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether the set is exactly `names`, given in sorted order (a
+    /// snapshot's names of one type): one pass, no lookup.
+    pub fn is<'a>(&self, names: impl ExactSizeIterator<Item = &'a str>) -> bool {
+        self.0.len() == names.len() && self.iter().zip(names).all(|(mine, theirs)| mine == theirs)
+    }
 }
 
 /// The sets in use, by a digest of their names. Taken only when a stream's
@@ -101,6 +107,9 @@ mod tests {
         assert!(!Arc::ptr_eq(&a.0, &c.0));
         assert!(c.contains("x") && !c.contains("y"));
         assert!(names(&[]).is_empty());
+        assert!(b.is(["interned-test", "x", "y"].into_iter()));
+        assert!(!b.is(["interned-test", "x"].into_iter()) && !b.is(["interned-test", "x", "z"].into_iter()));
+        assert!(names(&[]).is([].into_iter()));
 
         // A set nobody holds is not kept: the next one is new, and equal.
         let weak = Arc::downgrade(&a.0);

@@ -349,6 +349,14 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snaps
         return (moved || state.refresh || !state.newly_named.is_empty()).then(|| subscribed(ty, state, snapshot));
     }
     // RDS/EDS may be partial (R19): only what the client lacks.
+    // A fresh answer (R21, R22: Envoy's warming re-request after a full
+    // push) to a subscription of every resource of the type is the type's
+    // shared chunk: told by one pass over the two sorted lists, rather than
+    // a lookup per subscribed name on each of thousands of streams.
+    let every_resource = || state.wildcard || state.names.is(snapshot.names(ty));
+    if state.refresh && !snapshot.resources(ty).is_empty() && every_resource() {
+        return Some(Selection::All);
+    }
     // The common cases: the client holds this very snapshot (nothing to
     // send), or the one it replaced (the snapshot's own list of changes
     // decides). Either way no name is compared.

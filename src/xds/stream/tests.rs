@@ -603,6 +603,33 @@ fn r19_an_eds_response_carrying_every_resource_of_the_type_is_its_shared_chunk()
     assert_eq!(show(due), ["endpoints v3 #6: a@3"]);
 }
 
+/// R21 after a full push: every cluster changed, the endpoints did not, and
+/// each cluster warms and repeats its EDS request. A stream naming every
+/// endpoint set is answered with the type's one shared chunk; one naming
+/// some of them gets those; one also naming a set the snapshot lacks gets
+/// every set there is, which is the shared chunk again.
+#[test]
+fn r21_a_warming_re_request_naming_every_resource_of_the_type_is_its_shared_chunk() {
+    let v1 = bundle(1, "v1", MESH, None);
+    let v2 = bundle(2, "v2", &with(MESH, &[(CDS, "a", 2), (CDS, "b", 2)]), Some(&v1));
+    for (names, expected, shared) in [
+        (&["a", "b"][..], "endpoints v2 #6: a@1 b@1", true),
+        (&["a"][..], "endpoints v2 #6: a@1", false),
+        (&["a", "b", "c"][..], "endpoints v2 #6: a@1 b@1", true),
+    ] {
+        let subscriptions: &[(ResourceType, &[&str])] = &[(CDS, &[]), (EDS, names), (LDS, &[]), (RDS, &["r", "s"])];
+        let mut stream = settled(StreamKind::Aggregated, subscriptions, &v1);
+        assert_eq!(show(stream.due(&v2)), ["clusters v2 #5: a@2 b@2"], "{names:?}");
+        assert_eq!(exchange(&mut stream, &request(CDS, &[], "5"), &v2), NOTHING, "{names:?}");
+        stream.on_request(&sotw(&request(EDS, names, "2")), Some(&v2));
+        let due = stream.due(&v2);
+        assert_eq!(show(due.clone()), [expected], "{names:?}");
+        let chunks = due[0].1.chunks();
+        let all = v2.all_entries(EDS);
+        assert_eq!(chunks.len() == 2 && chunks[1].as_ptr() == all.as_ptr() && chunks[1].len() == all.len(), shared, "{names:?}: the shared chunk");
+    }
+}
+
 /// Found by tests/replicas_e2e.rs (a PUT storm through a real Envoy): on
 /// ADS, bundle v3 changes cluster `a` and its endpoints while the CDS
 /// response of v2 is still unanswered. EDS v3 goes out alone and is
