@@ -204,9 +204,7 @@ impl NameList {
         let wire = DiscoveryRequest { resource_names: names.clone(), ..DiscoveryRequest::default() }.encode_to_vec().into();
         Self { names, wire }
     }
-}
 
-impl NameList {
     fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
@@ -523,7 +521,7 @@ async fn sotw_session(shared: &Shared, record: &Mutex<NodeRecord>, node: &Node, 
         // Like Envoy: subscribe to the EDS/RDS names the new clusters and
         // listeners refer to before ACKing them.
         if let Some(child) = child(ty) {
-            let names = shared.referenced_names(ty, &response);
+            let names = shared.referenced_names(ty, &response)?;
             let sub = &mut subs[child];
             let changed = !Arc::ptr_eq(&names, &sub.names) && *names != *sub.names;
             // A new version of clusters (listeners) the node had changes some
@@ -705,13 +703,12 @@ impl Shared {
 
     /// The EDS names (for CDS) or RDS names (for LDS) a full-state response
     /// refers to, sorted; decoded once per version for the fleet.
-    fn referenced_names(&self, ty: ResourceType, received: &Received) -> Names {
+    fn referenced_names(&self, ty: ResourceType, received: &Received) -> Result<Names, String> {
         let key = (ty, received.version_info.clone());
         if let Some(names) = self.names.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return names.clone();
+            return Ok(names.clone());
         }
-        // Decoded by `Received::decode` already, up to the resources.
-        let response = received.response().unwrap_or_default();
+        let response = received.response().map_err(|e| format!("decoding a response: {e}"))?;
         let mut names: Vec<String> = match ty {
             ResourceType::Cluster => response.resources.iter().filter_map(eds_name).collect(),
             ResourceType::Listener => response.resources.iter().flat_map(rds_names).collect(),
@@ -726,7 +723,7 @@ impl Shared {
             None => Arc::new(NameList::new(names)),
         };
         cache.insert(key, names.clone());
-        names
+        Ok(names)
     }
 }
 
