@@ -81,19 +81,16 @@ const SERVER_THREAD: &str = "floor-server";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Each process holds one end of every connection.
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("wire_floor: cannot raise the open-file limit: {error}");
+    }
     if let Some(server) = args.client {
-        if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
-            eprintln!("wire_floor: cannot raise the open-file limit: {error}");
-        }
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?;
-        return runtime.block_on(async {
+        return runtime(args.threads, "floor-client")?.block_on(async {
             connect_clients(server, args.streams, args.response_bytes, args.ack_bytes).await?;
             // Until the server is done and kills this process.
             std::future::pending().await
         });
-    }
-    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
-        eprintln!("wire_floor: cannot raise the open-file limit: {error}");
     }
     println!(
         "wire floor: {} streams, {} × ({} B response, {} B ACK) a round, {} worker threads each for server and clients",
@@ -109,14 +106,13 @@ fn main() -> anyhow::Result<()> {
 
 /// Connects the streams, runs the rounds, and reports each to `report`.
 pub fn run(args: &Args, clients: Clients, mut report: impl FnMut(usize, &Round)) -> anyhow::Result<Vec<Round>> {
-    let runtime = |name: &'static str| tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).thread_name(name).enable_all().build();
-    let server: Runtime = runtime(SERVER_THREAD)?;
+    let server = runtime(args.threads, SERVER_THREAD)?;
     let listener = server.block_on(TcpListener::bind("127.0.0.1:0"))?;
     let address = listener.local_addr()?;
     // Kept until the rounds are done: dropping either stops the clients.
     let (_client_runtime, _client_process) = match clients {
         Clients::InProcess => {
-            let runtime = runtime("floor-client")?;
+            let runtime = runtime(args.threads, "floor-client")?;
             runtime.spawn(connect_clients(address, args.streams, args.response_bytes, args.ack_bytes));
             (Some(runtime), None)
         }
@@ -186,6 +182,12 @@ async fn connect_clients(server: std::net::SocketAddr, streams: usize, response:
         });
     }
     Ok(())
+}
+
+/// A runtime of `threads` worker threads named `name` (the server's are
+/// told apart by their name when their CPU is read).
+fn runtime(threads: usize, name: &'static str) -> std::io::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(threads).thread_name(name).enable_all().build()
 }
 
 struct KillOnDrop(std::process::Child);
