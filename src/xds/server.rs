@@ -40,7 +40,7 @@ use super::{
 };
 use crate::{
     cache::{Cache, Snapshot, SnapshotWatch},
-    net::{CertifiedNodeTypes, ConnectionCloser, ConnectionDrain},
+    net::{sleep_until, CertifiedNodeTypes, ConnectionCloser, ConnectionDrain},
     node_type::NodeType,
     resource_type::ResourceType,
 };
@@ -313,7 +313,7 @@ impl<P: Protocol> XdsStream<P> {
             let step = tokio::select! {
                 () = &mut shutdown => Err(Ending::Closed),
                 () = &mut client_gone => Err(Ending::Closed),
-                () = sleep_until(deadline), if deadline.is_some() => self.check_taken(),
+                () = sleep_until(deadline) => self.check_taken(),
                 changed = self.snapshots.changed() => match changed {
                     Ok(()) => self.send_due(),
                     Err(_) => Err(Ending::Closed),
@@ -409,13 +409,5 @@ impl<P: Protocol> XdsStream<P> {
             }
         }
         Ok(())
-    }
-}
-
-/// Sleeps until `deadline`; forever without one.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
