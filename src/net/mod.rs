@@ -354,3 +354,21 @@ impl Future for Deadline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::FutureExt;
+    use tokio::time::Instant;
+
+    use super::sleep_until;
+
+    #[tokio::test]
+    async fn a_deadline_sleeps_until_it_and_none_sleeps_forever() {
+        assert!(sleep_until(None).now_or_never().is_none(), "no deadline: never ready");
+        assert!(sleep_until(Some(Instant::now() + Duration::from_secs(3600))).now_or_never().is_none());
+        let passed = tokio::time::timeout(Duration::from_secs(10), sleep_until(Some(Instant::now()))).await;
+        assert!(passed.is_ok(), "a deadline already reached completes");
+    }
+}
