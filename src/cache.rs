@@ -9,11 +9,12 @@ use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
     sync::{Arc, Mutex, OnceLock},
+    task::{ready, Context, Poll},
 };
 
 use bytes::Bytes;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
 
 use crate::{
     discovery::{Discovered, Served, ServedCatalog},
@@ -379,17 +380,29 @@ pub fn glob_match(glob: &str, text: &str) -> bool {
 /// own node id. Dropping the last watch of a node type no bundle names
 /// forgets that node type, however the stream ended.
 pub struct SnapshotWatch {
-    receiver: watch::Receiver<Option<Arc<Published>>>,
+    /// The receiver, inside the future that waits for its next change: a
+    /// stream polls the watch from its response body, with no task to await
+    /// it in, and the future is made once, then reused.
+    changes: ReusableBoxFuture<'static, (Result<(), watch::error::RecvError>, Receiver)>,
+    /// What was published as of the last change seen.
+    latest: Option<Arc<Published>>,
     node_id: Arc<str>,
     cache: Cache,
     node_type: NodeType,
+}
+
+type Receiver = watch::Receiver<Option<Arc<Published>>>;
+
+async fn next_change(mut receiver: Receiver) -> (Result<(), watch::error::RecvError>, Receiver) {
+    let changed = receiver.changed().await;
+    (changed, receiver)
 }
 
 impl Drop for SnapshotWatch {
     fn drop(&mut self) {
         let mut map = self.cache.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sender) = map.get(&self.node_type) {
-            // This receiver still counts while it drops.
+            // This receiver (in `changes`) still counts while it drops.
             if sender.receiver_count() == 1 && sender.borrow().is_none() {
                 map.remove(&self.node_type);
             }
@@ -398,19 +411,25 @@ impl Drop for SnapshotWatch {
 }
 
 impl SnapshotWatch {
-    /// The snapshot this stream is served now, marked seen.
-    pub fn borrow_and_update(&mut self) -> Option<Arc<Snapshot>> {
-        self.receiver.borrow_and_update().as_ref().map(|published| published.for_node(&self.node_id).clone())
+    /// The snapshot this stream is served, as of the last change seen.
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.latest.as_ref().map(|published| published.for_node(&self.node_id).clone())
     }
 
-    /// The snapshot this stream is served now.
-    pub fn current(&self) -> Option<Arc<Snapshot>> {
-        self.receiver.borrow().as_ref().map(|published| published.for_node(&self.node_id).clone())
+    /// Ready once what the node type is served changed since the last
+    /// change seen; [`Self::current`] then has it.
+    pub fn poll_changed(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), watch::error::RecvError>> {
+        let (changed, mut receiver) = ready!(self.changes.poll(cx));
+        if changed.is_ok() {
+            self.latest = receiver.borrow_and_update().clone();
+        }
+        self.changes.set(next_change(receiver));
+        Poll::Ready(changed)
     }
 
     /// Waits until what the node type is served changes.
     pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
-        self.receiver.changed().await
+        std::future::poll_fn(|cx| self.poll_changed(cx)).await
     }
 }
 
@@ -433,8 +452,10 @@ impl Cache {
     /// Watches what the streams of `node_type` are served, as `node_id` sees it.
     pub fn subscribe(&self, node_type: &NodeType, node_id: &str) -> SnapshotWatch {
         let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
-        let receiver = map.entry(node_type.clone()).or_insert_with(|| watch::channel(None).0).subscribe();
-        SnapshotWatch { receiver, node_id: node_id.into(), cache: self.clone(), node_type: node_type.clone() }
+        let mut receiver = map.entry(node_type.clone()).or_insert_with(|| watch::channel(None).0).subscribe();
+        let latest = receiver.borrow_and_update().clone();
+        let changes = ReusableBoxFuture::new(next_change(receiver));
+        SnapshotWatch { changes, latest, node_id: node_id.into(), cache: self.clone(), node_type: node_type.clone() }
     }
 
     /// The snapshot every stream of `node_type` not in a canary is served.
@@ -642,20 +663,26 @@ mod tests {
         let cache = Cache::default();
         let node_type = NodeType::parse("sidecar").unwrap();
         let mut watch = cache.subscribe(&node_type, "sidecar-a");
-        assert!(watch.borrow_and_update().is_none());
+        // Whether a change is ready now, without waiting.
+        let changed = |watch: &mut SnapshotWatch| {
+            watch.poll_changed(&mut Context::from_waker(std::task::Waker::noop())).map(|changed| changed.unwrap()).is_ready()
+        };
+        assert!(watch.current().is_none());
+        assert!(!changed(&mut watch));
 
         let mut catalog = crate::store::Catalog::new();
         catalog.insert(node_type.clone(), stored("v1", &["a"]));
         cache.apply(&crate::discovery::as_stored(&catalog));
-        assert!(watch.receiver.has_changed().unwrap());
-        assert_eq!(watch.borrow_and_update().as_ref().unwrap().version(), "v1");
+        assert!(changed(&mut watch));
+        assert_eq!(watch.current().as_ref().unwrap().version(), "v1");
 
         cache.apply(&crate::discovery::as_stored(&catalog));
-        assert!(!watch.receiver.has_changed().unwrap(), "the same stored bundle must not be rebuilt or re-sent");
+        assert!(!changed(&mut watch), "the same stored bundle must not be rebuilt or re-sent");
 
         catalog.clear();
         cache.apply(&crate::discovery::as_stored(&catalog));
-        assert!(watch.borrow_and_update().is_none(), "a deleted bundle stops serving new streams");
+        assert!(changed(&mut watch));
+        assert!(watch.current().is_none(), "a deleted bundle stops serving new streams");
     }
 
     #[test]

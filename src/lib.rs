@@ -158,7 +158,7 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
     let follower = tokio::spawn(cache.clone().follow(discovery.subscribe(), registry.metrics().clone(), shutdown.clone()));
     let healer = tokio::spawn(store.clone().heal(shutdown.clone()));
 
-    let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone(), config.send_timeout, config.rest_xds_hold);
+    let xds_server = xds::XdsServer::new(cache, registry.clone(), shutdown.clone(), config.rest_xds_hold);
     let (xds_tls, rest_tls) = tls.map(|tls| (tls.xds, tls.rest)).unzip();
     let grpc = net::serve_xds(xds, xds_server.router().await, config.into(), xds_tls, shutdown.clone());
 

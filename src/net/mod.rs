@@ -14,8 +14,10 @@
 //!   request body (`--rest-body-timeout`, answered 408) and the time without
 //!   a request (`--rest-idle-timeout`).
 //! - xDS (HTTP/2): TCP_NODELAY; keepalive pings close peers that stopped
-//!   answering; every request carries a [`ConnectionCloser`], with which a
-//!   stream whose client stopped reading closes its connection.
+//!   answering; every request carries the connection's [`StallWatch`], on
+//!   which its stream shows how long a response has waited to be taken, and
+//!   a connection whose client stopped reading is closed after
+//!   `--send-timeout` ([`stall`]).
 //! - TLS ([`tls`]): with `--tls-cert`, each connection's handshake runs in
 //!   its own task, bounded by [`tls::HANDSHAKE_TIMEOUT`], before HTTP starts;
 //!   on xDS, the node types a client certificate names ride in every request
@@ -26,6 +28,7 @@
 //!   `JoinSet`, so dropping the loop aborts them.
 
 mod rest;
+pub mod stall;
 pub mod tls;
 
 use std::{future::Future, io, time::Duration};
@@ -43,6 +46,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+pub use stall::{SendClock, StallWatch};
 pub use tls::{CertifiedNodeTypes, Tls, TlsError};
 
 use crate::Config;
@@ -51,7 +55,7 @@ use crate::Config;
 const BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// How long a connection closed by its [`ConnectionCloser`] may still flush
+/// How long a connection closed for a stalled stream may still flush
 /// what it can (a final status, GOAWAY) before it is dropped.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
@@ -88,6 +92,8 @@ pub struct XdsConnections {
     /// Connections older than this (±10 %) are drained, so Envoys spread
     /// over replicas again.
     pub max_age: Option<Duration>,
+    /// How long a response may wait for its client to take it.
+    pub send_timeout: Duration,
 }
 
 impl From<&Config> for XdsConnections {
@@ -96,6 +102,7 @@ impl From<&Config> for XdsConnections {
             keepalive_interval: config.xds_keepalive_interval,
             keepalive_timeout: config.xds_keepalive_timeout,
             max_age: config.max_stream_age,
+            send_timeout: config.send_timeout,
         }
     }
 }
@@ -122,19 +129,6 @@ pub struct ConnectionDrain(pub CancellationToken);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
-/// Closes the xDS connection a request came in on. hyper polls a response
-/// body only while its stream has flow-control window, so a stream whose
-/// client grants none cannot end itself: its handler finds this in the
-/// request's extensions and has the connection task drop the connection.
-#[derive(Debug, Clone)]
-pub struct ConnectionCloser(CancellationToken);
-
-impl ConnectionCloser {
-    pub fn close(&self) {
-        self.0.cancel();
-    }
-}
-
 /// Serves the xDS router over HTTP/2 (over TLS with `tls`) until `shutdown`
 /// is cancelled and every connection has finished.
 pub async fn serve_xds(listener: TcpListener, router: Router, settings: XdsConnections, tls: Option<TlsAcceptor>, shutdown: CancellationToken) {
@@ -148,15 +142,16 @@ pub async fn serve_xds(listener: TcpListener, router: Router, settings: XdsConne
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
         let (http2, router, tls, shutdown) = (http2.clone(), router.clone(), tls.clone(), shutdown.clone());
+        // Only what the task needs, not all the settings: it lives as long as its Envoy.
+        let (max_age, stalls) = (settings.max_age, StallWatch::new(settings.send_timeout));
         async move {
             let Some(stream) = tls::handshake(tls.as_ref(), stream, "xds", &shutdown).await else { return };
             let identity = tls::peer_node_types(&stream);
-            let close = CancellationToken::new();
-            let closer = ConnectionCloser(close.clone());
+            let stream_stalls = stalls.clone();
             let drain = shutdown.child_token();
             let stream_drain = ConnectionDrain(drain.clone());
             let service = service_fn(move |mut request: Request<Incoming>| {
-                request.extensions_mut().insert(closer.clone());
+                request.extensions_mut().insert(stream_stalls.clone());
                 request.extensions_mut().insert(stream_drain.clone());
                 if let Some(identity) = &identity {
                     request.extensions_mut().insert(identity.clone());
@@ -167,7 +162,7 @@ pub async fn serve_xds(listener: TcpListener, router: Router, settings: XdsConne
             // (0.5 KB) fit allocation size classes with less slack than the
             // two together, a third of a KiB less per Envoy.
             let mut connection = Box::pin(http2.serve_connection(TokioIo::new(stream), service));
-            let aged = sleep_until(settings.max_age.map(|age| Instant::now() + jittered(age)));
+            let aged = sleep_until(max_age.map(|age| Instant::now() + jittered(age)));
             let (closing, grace) = tokio::select! {
                 result = connection.as_mut() => return finished("xds", result),
                 () = drain.cancelled() => (false, None),
@@ -176,7 +171,11 @@ pub async fn serve_xds(listener: TcpListener, router: Router, settings: XdsConne
                     drain.cancel();
                     (false, Some(AGED_GRACE))
                 }
-                () = close.cancelled() => (true, None),
+                stream = stalls.stalled() => {
+                    tracing::warn!(stream, timeout = ?stalls.timeout(),
+                        "the client did not take its response within --send-timeout; closing its connection");
+                    (true, None)
+                }
             };
             // GOAWAY: the client opens its next stream on a new connection.
             connection.as_mut().graceful_shutdown();
@@ -185,7 +184,7 @@ pub async fn serve_xds(listener: TcpListener, router: Router, settings: XdsConne
                 // shutdown, `run` bounds this by --shutdown-grace.
                 tokio::select! {
                     result = connection.as_mut() => return finished("xds", result),
-                    () = close.cancelled() => {}
+                    _ = stalls.stalled() => {}
                     () = sleep_until(grace.map(|grace| Instant::now() + grace)) => {}
                 }
             }

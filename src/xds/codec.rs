@@ -12,24 +12,15 @@
 
 use std::{
     collections::VecDeque,
-    convert::Infallible,
     marker::PhantomData,
     pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
-    task::{ready, Context, Poll, Waker},
+    task::{ready, Context, Poll},
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
-use http_body::Frame;
 use prost::Message;
-use tokio::{
-    sync::{mpsc::error::TrySendError, Notify},
-    time::Instant,
-};
+use tokio::time::Instant;
 use tonic::Status;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
@@ -90,7 +81,7 @@ where
         std::future::poll_fn(|cx| self.poll_message(cx)).await
     }
 
-    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<M>, Status>> {
+    pub fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<M>, Status>> {
         loop {
             if let Some(message) = self.take_message()? {
                 return Poll::Ready(M::decode(message).map(Some));
@@ -184,188 +175,46 @@ impl WireRequest for DeltaDiscoveryRequest {
     }
 }
 
-/// What a stream's task and its response body share: a short queue of
-/// responses under one lock, rather than a tokio channel, whose first block
-/// holds 32 slots (about 0.9 KiB) on every stream, idle or not.
+/// The responses a stream has due, handed to hyper piece by piece: each as
+/// its gRPC prefix and then its chunks, in pieces of at most
+/// [`PIECE_BYTES`]. A response is taken once hyper asks for more after its
+/// last piece; hyper asks only while the stream has flow-control window.
 #[derive(Default)]
-struct Shared {
-    /// Responses the body has handed to hyper in full.
-    taken: AtomicU64,
-    queue: Mutex<Queue>,
-    /// Wakes `ResponseSender::closed` when the body drops.
-    body_gone: Notify,
+pub struct Outbox {
+    /// Responses not begun yet, and when each was queued.
+    queued: VecDeque<(Instant, EncodedResponse)>,
+    /// The response being handed out, and when it was queued.
+    current: Option<(Instant, Outgoing)>,
 }
 
-#[derive(Default)]
-struct Queue {
-    responses: VecDeque<EncodedResponse>,
-    /// The body waiting for a response.
-    waker: Option<Waker>,
-    /// The sender dropped: the body ends after what is queued.
-    sender_gone: bool,
-    /// The body dropped: the client left.
-    body_gone: bool,
-    /// The status the stream ends with; `None` is OK. Set before the
-    /// sender drops, read by the body once the queue is closed.
-    end: Option<Box<Status>>,
-}
-
-impl Shared {
-    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The two ends of a stream's responses: its task queues on the sender,
-/// hyper sends the body. `depth` responses may wait.
-pub fn response_channel(depth: usize) -> (ResponseSender, ResponseBody) {
-    let shared = Arc::new(Shared::default());
-    let sender = ResponseSender { shared: shared.clone(), depth, queued_at: VecDeque::new(), taken_seen: 0 };
-    let body = ResponseBody { shared, current: None, finished: false };
-    (sender, body)
-}
-
-/// Where a stream's task queues its responses.
-pub struct ResponseSender {
-    shared: Arc<Shared>,
-    depth: usize,
-    /// When each response the client has not taken yet was queued.
-    queued_at: VecDeque<Instant>,
-    /// How many taken responses `queued_at` no longer lists.
-    taken_seen: u64,
-}
-
-impl ResponseSender {
-    /// Queues a response without waiting.
-    pub fn try_send(&mut self, response: EncodedResponse) -> Result<(), TrySendError<EncodedResponse>> {
-        let mut queue = self.shared.queue();
-        if queue.body_gone {
-            return Err(TrySendError::Closed(response));
-        }
-        if queue.responses.len() >= self.depth {
-            return Err(TrySendError::Full(response));
-        }
-        queue.responses.push_back(response);
-        let waker = queue.waker.take();
-        drop(queue);
-        waker.into_iter().for_each(Waker::wake);
-        self.queued_at.push_back(Instant::now());
-        Ok(())
+impl Outbox {
+    pub fn push(&mut self, response: EncodedResponse, queued_at: Instant) {
+        self.queued.push_back((queued_at, response));
     }
 
-    /// Completes once the body is gone: the client left. It owns what it
-    /// waits on, so a stream's loop keeps one across its turns rather than
-    /// register a new waiter on each.
-    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let shared = self.shared.clone();
-        async move {
-            loop {
-                let notified = shared.body_gone.notified();
-                if shared.queue().body_gone {
-                    return;
-                }
-                notified.await;
-            }
-        }
-    }
-
-    /// When the oldest response that the client has not taken in full was
-    /// queued; `None` when it has taken them all.
-    pub fn oldest_untaken(&mut self) -> Option<Instant> {
-        let taken = self.shared.taken.load(Ordering::Acquire);
-        while self.taken_seen < taken && self.queued_at.pop_front().is_some() {
-            self.taken_seen += 1;
-        }
-        self.queued_at.front().copied()
-    }
-
-    /// Makes the stream end with `status` in its trailers instead of OK,
-    /// after whatever is queued, once this sender drops.
-    pub fn end_with(&self, status: Status) {
-        self.shared.queue().end = Some(Box::new(status));
-    }
-}
-
-impl Drop for ResponseSender {
-    fn drop(&mut self) {
-        let mut queue = self.shared.queue();
-        queue.sender_gone = true;
-        let waker = queue.waker.take();
-        drop(queue);
-        waker.into_iter().for_each(Waker::wake);
-    }
-}
-
-/// The response body of a discovery stream: each response as its gRPC
-/// prefix and then its chunks, in pieces of at most [`PIECE_BYTES`]; then
-/// the trailers when the stream's task ends.
-pub struct ResponseBody {
-    shared: Arc<Shared>,
-    current: Option<Outgoing>,
-    finished: bool,
-}
-
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.finished {
-            return Poll::Ready(None);
-        }
+    /// The next piece to send; `None` once every response is taken.
+    pub fn next_piece(&mut self) -> Option<Bytes> {
         loop {
-            if let Some(outgoing) = &mut self.current {
+            if let Some((_, outgoing)) = &mut self.current {
                 if let Some(piece) = outgoing.next_piece() {
-                    return Poll::Ready(Some(Ok(Frame::data(piece))));
+                    return Some(piece);
                 }
-                // hyper asks for more only once it has sent (or buffered) the
-                // last piece: the response is taken.
                 self.current = None;
-                self.shared.taken.fetch_add(1, Ordering::Release);
             }
-            match ready!(self.poll_next(cx)) {
-                Some(response) => self.current = Some(Outgoing::new(response)),
-                None => {
-                    self.finished = true;
-                    let status = self.shared.queue().end.take().map(|status| *status);
-                    return Poll::Ready(Some(Ok(Frame::trailers(trailers(status)))));
-                }
-            }
+            let (queued_at, response) = self.queued.pop_front()?;
+            self.current = Some((queued_at, Outgoing::new(response)));
         }
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.finished
+    /// When the oldest response the client has not taken in full was
+    /// queued; `None` when it has taken them all.
+    pub fn oldest_untaken(&self) -> Option<Instant> {
+        self.current.as_ref().map(|(at, _)| *at).or_else(|| self.queued.front().map(|(at, _)| *at))
     }
 }
 
-impl ResponseBody {
-    /// The next queued response; `None` once the sender is gone and the
-    /// queue empty.
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<EncodedResponse>> {
-        let mut queue = self.shared.queue();
-        if let Some(response) = queue.responses.pop_front() {
-            return Poll::Ready(Some(response));
-        }
-        if queue.sender_gone {
-            return Poll::Ready(None);
-        }
-        if !queue.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
-            queue.waker = Some(cx.waker().clone());
-        }
-        Poll::Pending
-    }
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        self.shared.queue().body_gone = true;
-        // A permit, should `closed` not be waiting yet.
-        self.shared.body_gone.notify_one();
-    }
-}
-
-fn trailers(status: Option<Status>) -> HeaderMap {
+/// The trailers a stream ends with: `status`, or OK.
+pub fn trailers(status: Option<Status>) -> HeaderMap {
     let mut trailers = HeaderMap::new();
     let written = status.is_some_and(|status| status.add_header(&mut trailers).is_ok());
     if !written {
@@ -435,9 +284,9 @@ impl Outgoing {
 
 #[cfg(test)]
 mod tests {
-    use std::future::poll_fn;
+    use std::{convert::Infallible, sync::Arc};
 
-    use http_body::Body as _;
+    use http_body::Frame;
 
     use super::*;
     use crate::wire::encode_bytes_field;
@@ -512,26 +361,9 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
     }
 
-    /// The body's next frame, or `None` if it would wait.
-    async fn next_frame(body: &mut ResponseBody) -> Option<Frame<Bytes>> {
-        poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
-            Poll::Pending => Poll::Ready(None),
-            Poll::Ready(frame) => Poll::Ready(frame.map(|frame| frame.unwrap_or_else(|never| match never {}))),
-        })
-        .await
-    }
-
-    /// Every frame the body yields until it would wait: data pieces, then
-    /// the trailers if it ended.
-    async fn drain(body: &mut ResponseBody) -> (Vec<Bytes>, Option<HeaderMap>) {
-        let mut pieces = Vec::new();
-        while let Some(frame) = next_frame(body).await {
-            match frame.into_data() {
-                Ok(data) => pieces.push(data),
-                Err(frame) => return (pieces, frame.into_trailers().ok()),
-            }
-        }
-        (pieces, None)
+    /// Every piece the outbox hands out until it is empty.
+    fn drain(outbox: &mut Outbox) -> Vec<Bytes> {
+        std::iter::from_fn(|| outbox.next_piece()).collect()
     }
 
     fn response_with(shared_chunk: &Bytes) -> EncodedResponse {
@@ -548,14 +380,14 @@ mod tests {
         // A snapshot's wildcard chunk: every resource entry of a type.
         let all = encode_bytes_field(2, &vec![7u8; 100_000]);
         let response = response_with(&all);
-        let (mut sender, mut body) = response_channel(4);
-        sender.try_send(response.clone()).unwrap();
+        let mut outbox = Outbox::default();
+        let queued_at = Instant::now();
+        outbox.push(response.clone(), queued_at);
 
         // Exactly the response's bytes, as hyper would take them.
         let mut pieces = Vec::new();
         while pieces.iter().map(Bytes::len).sum::<usize>() < 5 + response.len() {
-            let frame = next_frame(&mut body).await.expect("a piece is ready");
-            pieces.push(frame.into_data().expect("data"));
+            pieces.push(outbox.next_piece().expect("a piece is ready"));
         }
         assert!(pieces.iter().all(|piece| piece.len() <= PIECE_BYTES), "no piece is larger than {PIECE_BYTES}");
         let joined: Vec<u8> = pieces.iter().flat_map(|piece| piece.iter().copied()).collect();
@@ -571,9 +403,9 @@ mod tests {
         assert_eq!(from_chunk, all.len(), "the shared chunk was copied");
         assert!(pieces[0].len() < COALESCE_BELOW + 5, "the prefix and the small version field come first, copied together");
 
-        assert!(sender.oldest_untaken().is_some(), "taken only once hyper asks for more");
-        assert!(next_frame(&mut body).await.is_none(), "nothing else queued");
-        assert!(sender.oldest_untaken().is_none(), "hyper asked past the last piece: the response is taken");
+        assert_eq!(outbox.oldest_untaken(), Some(queued_at), "taken only once hyper asks for more");
+        assert!(outbox.next_piece().is_none(), "nothing else queued");
+        assert!(outbox.oldest_untaken().is_none(), "hyper asked past the last piece: the response is taken");
     }
 
     #[tokio::test]
@@ -592,9 +424,9 @@ mod tests {
         let stored = Arc::new(StoredBundle::from_bundle(bundle, String::new()));
         let snapshot = Snapshot::build(1, stored, None);
         let response = frame(&snapshot, ResourceType::Cluster, &Selection::All, None, "1");
-        let (mut sender, mut body) = response_channel(4);
-        sender.try_send(response.clone()).unwrap();
-        let (pieces, _) = drain(&mut body).await;
+        let mut outbox = Outbox::default();
+        outbox.push(response.clone(), Instant::now());
+        let pieces = drain(&mut outbox);
 
         // Every large chunk of the response (the wildcard set, shared by
         // every stream) is sent from the snapshot's allocation.
@@ -614,28 +446,37 @@ mod tests {
         for i in 0..3000 {
             response.push_encoded(encode_bytes_field(2, format!("cluster-{i:05}").as_bytes()));
         }
-        let (mut sender, mut body) = response_channel(4);
-        sender.try_send(response.clone()).unwrap();
-        let (pieces, _) = drain(&mut body).await;
+        let mut outbox = Outbox::default();
+        outbox.push(response.clone(), Instant::now());
+        let pieces = drain(&mut outbox);
         assert!(pieces.len() < 10, "3000 small chunks went out as {} pieces", pieces.len());
         assert!(pieces.iter().all(|piece| piece.len() <= PIECE_BYTES));
         let joined: Vec<u8> = pieces.iter().flat_map(|piece| piece.iter().copied()).collect();
         assert_eq!(&joined[5..], &response.to_bytes()[..]);
     }
 
-    #[tokio::test]
-    async fn the_stream_ends_with_ok_or_with_the_status_it_was_given() {
-        let (sender, mut body) = response_channel(4);
-        drop(sender);
-        let (_, trailers) = drain(&mut body).await;
-        assert_eq!(trailers.unwrap()["grpc-status"], "0");
-        assert!(body.is_end_stream());
+    #[test]
+    fn responses_are_handed_out_in_order_and_the_oldest_untaken_is_the_first_not_finished() {
+        let (first, second) = (Instant::now(), Instant::now() + std::time::Duration::from_secs(1));
+        let mut outbox = Outbox::default();
+        assert_eq!(outbox.oldest_untaken(), None);
+        outbox.push(response_with(&encode_bytes_field(2, b"one")), first);
+        outbox.push(response_with(&encode_bytes_field(2, b"two")), second);
+        assert_eq!(outbox.oldest_untaken(), Some(first));
+        let one = outbox.next_piece().unwrap();
+        assert!(one.windows(3).any(|w| w == b"one"));
+        assert_eq!(outbox.oldest_untaken(), Some(first), "the first is taken only when hyper asks for more");
+        let two = outbox.next_piece().unwrap();
+        assert!(two.windows(3).any(|w| w == b"two"));
+        assert_eq!(outbox.oldest_untaken(), Some(second));
+        assert!(outbox.next_piece().is_none());
+        assert_eq!(outbox.oldest_untaken(), None);
+    }
 
-        let (sender, mut body) = response_channel(4);
-        sender.end_with(Status::deadline_exceeded("too slow"));
-        drop(sender);
-        let (_, trailers) = drain(&mut body).await;
-        let trailers = trailers.unwrap();
+    #[test]
+    fn the_stream_ends_with_ok_or_with_the_status_it_was_given() {
+        assert_eq!(trailers(None)["grpc-status"], "0");
+        let trailers = trailers(Some(Status::deadline_exceeded("too slow")));
         assert_eq!(trailers["grpc-status"], "4");
         assert!(trailers["grpc-message"].to_str().unwrap().starts_with("too"));
     }

@@ -204,7 +204,7 @@ fn announced_timeout(headers: &HeaderMap) -> Option<Duration> {
 /// than the current one.
 async fn wait(snapshots: &mut SnapshotWatch, ty: ResourceType, version: &str, rejected: bool, hold: Duration, drain: &CancellationToken) -> Waited {
     let deadline = Instant::now() + hold;
-    let arrived = snapshots.borrow_and_update();
+    let arrived = snapshots.current();
     let mut current = arrived.clone();
     loop {
         match &current {
@@ -217,7 +217,7 @@ async fn wait(snapshots: &mut SnapshotWatch, ty: ResourceType, version: &str, re
             () = tokio::time::sleep_until(deadline) => break,
             () = drain.cancelled() => break,
         }
-        current = snapshots.borrow_and_update();
+        current = snapshots.current();
     }
     if current.is_some() {
         Waited::Current

@@ -4,18 +4,27 @@
 //!
 //! The endpoints are plain HTTP/2 handlers rather than generated tonic
 //! services: a response is framed from shared pre-encoded bytes (see
-//! `codec`), and no stream keeps an encode buffer of its own. The loop
-//! also watches that its client takes what it is sent: one that stops
-//! (grants no HTTP/2 window) is cut off after `--send-timeout`, its whole
-//! connection closed through the [`ConnectionCloser`] the connection task
-//! put in the request, since only that frees what h2 buffered for it.
+//! `codec`), and no stream keeps an encode buffer of its own. A stream is
+//! the body of its response ([`XdsStream`]), run by hyper's task for the
+//! HTTP/2 stream rather than a task of its own. A client that stops taking
+//! what it is sent (grants no HTTP/2 window) is cut off after
+//! `--send-timeout`: its stream's [`SendClock`] shows the connection's task
+//! how long a response has waited, and that task closes the connection,
+//! since only that frees what h2 buffered for it.
 //!
 //! With `--xds-client-ca`, a stream whose connection's client certificate
 //! does not name its node type ([`CertifiedNodeTypes`]) is refused with
 //! PERMISSION_DENIED. gRPC health and reflection ([`super::introspection`])
 //! and REST polling ([`super::rest`]) are routed beside the discovery methods.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
 
 use axum::{
     body::Body,
@@ -25,13 +34,15 @@ use axum::{
     Router,
 };
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use bytes::Bytes;
 use http::{header::CONTENT_TYPE, Uri};
-use tokio::sync::mpsc::error::TrySendError;
-use tokio_util::sync::CancellationToken;
+use http_body::Frame;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Code, Status};
 
 use super::{
-    codec::{self, EncodedResponse, Requests, ResponseBody, ResponseSender, WireRequest},
+    codec::{self, EncodedResponse, Outbox, Requests, WireRequest},
     delta::DeltaState,
     request::SotwRequest,
     rest::{self, RestXds},
@@ -40,15 +51,10 @@ use super::{
 };
 use crate::{
     cache::{Cache, Snapshot, SnapshotWatch},
-    net::{sleep_until, CertifiedNodeTypes, ConnectionCloser, ConnectionDrain},
+    net::{CertifiedNodeTypes, ConnectionDrain, SendClock, StallWatch},
     node_type::NodeType,
     resource_type::ResourceType,
 };
-
-/// Responses in flight per stream: one per type, since each type holds at
-/// most one unanswered response, and one more for a make-before-break
-/// removal.
-const RESPONSE_BUFFER: usize = crate::resource_type::COUNT + 1;
 
 /// The aggregated discovery service.
 const ADS_SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
@@ -142,15 +148,15 @@ pub struct XdsServer {
     cache: Cache,
     registry: Registry,
     shutdown: CancellationToken,
-    send_timeout: Duration,
     rest_hold: Duration,
 }
 
 impl XdsServer {
-    /// `send_timeout`: how long a client may take to take in one response;
     /// `rest_hold`: how long a REST poll that is current may be held open.
-    pub fn new(cache: Cache, registry: Registry, shutdown: CancellationToken, send_timeout: Duration, rest_hold: Duration) -> Self {
-        Self { cache, registry, shutdown, send_timeout, rest_hold }
+    /// (How long a client may take to take in a response is the
+    /// connection's: `net::XdsConnections::send_timeout`.)
+    pub fn new(cache: Cache, registry: Registry, shutdown: CancellationToken, rest_hold: Duration) -> Self {
+        Self { cache, registry, shutdown, rest_hold }
     }
 
     /// The gRPC routes of every discovery method sxds answers, and of
@@ -177,14 +183,14 @@ impl XdsServer {
     }
 
     async fn serve<P: Protocol>(self, kind: StreamKind, request: Request) -> Response {
-        let closer = request.extensions().get::<ConnectionCloser>().cloned();
+        let stalls = request.extensions().get::<StallWatch>().cloned();
         // Ends with the connection (--max-stream-age) or at shutdown.
         let drain = request.extensions().get::<ConnectionDrain>().map_or_else(|| self.shutdown.clone(), |d| d.0.clone());
         let certified = request.extensions().get::<CertifiedNodeTypes>().cloned();
-        match self.open::<P>(kind, codec::requests(request.into_body()), closer, certified, drain).await {
-            Ok(body) => {
+        match self.open::<P>(kind, codec::requests(request.into_body()), stalls, certified, drain).await {
+            Ok(stream) => {
                 let headers = [(CONTENT_TYPE, "application/grpc")];
-                (headers, Body::new(body)).into_response()
+                (headers, Body::new(stream)).into_response()
             }
             Err(status) => {
                 if is_refusal(&status) {
@@ -195,17 +201,17 @@ impl XdsServer {
         }
     }
 
-    /// Reads the first request (it must carry the node, R2) and starts the
-    /// stream's loop; its responses come out of the returned body. With a
-    /// client certificate (`certified`), the node type must be one it names.
+    /// Reads the first request (it must carry the node, R2) and opens the
+    /// stream, which is the body of its response. With a client certificate
+    /// (`certified`), the node type must be one it names.
     async fn open<P: Protocol>(
         &self,
         kind: StreamKind,
         mut inbound: Requests<P::Request>,
-        closer: Option<ConnectionCloser>,
+        stalls: Option<StallWatch>,
         certified: Option<CertifiedNodeTypes>,
         drain: CancellationToken,
-    ) -> Result<ResponseBody, Status> {
+    ) -> Result<XdsStream<P>, Status> {
         let first = tokio::select! {
             first = inbound.message() => first?,
             // Nothing to drain yet: do not hold the shutdown open.
@@ -228,22 +234,22 @@ impl XdsServer {
         let handle = self.registry.open(&node_id, &node_type, kind.service_name(), P::NAME);
         tracing::info!(node_id, %node_type, service = kind.service_name(), protocol = P::NAME, stream = handle.id(), "stream opened");
 
-        let (responses, body) = codec::response_channel(RESPONSE_BUFFER);
-        let mut stream = XdsStream {
+        let mut stream = Stream {
             state: P::new(kind),
             snapshots: self.cache.subscribe(&node_type, &node_id),
+            inbound,
+            outbox: Outbox::default(),
+            clock: stalls.map(|stalls| stalls.clock(handle.id())),
+            end: End::Open,
             node_id,
             node_type,
             handle,
-            responses,
-            send_timeout: self.send_timeout,
         };
         stream.receive(&first);
         // The first request carries the node's metadata: it is not kept.
         drop(first);
-        let early = stream.send_due().err(); // were the client gone already, `run` ends at once
-        tokio::spawn(stream.run(inbound, drain, closer, early));
-        Ok(body)
+        stream.send_due();
+        Ok(XdsStream { stream, drain: drain.cancelled_owned() })
     }
 }
 
@@ -253,105 +259,120 @@ fn is_refusal(status: &Status) -> bool {
     matches!(status.code(), Code::InvalidArgument | Code::OutOfRange)
 }
 
-/// Why a stream's loop ended.
-enum Ending {
-    /// The client left or the daemon shuts down: OK, if anyone listens.
-    Closed,
-    /// A request was refused (a limit, a malformed message): the stream
-    /// ends with that status.
-    Refused(Status),
-    /// The client stopped taking its responses: the stream ends with this
-    /// status where it can still be delivered, and its connection is closed.
-    Stalled(Status),
+/// How many requests one poll of a stream takes in at most before it lets
+/// the other streams of its thread run: a client that floods requests is
+/// served in turns, not all at once.
+const REQUESTS_PER_POLL: usize = 32;
+
+pin_project_lite::pin_project! {
+    /// One open stream, which is also the body of its response: hyper polls
+    /// it for the next piece to send, and each poll first takes in what
+    /// arrived since (requests, a new snapshot, the connection's drain).
+    ///
+    /// The stream has no task of its own: hyper's task for the HTTP/2 stream
+    /// runs it, so an update wakes one task per stream, not two, and an idle
+    /// stream holds no task, no channel and no timer. hyper polls a body only
+    /// while its stream has flow-control window: a client that grants none
+    /// is not served more, and its [`SendClock`] shows its connection's task
+    /// since when a response has waited for it (`--send-timeout`).
+    struct XdsStream<P: Protocol> {
+        stream: Stream<P>,
+        #[pin]
+        drain: WaitForCancellationFutureOwned,
+    }
 }
 
-/// One open stream: its protocol state and its channels.
-struct XdsStream<P> {
+/// The unpinned part of an [`XdsStream`]: its protocol state and its wire.
+struct Stream<P: Protocol> {
     state: P,
     snapshots: SnapshotWatch,
+    inbound: Requests<P::Request>,
+    outbox: Outbox,
+    /// Shows the connection since when a response has waited; `None` for a
+    /// request that did not come through `net::serve_xds`.
+    clock: Option<SendClock>,
+    end: End,
     node_id: String,
     node_type: NodeType,
     handle: StreamHandle,
-    responses: ResponseSender,
-    send_timeout: Duration,
 }
 
-impl<P: Protocol> XdsStream<P> {
-    async fn run(
-        mut self,
-        inbound: Requests<P::Request>,
-        shutdown: CancellationToken,
-        closer: Option<ConnectionCloser>,
-        early: Option<Ending>,
-    ) {
-        let ending = match early {
-            Some(ending) => ending,
-            None => self.serve(inbound, shutdown).await,
-        };
-        match ending {
-            Ending::Closed => {}
-            Ending::Refused(status) => self.responses.end_with(status),
-            Ending::Stalled(status) => {
-                self.responses.end_with(status);
-                if let Some(closer) = closer {
-                    closer.close();
+/// Where a stream is in ending.
+enum End {
+    Open,
+    /// Ends with this status (`None`: OK) once what is due is sent.
+    With(Option<Box<Status>>),
+    /// The trailers are sent.
+    Finished,
+}
+
+impl<P: Protocol> http_body::Body for XdsStream<P> {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.project();
+        let frame = this.stream.poll_frame(cx, this.drain);
+        if let Some(clock) = &this.stream.clock {
+            clock.set(this.stream.outbox.oldest_untaken());
+        }
+        frame.map(|frame| frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.stream.end, End::Finished)
+    }
+}
+
+impl<P: Protocol> Stream<P> {
+    /// The next piece to send, or the trailers once the stream ends.
+    fn poll_frame(&mut self, cx: &mut Context<'_>, mut drain: Pin<&mut WaitForCancellationFutureOwned>) -> Poll<Option<Frame<Bytes>>> {
+        let mut requests = 0;
+        loop {
+            if let Some(piece) = self.outbox.next_piece() {
+                return Poll::Ready(Some(Frame::data(piece)));
+            }
+            match std::mem::replace(&mut self.end, End::Finished) {
+                End::Open => self.end = End::Open,
+                End::With(status) => return Poll::Ready(Some(Frame::trailers(codec::trailers(status.map(|status| *status))))),
+                End::Finished => return Poll::Ready(None),
+            }
+            if drain.as_mut().poll(cx).is_ready() {
+                self.end = End::With(None);
+                continue;
+            }
+            match self.snapshots.poll_changed(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.send_due();
+                    continue;
+                }
+                Poll::Ready(Err(_)) => {
+                    self.end = End::With(None);
+                    continue;
+                }
+                Poll::Pending => {}
+            }
+            if requests == REQUESTS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            requests += 1;
+            match ready!(self.inbound.poll_message(cx)) {
+                Ok(Some(request)) => {
+                    self.receive(&request);
+                    self.send_due();
+                }
+                Ok(None) => self.end = End::With(None),
+                Err(status) if is_refusal(&status) => {
+                    tracing::warn!(node_id = self.node_id, node_type = %self.node_type, %status, "discovery request refused; ending the stream");
+                    self.end = End::With(Some(Box::new(status)));
+                }
+                Err(status) => {
+                    tracing::debug!(node_id = self.node_id, %status, "stream ended by the client");
+                    self.end = End::With(None);
                 }
             }
         }
-        tracing::info!(node_id = self.node_id, node_type = %self.node_type, stream = self.handle.id(), "stream closed");
-    }
-
-    async fn serve(&mut self, mut inbound: Requests<P::Request>, shutdown: CancellationToken) -> Ending {
-        // Made once: a turn of the loop polls them, it does not make them again.
-        let shutdown = shutdown.cancelled_owned();
-        let client_gone = self.responses.closed();
-        tokio::pin!(shutdown, client_gone);
-        loop {
-            // The oldest response the client has not taken in full, if any,
-            // must be taken by this deadline.
-            let deadline = self.responses.oldest_untaken().map(|queued| queued + self.send_timeout);
-            let step = tokio::select! {
-                () = &mut shutdown => Err(Ending::Closed),
-                () = &mut client_gone => Err(Ending::Closed),
-                () = sleep_until(deadline) => self.check_taken(),
-                changed = self.snapshots.changed() => match changed {
-                    Ok(()) => self.send_due(),
-                    Err(_) => Err(Ending::Closed),
-                },
-                message = inbound.message() => match message {
-                    Ok(Some(request)) => {
-                        self.receive(&request);
-                        self.send_due()
-                    }
-                    Ok(None) => Err(Ending::Closed),
-                    Err(status) if is_refusal(&status) => {
-                        tracing::warn!(node_id = self.node_id, node_type = %self.node_type, %status, "discovery request refused; ending the stream");
-                        Err(Ending::Refused(status))
-                    }
-                    Err(status) => {
-                        tracing::debug!(node_id = self.node_id, %status, "stream ended by the client");
-                        Err(Ending::Closed)
-                    }
-                },
-            };
-            if let Err(ending) = step {
-                return ending;
-            }
-        }
-    }
-
-    /// At a send deadline: has the client taken its responses since?
-    fn check_taken(&mut self) -> Result<(), Ending> {
-        let Some(queued) = self.responses.oldest_untaken() else { return Ok(()) };
-        if queued.elapsed() < self.send_timeout {
-            return Ok(());
-        }
-        let timeout = self.send_timeout;
-        tracing::warn!(node_id = self.node_id, node_type = %self.node_type, stream = self.handle.id(), ?timeout,
-            "the client did not take its response within --send-timeout; closing its connection");
-        Err(Ending::Stalled(Status::deadline_exceeded(format!(
-            "the response was not taken within {timeout:?} (--send-timeout): the client stopped reading"
-        ))))
     }
 
     fn receive(&mut self, request: &P::Request) {
@@ -382,32 +403,29 @@ impl<P: Protocol> XdsStream<P> {
         }
     }
 
-    /// Queues every response now due; an `Err` once the stream must end.
-    /// Never waits: each type has at most one unanswered response, so the
-    /// channel (one slot per type) always has room for a well-behaved client.
-    fn send_due(&mut self) -> Result<(), Ending> {
-        let snapshot: Option<Arc<Snapshot>> = self.snapshots.borrow_and_update();
-        let Some(snapshot) = snapshot else { return Ok(()) };
+    /// Queues every response now due. Each type has at most one unanswered
+    /// response, so what waits for a client that stopped reading is bounded.
+    fn send_due(&mut self) {
+        let Some(snapshot) = self.snapshots.current() else { return };
         let due = self.state.due(&snapshot);
         for ty in self.state.take_in_sync() {
             tracing::debug!(node_id = self.node_id, %ty, version = &**snapshot.type_version(ty), "the client holds everything current; nothing sent");
             self.handle.in_sync(ty, snapshot.type_version(ty));
         }
+        if due.is_empty() {
+            return;
+        }
+        let now = Instant::now();
         for (ty, response) in due {
             self.handle.sent(ty, snapshot.type_version(ty));
             tracing::debug!(node_id = self.node_id, %ty, version = &**snapshot.type_version(ty), bytes = response.len(), "response sent");
-            match self.responses.try_send(response) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    tracing::warn!(node_id = self.node_id, node_type = %self.node_type, stream = self.handle.id(),
-                        "the client is not taking its responses; closing its connection");
-                    return Err(Ending::Stalled(Status::resource_exhausted(
-                        "responses are not being taken: the client stopped reading",
-                    )));
-                }
-                Err(TrySendError::Closed(_)) => return Err(Ending::Closed),
-            }
+            self.outbox.push(response, now);
         }
-        Ok(())
+    }
+}
+
+impl<P: Protocol> Drop for Stream<P> {
+    fn drop(&mut self) {
+        tracing::info!(node_id = self.node_id, node_type = %self.node_type, stream = self.handle.id(), "stream closed");
     }
 }
