@@ -411,6 +411,15 @@ impl Drop for SnapshotWatch {
 }
 
 impl SnapshotWatch {
+    /// The node it watches for: a stream's logs name it.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn node_type(&self) -> &NodeType {
+        &self.node_type
+    }
+
     /// The snapshot this stream is served, as of the last change seen.
     pub fn current(&self) -> Option<Arc<Snapshot>> {
         self.latest.as_ref().map(|published| published.for_node(&self.node_id).clone())
@@ -450,7 +459,7 @@ struct Inner {
 
 impl Cache {
     /// Watches what the streams of `node_type` are served, as `node_id` sees it.
-    pub fn subscribe(&self, node_type: &NodeType, node_id: &str) -> SnapshotWatch {
+    pub fn subscribe(&self, node_type: &NodeType, node_id: impl Into<Arc<str>>) -> SnapshotWatch {
         let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
         let mut receiver = map.entry(node_type.clone()).or_insert_with(|| watch::channel(None).0).subscribe();
         let latest = receiver.borrow_and_update().clone();

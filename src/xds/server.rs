@@ -231,18 +231,18 @@ impl XdsServer {
                 node_type.as_str()
             )));
         }
-        let handle = self.registry.open(&node_id, &node_type, kind.service_name(), P::NAME);
-        tracing::info!(node_id, %node_type, service = kind.service_name(), protocol = P::NAME, stream = handle.id(), "stream opened");
+        // One copy of the node id for the stream's status and its watch.
+        let node_id: Arc<str> = node_id.into();
+        let handle = self.registry.open(node_id.clone(), &node_type, kind.service_name(), P::NAME);
+        tracing::info!(node_id = &*node_id, %node_type, service = kind.service_name(), protocol = P::NAME, stream = handle.id(), "stream opened");
 
         let mut stream = Stream {
             state: P::new(kind),
-            snapshots: self.cache.subscribe(&node_type, &node_id),
+            snapshots: self.cache.subscribe(&node_type, node_id),
             inbound,
             outbox: Outbox::default(),
             clock: stalls.map(|stalls| stalls.clock(handle.id())),
             end: End::Open,
-            node_id,
-            node_type,
             handle,
         };
         stream.receive(&first);
@@ -292,8 +292,6 @@ struct Stream<P: Protocol> {
     /// request that did not come through `net::serve_xds`.
     clock: Option<SendClock>,
     end: End,
-    node_id: String,
-    node_type: NodeType,
     handle: StreamHandle,
 }
 
@@ -364,11 +362,11 @@ impl<P: Protocol> Stream<P> {
                 }
                 Ok(None) => self.end = End::With(None),
                 Err(status) if is_refusal(&status) => {
-                    tracing::warn!(node_id = self.node_id, node_type = %self.node_type, %status, "discovery request refused; ending the stream");
+                    tracing::warn!(node_id = self.snapshots.node_id(), node_type = %self.snapshots.node_type(), %status, "discovery request refused; ending the stream");
                     self.end = End::With(Some(Box::new(status)));
                 }
                 Err(status) => {
-                    tracing::debug!(node_id = self.node_id, %status, "stream ended by the client");
+                    tracing::debug!(node_id = self.snapshots.node_id(), %status, "stream ended by the client");
                     self.end = End::With(None);
                 }
             }
@@ -376,7 +374,7 @@ impl<P: Protocol> Stream<P> {
     }
 
     fn receive(&mut self, request: &P::Request) {
-        let node_id = self.node_id.as_str();
+        let node_id = self.snapshots.node_id();
         let snapshot = self.snapshots.current();
         match self.state.on_request(request, snapshot.as_deref()) {
             Received::Ack { ty, version } => {
@@ -385,7 +383,7 @@ impl<P: Protocol> Stream<P> {
             }
             Received::Nack { ty, nonce, error } => {
                 // R7: visible, and not resent until the bundle changes.
-                tracing::warn!(node_id, node_type = %self.node_type, %ty, nonce, error, accepted_version = P::applied_version(request), "NACK: Envoy rejected the config");
+                tracing::warn!(node_id, node_type = %self.snapshots.node_type(), %ty, nonce, error, accepted_version = P::applied_version(request), "NACK: Envoy rejected the config");
                 self.handle.rejected(ty, nonce, error);
             }
             Received::Request { ty } => {
@@ -409,7 +407,7 @@ impl<P: Protocol> Stream<P> {
         let Some(snapshot) = self.snapshots.current() else { return };
         let due = self.state.due(&snapshot);
         for ty in self.state.take_in_sync() {
-            tracing::debug!(node_id = self.node_id, %ty, version = &**snapshot.type_version(ty), "the client holds everything current; nothing sent");
+            tracing::debug!(node_id = self.snapshots.node_id(), %ty, version = &**snapshot.type_version(ty), "the client holds everything current; nothing sent");
             self.handle.in_sync(ty, snapshot.type_version(ty));
         }
         if due.is_empty() {
@@ -418,7 +416,7 @@ impl<P: Protocol> Stream<P> {
         let now = Instant::now();
         for (ty, response) in due {
             self.handle.sent(ty, snapshot.type_version(ty));
-            tracing::debug!(node_id = self.node_id, %ty, version = &**snapshot.type_version(ty), bytes = response.len(), "response sent");
+            tracing::debug!(node_id = self.snapshots.node_id(), %ty, version = &**snapshot.type_version(ty), bytes = response.len(), "response sent");
             self.outbox.push(response, now);
         }
     }
@@ -426,6 +424,6 @@ impl<P: Protocol> Stream<P> {
 
 impl<P: Protocol> Drop for Stream<P> {
     fn drop(&mut self) {
-        tracing::info!(node_id = self.node_id, node_type = %self.node_type, stream = self.handle.id(), "stream closed");
+        tracing::info!(node_id = self.snapshots.node_id(), node_type = %self.snapshots.node_type(), stream = self.handle.id(), "stream closed");
     }
 }

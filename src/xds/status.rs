@@ -80,8 +80,9 @@ struct Inner {
 /// One stream's status: fixed at open, then its per-type state.
 struct Entry {
     stream_id: u64,
-    node_id: String,
-    node_type: String,
+    // Shared with the stream's snapshot watch: one copy per stream.
+    node_id: Arc<str>,
+    node_type: NodeType,
     service: &'static str,
     protocol: &'static str,
     connected_at_unix_ms: u128,
@@ -94,8 +95,8 @@ impl Entry {
     fn status(&self) -> StreamStatus {
         StreamStatus {
             stream_id: self.stream_id,
-            node_id: self.node_id.clone(),
-            node_type: self.node_type.clone(),
+            node_id: self.node_id.to_string(),
+            node_type: self.node_type.to_string(),
             service: self.service,
             protocol: self.protocol,
             connected_at_unix_ms: self.connected_at_unix_ms,
@@ -114,12 +115,12 @@ pub(crate) fn now_ms() -> u128 {
 
 impl Registry {
     /// Registers a stream; it is removed when the returned handle drops.
-    pub fn open(&self, node_id: &str, node_type: &NodeType, service: &'static str, protocol: &'static str) -> StreamHandle {
+    pub fn open(&self, node_id: impl Into<Arc<str>>, node_type: &NodeType, service: &'static str, protocol: &'static str) -> StreamHandle {
         let stream_id = self.0.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Arc::new(Entry {
             stream_id,
-            node_id: node_id.to_owned(),
-            node_type: node_type.to_string(),
+            node_id: node_id.into(),
+            node_type: node_type.clone(),
             service,
             protocol,
             connected_at_unix_ms: now_ms(),
@@ -144,7 +145,7 @@ impl Registry {
     /// Like [`Self::list`], for the streams whose `(node type, node id)`
     /// `keep` keeps: only those are copied.
     pub fn list_where(&self, keep: impl Fn(&str, &str) -> bool) -> Vec<StreamStatus> {
-        let entries: Vec<Arc<Entry>> = lock(&self.0.streams).values().filter(|e| keep(&e.node_type, &e.node_id)).cloned().collect();
+        let entries: Vec<Arc<Entry>> = lock(&self.0.streams).values().filter(|e| keep(e.node_type.as_str(), &e.node_id)).cloned().collect();
         entries.iter().map(|entry| entry.status()).collect()
     }
 

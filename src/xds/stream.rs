@@ -109,10 +109,9 @@ struct TypeState {
     newly_named: Names,
     /// The next response carries the whole subscription (R21, R22).
     refresh: bool,
-    /// Nonce of the last response; empty before the first.
-    nonce: String,
     /// The stream's count of responses when the last one of this type went
-    /// out (0 before the first): orders responses across types.
+    /// out (0 before the first): orders responses across types, and is the
+    /// last response's nonce, in decimal.
     sent_seq: u64,
     /// The last response has not been ACKed or NACKed yet.
     awaiting_reply: bool,
@@ -126,11 +125,16 @@ struct TypeState {
     /// CDS only: clusters of an older bundle the client keeps for make
     /// before break, and the snapshot they come from; a final response
     /// removes them.
-    retiring: Option<(Arc<Snapshot>, Vec<Arc<str>>)>,
+    /// Boxed: rarely there, and every type of every stream has the field.
+    retiring: Option<Box<Retiring>>,
     /// ADS CDS only: the named subscription the last response answered
     /// (`None` for a wildcard one). With `sent`, what the client holds.
     sent_names: Option<Names>,
 }
+
+/// CDS clusters of an older bundle kept for make before break, and the
+/// snapshot they come from.
+type Retiring = (Arc<Snapshot>, Vec<Arc<str>>);
 
 /// Per-stream protocol state.
 #[derive(Debug)]
@@ -161,7 +165,7 @@ impl StreamState {
             && ty.info().warmed_by.iter().any(|parent| self.types[*parent].sent_seq > self.types[ty].sent_seq);
         let state = &mut self.types[ty];
         let nonce = request.response_nonce.as_str();
-        if !nonce.is_empty() && nonce != state.nonce {
+        if !nonce.is_empty() && !state.is_last_nonce(nonce) {
             return Received::Stale { ty };
         }
 
@@ -212,25 +216,23 @@ impl StreamState {
                 continue;
             };
             let retiring = self.clusters_to_retire(ty, snapshot);
-            let nonce = (self.nonces + 1).to_string();
-            let kept = retiring.as_ref().map(|(from, names)| (from.as_ref(), names.as_slice()));
-            let response = frame(snapshot, ty, &names, kept, &nonce);
             self.nonces += 1;
+            let kept = retiring.as_ref().map(|retiring| (retiring.0.as_ref(), retiring.1.as_slice()));
+            let response = frame(snapshot, ty, &names, kept, &self.nonces.to_string());
             let remember_names = ty == ResourceType::Cluster && self.kind == StreamKind::Aggregated;
             let state = &mut self.types[ty];
-            state.retiring = retiring;
-            state.mark_sent(nonce, self.nonces, snapshot, remember_names);
+            state.retiring = retiring.map(Box::new);
+            state.mark_sent(self.nonces, snapshot, remember_names);
             responses.push((ty, response));
         }
         // Everything else is answered: drop the clusters kept for make before break.
         let cds = &self.types[ResourceType::Cluster];
         if cds.retiring.is_some() && !self.any_unanswered(&ResourceType::ALL) {
-            let nonce = (self.nonces + 1).to_string();
-            let response = frame(snapshot, ResourceType::Cluster, &subscribed(ResourceType::Cluster, cds, snapshot), None, &nonce);
             self.nonces += 1;
+            let response = frame(snapshot, ResourceType::Cluster, &subscribed(ResourceType::Cluster, cds, snapshot), None, &self.nonces.to_string());
             let cds = &mut self.types[ResourceType::Cluster];
             cds.retiring = None;
-            cds.mark_sent(nonce, self.nonces, snapshot, true);
+            cds.mark_sent(self.nonces, snapshot, true);
             responses.push((ResourceType::Cluster, response));
         }
         responses
@@ -243,7 +245,7 @@ impl StreamState {
     /// On ADS, the clusters a CDS response about to be sent would remove
     /// while listeners or routes still have to follow: kept one round longer,
     /// with the snapshot that has them.
-    fn clusters_to_retire(&self, ty: ResourceType, snapshot: &Snapshot) -> Option<(Arc<Snapshot>, Vec<Arc<str>>)> {
+    fn clusters_to_retire(&self, ty: ResourceType, snapshot: &Snapshot) -> Option<Retiring> {
         if ty != ResourceType::Cluster || self.kind != StreamKind::Aggregated {
             return None;
         }
@@ -255,7 +257,7 @@ impl StreamState {
             return None;
         }
         // Still in a transition: keep what the client was told to keep.
-        let (from, candidates) = match &state.retiring {
+        let (from, candidates) = match state.retiring.as_deref() {
             Some((from, names)) => (from.clone(), names.clone()),
             None => {
                 let sent = state.sent.clone()?;
@@ -282,9 +284,14 @@ impl Empty for TypeState {
 }
 
 impl TypeState {
-    fn mark_sent(&mut self, nonce: String, seq: u64, snapshot: &Arc<Snapshot>, remember_names: bool) {
+    /// Whether `nonce` is the last response's: our nonces are the stream's
+    /// count of responses, in decimal, as `u64` writes it.
+    fn is_last_nonce(&self, nonce: &str) -> bool {
+        self.sent_seq != 0 && !nonce.starts_with(['0', '+']) && nonce.parse() == Ok(self.sent_seq)
+    }
+
+    fn mark_sent(&mut self, seq: u64, snapshot: &Arc<Snapshot>, remember_names: bool) {
         self.sent_names = (remember_names && !self.wildcard).then(|| self.names.clone());
-        self.nonce = nonce;
         self.sent_seq = seq;
         self.awaiting_reply = true;
         self.sent = Some(snapshot.clone());
