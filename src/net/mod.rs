@@ -333,10 +333,10 @@ fn finished<E: std::fmt::Display>(server: &'static str, result: Result<(), E>) {
 /// Sleeps until `deadline`; forever without one.
 ///
 /// The timer is boxed, and made only when there is a deadline: an idle
-/// connection or stream holds a pointer here instead of a timer (about 150
-/// bytes) in its task, one of ten thousand, and that is what puts those
-/// tasks in a smaller allocation size class (BENCHMARKS.md, "Idle memory:
-/// two tasks moved to smaller allocation size classes").
+/// connection holds a pointer here instead of a timer (about 150 bytes) in
+/// its task, one of ten thousand, and that is what puts the task in a
+/// smaller allocation size class (BENCHMARKS.md, "Idle memory: two tasks
+/// moved to smaller allocation size classes").
 pub(crate) fn sleep_until(deadline: Option<Instant>) -> Deadline {
     Deadline(deadline.map(|deadline| Box::pin(tokio::time::sleep_until(deadline))))
 }

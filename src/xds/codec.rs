@@ -4,8 +4,8 @@
 //!
 //! A response is an [`EncodedResponse`] (see [`crate::wire`]): shared chunks
 //! (each resource's encoded entry, built once per version) plus a few small
-//! per-stream fields (`nonce`). The response body hands hyper the 5-byte gRPC
-//! prefix and then slices of those shared chunks: no stream holds a private
+//! per-stream fields (`nonce`). A stream's [`Outbox`] hands hyper the 5-byte
+//! gRPC prefix and then slices of those shared chunks: no stream holds a private
 //! copy of a response, however slowly its client reads. Only chunks smaller
 //! than [`COALESCE_BELOW`] are copied, into one piece of at most
 //! [`PIECE_BYTES`].

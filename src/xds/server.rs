@@ -1,5 +1,5 @@
 //! The xDS gRPC endpoints. ADS and every per-type service, state of the
-//! world and delta, run the same stream loop over a [`Protocol`]'s state
+//! world and delta, run the same stream ([`XdsStream`]) over a [`Protocol`]'s state
 //! machine; only that and the [`StreamKind`] differ.
 //!
 //! The endpoints are plain HTTP/2 handlers rather than generated tonic
@@ -33,8 +33,8 @@ use axum::{
     routing::post,
     Router,
 };
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use http::{header::CONTENT_TYPE, Uri};
 use http_body::Frame;
 use tokio::time::Instant;
@@ -80,7 +80,7 @@ fn methods() -> impl Iterator<Item = (&'static str, &'static str, Flavour, Strea
     ads.into_iter().chain(per_type)
 }
 
-/// What the stream loop needs of a protocol: its request message, where
+/// What a stream needs of a protocol: its request message, where
 /// the limits find names in it, and its state machine.
 trait Protocol: Send + 'static {
     type Request: WireRequest;
