@@ -53,16 +53,28 @@ fn grpc_frame(message: &impl Message) -> Bytes {
 
 #[tokio::test]
 async fn a_client_that_grants_no_flow_control_window_is_disconnected_after_the_send_timeout() {
+    // The server can send 64 KiB of ~200 KB.
+    stuck_client_is_disconnected(65_535).await;
+}
+
+#[tokio::test]
+async fn a_client_that_grants_no_window_from_the_start_is_disconnected_after_the_send_timeout() {
+    // Not a byte of the first response can be sent.
+    stuck_client_is_disconnected(0).await;
+}
+
+/// A raw HTTP/2 client that asks for CDS on ADS with `window` bytes of
+/// initial flow-control window and then never releases more is cut off
+/// after --send-timeout, and a good client beside it is not.
+async fn stuck_client_is_disconnected(window: u32) {
     let daemon = TestDaemon::start_with(|config| config.send_timeout = Duration::from_secs(2)).await;
     put(&daemon, &clusters_bundle("v1", 3000)).await;
     let mut good = XdsClient::ads(&daemon.xds_url(), request("sidecar-good", CDS, &[])).await;
     assert_eq!(names(&good.recv_acked(&[]).await).len(), 3000);
 
-    // A raw HTTP/2 client that asks for CDS on ADS and then never releases
-    // flow-control capacity: the server can send 64 KiB of ~200 KB. Its
-    // connection task keeps answering pings, as a live but stuck peer would.
+    // Its connection task keeps answering pings, as a live but stuck peer would.
     let tcp = TcpStream::connect(daemon.xds_addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    let (client, connection) = h2::client::Builder::new().initial_window_size(window).handshake(tcp).await.expect("HTTP/2 handshake");
     let connection = tokio::spawn(connection);
     let mut client = client.ready().await.unwrap();
     let path = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";

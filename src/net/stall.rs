@@ -1,8 +1,8 @@
 //! Cutting off an xDS client that stopped reading (`--send-timeout`).
 //!
-//! hyper polls a response body only while its stream has flow-control
-//! window, so the body of a stream whose client grants none is not polled
-//! at all and cannot time itself out. Each stream instead shows, on a
+//! hyper asks a response body for its next piece only once the previous
+//! piece found flow-control window, so the body of a stream whose client
+//! grants none is not polled again and cannot time itself out. Each stream instead shows, on a
 //! [`SendClock`], since when its oldest response has waited to be taken;
 //! its connection's task, which runs for as long as the connection does,
 //! watches every clock of the connection ([`StallWatch::stalled`]) and

@@ -178,7 +178,8 @@ impl WireRequest for DeltaDiscoveryRequest {
 /// The responses a stream has due, handed to hyper piece by piece: each as
 /// its gRPC prefix and then its chunks, in pieces of at most
 /// [`PIECE_BYTES`]. A response is taken once hyper asks for more after its
-/// last piece; hyper asks only while the stream has flow-control window.
+/// last piece; hyper asks only once the previous piece found flow-control
+/// window.
 #[derive(Default)]
 pub struct Outbox {
     /// Responses not begun yet, and when each was queued.

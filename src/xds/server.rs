@@ -249,6 +249,9 @@ impl XdsServer {
         // The first request carries the node's metadata: it is not kept.
         drop(first);
         stream.send_due();
+        // Shown now as well as after each poll: the clock does not depend
+        // on when hyper first polls the body.
+        stream.show_clock();
         Ok(XdsStream { stream, drain: drain.cancelled_owned() })
     }
 }
@@ -271,10 +274,11 @@ pin_project_lite::pin_project! {
     ///
     /// The stream has no task of its own: hyper's task for the HTTP/2 stream
     /// runs it, so an update wakes one task per stream, not two, and an idle
-    /// stream holds no task, no channel and no timer. hyper polls a body only
-    /// while its stream has flow-control window: a client that grants none
-    /// is not served more, and its [`SendClock`] shows its connection's task
-    /// since when a response has waited for it (`--send-timeout`).
+    /// stream holds no task, no channel and no timer. hyper asks for the
+    /// next piece only once the previous one found flow-control window: a
+    /// client that grants none is not served more, and the stream's
+    /// [`SendClock`] shows its connection's task since when a response has
+    /// waited for it (`--send-timeout`).
     struct XdsStream<P: Protocol> {
         stream: Stream<P>,
         #[pin]
@@ -311,9 +315,7 @@ impl<P: Protocol> http_body::Body for XdsStream<P> {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.project();
         let frame = this.stream.poll_frame(cx, this.drain);
-        if let Some(clock) = &this.stream.clock {
-            clock.set(this.stream.outbox.oldest_untaken());
-        }
+        this.stream.show_clock();
         frame.map(|frame| frame.map(Ok))
     }
 
@@ -323,6 +325,13 @@ impl<P: Protocol> http_body::Body for XdsStream<P> {
 }
 
 impl<P: Protocol> Stream<P> {
+    /// Shows the connection since when a response has waited to be taken.
+    fn show_clock(&self) {
+        if let Some(clock) = &self.clock {
+            clock.set(self.outbox.oldest_untaken());
+        }
+    }
+
     /// The next piece to send, or the trailers once the stream ends.
     fn poll_frame(&mut self, cx: &mut Context<'_>, mut drain: Pin<&mut WaitForCancellationFutureOwned>) -> Poll<Option<Frame<Bytes>>> {
         let mut requests = 0;
