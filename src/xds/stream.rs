@@ -1,6 +1,6 @@
 //! The state-of-the-world stream state machine: what one stream has asked
-//! for, what it was sent, and when to send again. Pure logic; the I/O loop
-//! lives in `xds::server`.
+//! for, what it was sent, and when to send again. Pure logic; the I/O
+//! (the stream as its response body) lives in `xds::server`.
 //!
 //! Per type a stream remembers its subscription, the snapshot its last
 //! response came from and whether that response is still unanswered. A
