@@ -2,14 +2,16 @@
 //! TCP connections; per round, a server task per connection is woken by one
 //! `watch` (as a node type's streams are by its snapshot), writes a response
 //! of `--response-bytes` and reads an ACK of `--ack-bytes` (`--exchanges`
-//! times in turn), while a client task per connection answers each response
-//! with an ACK. The server's CPU per round is what one response and its ACK
+//! times in turn; with `--batch N`, N responses written at once and then
+//! their N ACKs read), while a client task per connection answers each
+//! response with an ACK. The server's CPU per round is what one response and its ACK
 //! per stream cost in the kernel and tokio alone, with no HTTP/2, gRPC or
 //! xDS: the floor under the daemon's CPU per update (issue #12).
 //!
 //! ```text
 //! cargo run --release --example wire_floor -- --streams 10000 --rounds 20
 //! cargo run --release --example wire_floor -- --streams 10000 --exchanges 4 --response-bytes 4000 --ack-bytes 800
+//! cargo run --release --example wire_floor -- --streams 10000 --exchanges 2 --batch 2 --response-bytes 4000 --ack-bytes 800
 //! ```
 //!
 //! The clients run in a second process (this binary with `--client`): one
@@ -51,6 +53,10 @@ pub struct Args {
     /// ACKed, as ADS orders a full push (CDS, EDS, LDS, RDS: 4).
     #[arg(long, default_value_t = 1)]
     pub exchanges: usize,
+    /// Responses written together in each exchange before their ACKs are
+    /// read: sxds sends CDS with EDS, then LDS with RDS (2 exchanges of 2).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     #[arg(long, default_value_t = 20)]
     pub rounds: usize,
     /// Worker threads of the server's runtime and of the clients' (the daemon's default: one per core).
@@ -93,13 +99,13 @@ fn main() -> anyhow::Result<()> {
         });
     }
     println!(
-        "wire floor: {} streams, {} × ({} B response, {} B ACK) a round, {} worker threads each for server and clients",
-        args.streams, args.exchanges, args.response_bytes, args.ack_bytes, args.threads
+        "wire floor: {} streams, {} × {} × ({} B response, {} B ACK) a round, {} worker threads each for server and clients",
+        args.streams, args.exchanges, args.batch, args.response_bytes, args.ack_bytes, args.threads
     );
     let rounds = run(&args, Clients::Process, |i, round| println!("  round {i:>3}: server CPU {:>6.1} ms, all ACKed after {:>6.1} ms", ms(round.cpu), ms(round.wall)))?;
     let count = u32::try_from(rounds.len())?;
     let (cpu, wall) = (rounds.iter().map(|r| r.cpu).sum::<Duration>(), rounds.iter().map(|r| r.wall).sum::<Duration>());
-    let per_stream_us = cpu.as_secs_f64() * 1e6 / (rounds.len() * args.streams * args.exchanges) as f64;
+    let per_stream_us = cpu.as_secs_f64() * 1e6 / (rounds.len() * args.streams * args.exchanges * args.batch) as f64;
     println!("mean: server CPU {:.1} ms a round ({per_stream_us:.1} µs a response and its ACK), all ACKed after {:.1} ms", ms(cpu / count), ms(wall / count));
     Ok(())
 }
@@ -136,7 +142,7 @@ pub fn run(args: &Args, clients: Clients, mut report: impl FnMut(usize, &Round))
             stream.set_nodelay(true)?;
             let (mut rounds, acked, all_acked) = (round_rx.clone(), acked.clone(), all_acked.clone());
             let (streams, exchanges) = (args.streams, args.exchanges);
-            let (response, mut ack) = (vec![b'r'; args.response_bytes], vec![0; args.ack_bytes]);
+            let (response, mut ack) = (vec![b'r'; args.response_bytes * args.batch], vec![0; args.ack_bytes * args.batch]);
             tokio::spawn(async move {
                 while rounds.changed().await.is_ok() {
                     for _ in 0..exchanges {

@@ -136,6 +136,7 @@ for protocol in $PROTOCOLS; do
             wire-floor) if [[ ! -f $OUT/wire-floor.txt ]]; then
                     wire_floor wire-floor --rounds 10
                     wire_floor wire-floor-full-push --rounds 5 --exchanges 4 --response-bytes 4000 --ack-bytes 800
+                    wire_floor wire-floor-full-push-paired --rounds 5 --exchanges 2 --batch 2 --response-bytes 4000 --ack-bytes 800
                 fi ;;
             *) echo "unknown scenario $scenario" >&2; exit 2 ;;
         esac
