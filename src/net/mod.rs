@@ -56,7 +56,7 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// How long a connection closed for a stalled stream may still flush
-/// what it can (a final status, GOAWAY) before it is dropped.
+/// what it can (GOAWAY, the other streams' last frames) before it is dropped.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// How often a warning about a limit may repeat. At the open-file limit,

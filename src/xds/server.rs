@@ -339,9 +339,13 @@ impl<P: Protocol> Stream<P> {
             if let Some(piece) = self.outbox.next_piece() {
                 return Poll::Ready(Some(Frame::data(piece)));
             }
-            match std::mem::replace(&mut self.end, End::Finished) {
-                End::Open => self.end = End::Open,
-                End::With(status) => return Poll::Ready(Some(Frame::trailers(codec::trailers(status.map(|status| *status))))),
+            match &mut self.end {
+                End::Open => {}
+                End::With(status) => {
+                    let status = status.take().map(|status| *status);
+                    self.end = End::Finished;
+                    return Poll::Ready(Some(Frame::trailers(codec::trailers(status))));
+                }
                 End::Finished => return Poll::Ready(None),
             }
             if drain.as_mut().poll(cx).is_ready() {
