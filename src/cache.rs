@@ -124,6 +124,37 @@ struct Changes {
     changed: PerType<Vec<Arc<str>>>,
     /// Names gone.
     removed: PerType<Vec<Arc<str>>>,
+    /// Names a client that applies these changes asks for afresh: those new
+    /// or changed, and those new or changed resources of the types that warm
+    /// them refer to (an updated cluster's endpoints, R21; an updated
+    /// listener's routes, R22). In name order.
+    rewarmed: PerType<Vec<Arc<str>>>,
+}
+
+/// See [`Changes::rewarmed`]. Only the parents that changed are decoded, to
+/// read the names they refer to; one that does not decode (never in a
+/// validated bundle) counts as referring to every resource of `ty`.
+fn rewarmed(source: &StoredBundle, types: &PerType<Resources>, changed: &PerType<Vec<Arc<str>>>, ty: ResourceType) -> Vec<Arc<str>> {
+    if ty.info().warmed_by.is_empty() {
+        return Vec::new(); // never asked for
+    }
+    let mut names = changed[ty].clone();
+    for &parent in ty.info().warmed_by {
+        let changed_parents = &changed[parent];
+        if changed_parents.is_empty() {
+            continue;
+        }
+        let updated = source.resources(parent).filter(|r| changed_parents.binary_search_by(|name| (**name).cmp(r.name.as_str())).is_ok());
+        for resource in updated {
+            match crate::bundle::referenced(parent, &resource.value, ty) {
+                Some(referred) => names.extend(referred.iter().filter_map(|name| types[ty].get(name)).map(|r| r.name.clone())),
+                None => names.extend(types[ty].0.iter().map(|r| r.name.clone())),
+            }
+        }
+    }
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 /// The resources of `ty` in `source`, with the endpoints its sources found:
@@ -175,16 +206,20 @@ impl Snapshot {
         let encoded = PerType::from_fn(|ty| encode_type(&source, discovered.as_deref(), ty));
         let all = PerType::from_fn(|ty| encoded[ty].1.clone());
         let types = encoded.map(|_, (resources, _)| resources);
-        let changed_since = previous.map(|previous| Changes {
-            since: previous.id,
-            changed: PerType::from_fn(|ty| {
+        let changed_since = previous.map(|previous| {
+            let changed = PerType::from_fn(|ty| {
                 let resources = types[ty].0.iter();
                 resources.filter(|r| previous.digest(ty, &r.name) != Some(r.digest)).map(|r| r.name.clone()).collect()
-            }),
-            removed: PerType::from_fn(|ty| {
-                let resources = previous.types[ty].0.iter();
-                resources.filter(|r| types[ty].get(&r.name).is_none()).map(|r| r.name.clone()).collect()
-            }),
+            });
+            Changes {
+                since: previous.id,
+                removed: PerType::from_fn(|ty| {
+                    let resources = previous.types[ty].0.iter();
+                    resources.filter(|r| types[ty].get(&r.name).is_none()).map(|r| r.name.clone()).collect()
+                }),
+                rewarmed: PerType::from_fn(|ty| rewarmed(&source, &types, &changed, ty)),
+                changed,
+            }
         });
         let set_digests = PerType::from_fn(|ty| {
             let mut hasher = DefaultHasher::new();
@@ -250,6 +285,24 @@ impl Snapshot {
     /// `earlier` is the snapshot this one replaced; `None` otherwise.
     pub fn changed_since(&self, earlier: &Snapshot, ty: ResourceType) -> Option<&[Arc<str>]> {
         self.changes_since(earlier).map(|changes| &changes.changed[ty][..])
+    }
+
+    /// The names of `ty` a client that applies this snapshot's changes
+    /// (relative to the one it replaced) asks for afresh, as its warming
+    /// resources' fresh answer: see [`Changes::rewarmed`]. `None` for a
+    /// first snapshot.
+    pub fn rewarmed(&self, ty: ResourceType) -> Option<&[Arc<str>]> {
+        self.changed_since.as_ref().map(|changes| &changes.rewarmed[ty][..])
+    }
+
+    /// Whether `earlier` is the snapshot this one replaced.
+    pub fn replaced(&self, earlier: &Snapshot) -> bool {
+        self.changes_since(earlier).is_some()
+    }
+
+    /// Unique within the process.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The names of `ty` that `earlier` had and this one has not, when

@@ -229,26 +229,28 @@ async fn r19_eds_sends_only_the_changed_assignment() {
 }
 
 #[tokio::test]
-async fn r21_a_fresh_eds_request_after_a_cluster_change_is_answered_even_if_endpoints_did_not_change() {
+async fn r21_a_changed_cluster_is_followed_by_a_fresh_eds_response_even_if_endpoints_did_not_change() {
     let daemon = TestDaemon::start().await;
     put(&daemon, "sidecar", &bundle("v1", &[("a", 1)])).await;
     let mut client = XdsClient::ads(&daemon.xds_url(), request("sidecar-1", CDS, &[])).await;
     client.recv_acked(&[]).await;
     let eds = client.subscribe("sidecar-1", EDS, &["a"]).await;
 
-    // The cluster changes (not its endpoints): CDS is pushed...
+    // The cluster changes (not its endpoints): CDS is pushed, and the fresh
+    // EDS response the warming cluster needs follows it unasked...
     let mut changed = bundle("v2", &[("a", 1)]);
     changed["clusters"][0]["connect_timeout"] = json!("2s");
     put(&daemon, "sidecar", &changed).await;
     let cds = client.recv().await;
-    assert_eq!(cds.type_url, CDS);
-    client.ack(&cds, &[]).await;
-    client.expect_silence(QUIET).await;
-    // ...and when the warming cluster asks for its endpoints again with the
-    // same names, it gets a fresh response.
-    client.send(ack(&eds, &["a"])).await;
     let fresh = client.recv().await;
-    assert_eq!((fresh.type_url.as_str(), names(&fresh)), (EDS, vec!["a".to_owned()]));
+    assert_eq!(cds.type_url, CDS);
+    assert_eq!((fresh.type_url.as_str(), fresh.version_info.as_str(), names(&fresh)), (EDS, "v2", vec!["a".to_owned()]));
+    // ...so the warming cluster's repeat, sent before it read that one, is
+    // stale (R10) and gets nothing; nor do the ACKs.
+    client.send(ack(&eds, &["a"])).await;
+    client.ack(&cds, &[]).await;
+    client.ack(&fresh, &["a"]).await;
+    client.expect_silence(QUIET).await;
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ mod validate;
 
 pub use diff::{diff, Changed, Diff, FieldChange, TypeDiff};
 pub use parse::{check_version, parse, resource_value, to_json, Format, Parsed, MAX_VERSION_LEN};
-pub use validate::{validate, Facts};
+pub use validate::{referenced, validate, Facts};
 
 use crate::{
     resource_type::{PerType, ResourceType},

@@ -75,6 +75,13 @@ pub fn facts(ty: ResourceType, index: usize, value: &[u8]) -> Result<Facts, Bund
     Ok(facts)
 }
 
+/// The names of resources of type `ty` that `value`, a resource of type
+/// `parent`, refers to; `None` if it does not decode.
+pub fn referenced(parent: ResourceType, value: &[u8], ty: ResourceType) -> Option<Vec<String>> {
+    let facts = facts(parent, 0, value).ok()?;
+    Some(facts.references.into_iter().filter(|r| r.ty == ty).map(|r| r.name).collect())
+}
+
 /// Decodes endpoint source `index` and checks what needs no other
 /// resource: a cluster name, a namespace, a service and a port.
 pub fn source_facts(index: usize, value: &[u8]) -> Result<Facts, BundleError> {

@@ -13,7 +13,9 @@
 //! - and something the client asked for changed (R8), a name was newly
 //!   subscribed (R11, R12), or the request was not an ACK/NACK of our last
 //!   response: Envoy re-requests when a cluster or listener starts warming
-//!   and needs a fresh answer even if nothing changed (R21, R22).
+//!   and needs a fresh answer even if nothing changed (R21, R22). On ADS
+//!   that answer does not wait to be asked for: it follows the CDS (LDS)
+//!   response that started the warming, in the same write.
 //!
 //! A request that is neither a reply nor a change (the client repeats an ACK
 //! or NACK it already sent, same nonce, same names) is answered only if the
@@ -109,6 +111,13 @@ struct TypeState {
     newly_named: Names,
     /// The next response carries the whole subscription (R21, R22).
     refresh: bool,
+    /// The next response carries, besides what changed, what a CDS (LDS)
+    /// response just sent from the snapshot of this id refers to that is
+    /// new or changed: the warming clusters' (listeners') fresh answer
+    /// (R21, R22). Sent from another snapshot, or to a client holding one
+    /// older than the snapshot it replaced, it is the whole subscription:
+    /// no list of changes tells which names then.
+    rewarm: Option<u64>,
     /// The stream's count of responses when the last one of this type went
     /// out (0 before the first): orders responses across types, and is the
     /// last response's nonce, in decimal.
@@ -212,10 +221,12 @@ impl StreamState {
                 let state = &mut self.types[ty];
                 if !state.refresh && state.newly_named.is_empty() && state.sent.is_some() {
                     state.sent = Some(snapshot.clone());
+                    state.rewarm = None;
                 }
                 continue;
             };
             let retiring = self.clusters_to_retire(ty, snapshot);
+            let warming = if self.kind == StreamKind::Aggregated { warms(ty, state, snapshot) } else { Warms::Nothing };
             self.nonces += 1;
             let kept = retiring.as_ref().map(|retiring| (retiring.0.as_ref(), retiring.1.as_slice()));
             let response = frame(snapshot, ty, &names, kept, &self.nonces.to_string());
@@ -224,6 +235,7 @@ impl StreamState {
             state.retiring = retiring.map(Box::new);
             state.mark_sent(self.nonces, snapshot, remember_names);
             responses.push((ty, response));
+            self.refresh_warmed_by(ty, warming, snapshot);
         }
         // Everything else is answered: drop the clusters kept for make before break.
         let cds = &self.types[ResourceType::Cluster];
@@ -236,6 +248,32 @@ impl StreamState {
             responses.push((ResourceType::Cluster, response));
         }
         responses
+    }
+
+    /// On ADS, new or changed clusters (listeners) warm until a fresh EDS
+    /// (RDS) response arrives (R21, R22), and Envoy asks again by the same
+    /// names for it. Those answers are due now, behind the response that
+    /// started the warming and in the same write, rather than a round trip
+    /// later: Envoy's repeat then carries a stale nonce and is ignored
+    /// (R10), and any name it adds comes again in its ACK. Types later in
+    /// ADS order go out in this very `due`; one still awaiting its reply,
+    /// once the reply arrives. Each carries what the parents that changed
+    /// refer to, or, when no list of changes tells which, everything.
+    fn refresh_warmed_by(&mut self, parent: ResourceType, warms: Warms, snapshot: &Snapshot) {
+        if warms == Warms::Nothing {
+            return;
+        }
+        for ty in ResourceType::ALL {
+            if ty.info().warmed_by.contains(&parent) && self.types[ty].requested {
+                let state = &mut self.types[ty];
+                match (warms, state.rewarm) {
+                    // Still owed an answer for another snapshot's changes.
+                    (Warms::Changes, Some(id)) if id != snapshot.id() => state.refresh = true,
+                    (Warms::Changes, _) => state.rewarm = Some(snapshot.id()),
+                    _ => state.refresh = true,
+                }
+            }
+        }
     }
 
     fn any_unanswered(&self, types: &[ResourceType]) -> bool {
@@ -298,6 +336,7 @@ impl TypeState {
         self.answered_from = Arc::downgrade(snapshot);
         self.newly_named = Names::default();
         self.refresh = false;
+        self.rewarm = None;
     }
 }
 
@@ -353,20 +392,30 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snaps
             };
             sent.version() != snapshot.version() && (changed || snapshot.same_resources(sent))
         });
-        return (moved || state.refresh || !state.newly_named.is_empty()).then(|| subscribed(ty, state, snapshot));
+        return (moved || state.refresh || state.rewarm.is_some() || !state.newly_named.is_empty()).then(|| subscribed(ty, state, snapshot));
     }
+    // A warming resource's fresh answer, when the parents' changes are
+    // this snapshot's and the client holds it or the one it replaced: the
+    // snapshot's changes of the type plus what those parents refer to;
+    // otherwise everything.
+    let rewarmed = match (&state.sent, state.rewarm) {
+        (Some(sent), Some(id)) if id == snapshot.id() && (Arc::ptr_eq(sent, snapshot) || snapshot.replaced(sent)) => snapshot.rewarmed(ty),
+        _ => None,
+    };
+    let refresh = state.refresh || (state.rewarm.is_some() && rewarmed.is_none());
     // RDS/EDS may be partial (R19): only what the client lacks.
     // A fresh answer (R21, R22: Envoy's warming re-request after a full
     // push) to a subscription of every resource of the type is the type's
     // shared chunk: told by one pass over the two sorted lists, rather than
     // a lookup per subscribed name on each of thousands of streams.
-    if state.refresh && !snapshot.resources(ty).is_empty() && state.names.is(snapshot.names(ty)) {
+    if refresh && !snapshot.resources(ty).is_empty() && state.names.is(snapshot.names(ty)) {
         return Some(Selection::All);
     }
     // The common cases: the client holds this very snapshot (nothing to
     // send), or the one it replaced (the snapshot's own list of changes
     // decides). Either way no name is compared.
-    let known_changes = match (&state.sent, state.refresh || !state.newly_named.is_empty()) {
+    let known_changes = match (&state.sent, refresh || !state.newly_named.is_empty()) {
+        (Some(_), false) if rewarmed.is_some() => rewarmed,
         (Some(sent), false) if Arc::ptr_eq(sent, snapshot) => return None,
         (Some(sent), false) => snapshot.changed_since(sent, ty),
         _ => None,
@@ -377,8 +426,9 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snaps
         }
         None => existing(ty, state, snapshot)
             .filter(|name| {
-                state.refresh
+                refresh
                     || state.newly_named.contains(name)
+                    || rewarmed.is_some_and(|rewarmed| rewarmed.binary_search_by(|r| (**r).cmp(name)).is_ok())
                     || state.sent.as_ref().is_none_or(|sent| sent.digest(ty, name) != snapshot.digest(ty, name))
             })
             .collect(),
@@ -393,6 +443,33 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snaps
         return Some(Selection::All);
     }
     Some(Selection::Named(changed))
+}
+
+/// What a response starts warming on the client, which then asks afresh
+/// for what the warming resources refer to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Warms {
+    /// Nothing: every resource it carries, the client holds as it is.
+    Nothing,
+    /// Its type's changes since the snapshot the client holds, which the
+    /// new snapshot replaced: its list of changes tells what they refer to.
+    Changes,
+    /// Resources that no list of changes tells.
+    Unknown,
+}
+
+/// What a response of `ty` from `snapshot` to this subscription warms.
+fn warms(ty: ResourceType, state: &TypeState, snapshot: &Arc<Snapshot>) -> Warms {
+    let Some(sent) = &state.sent else { return Warms::Unknown };
+    if !state.newly_named.is_empty() {
+        return Warms::Unknown;
+    }
+    match snapshot.changed_since(sent, ty) {
+        Some(changed) if changed.iter().any(|name| state.wildcard || state.names.contains(name)) => Warms::Changes,
+        Some(_) => Warms::Nothing,
+        None if Arc::ptr_eq(sent, snapshot) => Warms::Nothing,
+        None => Warms::Unknown,
+    }
 }
 
 /// What a full response of `ty` to this subscription carries.

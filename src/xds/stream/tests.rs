@@ -10,19 +10,24 @@ use std::fmt::Write;
 use envoy_types::pb::{
     envoy::{
         config::{
-            cluster::v3::Cluster,
+            cluster::v3::{
+                cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig},
+                Cluster,
+            },
+            core::v3::{config_source::ConfigSourceSpecifier, ConfigSource},
             endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints},
-            listener::v3::Listener,
+            listener::v3::{filter::ConfigType as FilterConfigType, Filter, FilterChain, Listener},
             route::v3::RouteConfiguration,
         },
+        extensions::filters::network::http_connection_manager::v3::{http_connection_manager::RouteSpecifier, HttpConnectionManager, Rds},
         service::discovery::v3::{DiscoveryRequest, DiscoveryResponse},
     },
     google::{
-        protobuf::{Duration as ProtoDuration, UInt32Value},
+        protobuf::{Any, Duration as ProtoDuration, UInt32Value},
         rpc::Status as RpcStatus,
     },
 };
-use prost::Message;
+use prost::{Message, Name};
 
 use super::*;
 use crate::schema::{StoredBundle, StoredResource};
@@ -38,8 +43,8 @@ const NOTHING: [&str; 0] = [];
 /// A resource of a test bundle: its type, name and revision.
 type Resource<'a> = (ResourceType, &'a str, u32);
 
-/// Clusters `a` and `b` with their endpoints, listeners `l` and `m`, route
-/// configurations `r` and `s`: all at revision 1.
+/// EDS clusters `a` and `b` with their endpoints, listeners `l` and `m`
+/// taking route configurations `r` and `s` over RDS: all at revision 1.
 const MESH: &[Resource<'static>] = &[
     (CDS, "a", 1),
     (CDS, "b", 1),
@@ -57,6 +62,11 @@ const ENVOY: &[(ResourceType, &[&str])] = &[(CDS, &[]), (EDS, &["a", "b"]), (LDS
 
 /// A snapshot of `resources`, built after `previous`.
 fn bundle(id: u64, version: &str, resources: &[Resource], previous: Option<&Snapshot>) -> Arc<Snapshot> {
+    Arc::new(Snapshot::build(id, Arc::new(stored(version, resources)), previous))
+}
+
+/// A bundle of `resources` as the store keeps it.
+fn stored(version: &str, resources: &[Resource]) -> StoredBundle {
     let resources = resources
         .iter()
         .map(|&(ty, name, revision)| StoredResource {
@@ -65,8 +75,7 @@ fn bundle(id: u64, version: &str, resources: &[Resource], previous: Option<&Snap
             value: encode(ty, name, revision).into(),
         })
         .collect();
-    let stored = StoredBundle { version: version.to_owned(), content_hash: version.to_owned(), resources };
-    Arc::new(Snapshot::build(id, Arc::new(stored), previous))
+    StoredBundle { version: version.to_owned(), content_hash: version.to_owned(), resources }
 }
 
 /// `resources` with `changes`: each replaces the resource of its type and
@@ -89,7 +98,7 @@ fn snapshot(id: u64, version: &str, cluster_revision: u32, previous: Option<&Sna
     bundle(id, version, &[(CDS, "a", cluster_revision), (EDS, "a", 0)], previous)
 }
 
-/// A snapshot of plain clusters named `clusters`, built after `previous`.
+/// A snapshot of clusters named `clusters` and nothing else, built after `previous`.
 fn clusters_snapshot(id: u64, version: &str, clusters: &[&str], previous: Option<&Snapshot>) -> Arc<Snapshot> {
     let resources: Vec<Resource> = clusters.iter().map(|name| (CDS, *name, 0)).collect();
     bundle(id, version, &resources, previous)
@@ -100,18 +109,44 @@ fn encode(ty: ResourceType, name: &str, revision: u32) -> Vec<u8> {
     let name = name.to_owned();
     let seconds = Some(ProtoDuration { seconds: revision.into(), nanos: 0 });
     match ty {
-        ResourceType::Cluster => Cluster { name, connect_timeout: seconds, ..Default::default() }.encode_to_vec(),
+        ResourceType::Cluster => eds_cluster(name.clone(), &name, seconds).encode_to_vec(),
         ResourceType::Endpoint => {
             let endpoints = vec![LocalityLbEndpoints { priority: revision, ..Default::default() }];
             ClusterLoadAssignment { cluster_name: name, endpoints, ..Default::default() }.encode_to_vec()
         }
-        ResourceType::Listener => Listener { name, listener_filters_timeout: seconds, ..Default::default() }.encode_to_vec(),
+        ResourceType::Listener => {
+            let route = if name == "m" { "s" } else { "r" };
+            Listener { listener_filters_timeout: seconds, ..rds_listener(name, route) }.encode_to_vec()
+        }
         ResourceType::Route => {
             let limit = Some(UInt32Value { value: revision });
             RouteConfiguration { name, max_direct_response_body_size_bytes: limit, ..Default::default() }.encode_to_vec()
         }
         other => panic!("these tests build no {other}"),
     }
+}
+
+/// An EDS cluster (over ADS) whose endpoints are the assignment `service`.
+fn eds_cluster(name: String, service: &str, connect_timeout: Option<ProtoDuration>) -> Cluster {
+    let ads = ConfigSource { config_source_specifier: Some(ConfigSourceSpecifier::Ads(Default::default())), ..Default::default() };
+    let service_name = if service == name { String::new() } else { service.to_owned() };
+    Cluster {
+        name,
+        connect_timeout,
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig { eds_config: Some(ads), service_name }),
+        ..Default::default()
+    }
+}
+
+/// A listener whose HTTP connection manager takes route configuration
+/// `route` over RDS.
+fn rds_listener(name: String, route: &str) -> Listener {
+    let rds = Rds { route_config_name: route.to_owned(), config_source: None };
+    let hcm = HttpConnectionManager { stat_prefix: "in".into(), route_specifier: Some(RouteSpecifier::Rds(rds)), ..Default::default() };
+    let any = Any { type_url: format!("type.googleapis.com/{}", HttpConnectionManager::full_name()), value: hcm.encode_to_vec() };
+    let filter = Filter { name: "hcm".into(), config_type: Some(FilterConfigType::TypedConfig(any)) };
+    Listener { name, filter_chains: vec![FilterChain { filters: vec![filter], ..Default::default() }], ..Default::default() }
 }
 
 /// The name and revision of a test resource, from its message.
@@ -272,8 +307,10 @@ fn r4_each_type_keeps_its_own_version_and_versions_need_not_grow() {
     let v2 = bundle(2, "03ab", &with(MESH, &[(EDS, "b", 2)]), Some(&v1));
     assert_eq!(show(stream.due(&v2)), ["endpoints 03ab #5: b@2"]);
     assert_eq!(exchange(&mut stream, &request(EDS, &["a", "b"], "5"), &v2), NOTHING);
+    // Cluster a changes: CDS moves to 5d0c, and so does the fresh answer
+    // for a's endpoints that the warming cluster needs (R21).
     let v3 = bundle(3, "5d0c", &with(MESH, &[(EDS, "b", 2), (CDS, "a", 2)]), Some(&v2));
-    assert_eq!(show(stream.due(&v3)), ["clusters 5d0c #6: a@2 b@1"]);
+    assert_eq!(show(stream.due(&v3)), ["clusters 5d0c #6: a@2 b@1", "endpoints 5d0c #7: a@1"]);
 }
 
 /// R5: "ACK: `response_nonce` = the last nonce sent, `version_info` = that
@@ -424,9 +461,11 @@ fn r11_a_newly_named_resource_is_sent_though_it_did_not_change() {
     assert_eq!(exchange(&mut stream, &request(CDS, &["a", "b"], "3"), &v1), ["clusters v1 #4: a@1 b@1"]);
 }
 
-/// R11, R21: a repeat naming new names, or sent after the snapshot moved, is answered.
+/// R11: a repeat naming new names is answered. R21: on ADS a changed
+/// cluster's fresh endpoints follow it unasked, and the warming cluster's
+/// repeat, stale by then, is not answered again.
 #[test]
-fn r11_r21_a_repeat_with_new_names_or_after_the_snapshot_moved_is_answered() {
+fn r11_a_repeat_with_new_names_is_answered_r21_a_changed_cluster_is_followed_by_its_endpoints() {
     let v1 = snapshot(1, "v1", 1, None);
     let mut state = StreamState::new(StreamKind::Aggregated);
     answer(&mut state, &request(ResourceType::Cluster, &[], ""), &v1);
@@ -438,13 +477,16 @@ fn r11_r21_a_repeat_with_new_names_or_after_the_snapshot_moved_is_answered() {
     assert_eq!(answer(&mut state, &request(ResourceType::Endpoint, &["a", "b"], "2"), &v1), [ResourceType::Endpoint]);
     assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a", "b"], "3"), &v1).is_empty());
 
-    // R21: cluster a changes, its endpoints do not. CDS is sent; when the
-    // warming cluster repeats the EDS request, it gets a fresh answer.
+    // R21: cluster a changes, its endpoints do not. The warming cluster
+    // needs a fresh EDS answer: it goes out with CDS (nonces 4 and 5)...
     let v2 = snapshot(2, "v2", 2, Some(&v1));
-    assert_eq!(state.due(&v2).into_iter().map(|(ty, _)| ty).collect::<Vec<_>>(), [ResourceType::Cluster]);
+    assert_eq!(show(state.due(&v2)), ["clusters v2 #4: a@2", "endpoints v2 #5: a@0"]);
+    // ...so the repeat Envoy sends before reading #5 is stale (R10)...
+    let repeat = request(ResourceType::Endpoint, &["a", "b"], "3");
+    assert_eq!(state.on_request(&sotw(&repeat), Some(&v2)), Received::Stale { ty: ResourceType::Endpoint });
+    assert_eq!(show(state.due(&v2)), NOTHING);
+    // ...and the ACKs, repeated or not, get nothing more.
     assert!(answer(&mut state, &request(ResourceType::Cluster, &[], "4"), &v2).is_empty());
-    assert_eq!(answer(&mut state, &request(ResourceType::Endpoint, &["a", "b"], "3"), &v2), [ResourceType::Endpoint]);
-    // ...once: repeating the ACK of that answer gets nothing more.
     assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a", "b"], "5"), &v2).is_empty());
     assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a", "b"], "5"), &v2).is_empty());
 }
@@ -605,12 +647,13 @@ fn r19_an_eds_response_carrying_every_resource_of_the_type_is_its_shared_chunk()
 }
 
 /// R21 after a full push: every cluster changed, the endpoints did not, and
-/// each cluster warms and repeats its EDS request. A stream naming every
-/// endpoint set is answered with the type's one shared chunk; one naming
-/// some of them gets those; one also naming a set the snapshot lacks gets
-/// every set there is, which is the shared chunk again.
+/// each cluster warms: on ADS their endpoints follow CDS in the same
+/// write, and Envoy's repeat of the EDS request, sent before it read them,
+/// is stale (R10). A stream naming every endpoint set is sent the type's
+/// one shared chunk; one naming some of them gets those; one also naming a
+/// set the snapshot lacks gets every set there is, the shared chunk again.
 #[test]
-fn r21_a_warming_re_request_naming_every_resource_of_the_type_is_its_shared_chunk() {
+fn r21_a_full_push_is_followed_by_every_endpoint_set_as_the_types_shared_chunk() {
     let v1 = bundle(1, "v1", MESH, None);
     let v2 = bundle(2, "v2", &with(MESH, &[(CDS, "a", 2), (CDS, "b", 2)]), Some(&v1));
     for (names, expected, shared) in [
@@ -620,47 +663,89 @@ fn r21_a_warming_re_request_naming_every_resource_of_the_type_is_its_shared_chun
     ] {
         let subscriptions: &[(ResourceType, &[&str])] = &[(CDS, &[]), (EDS, names), (LDS, &[]), (RDS, &["r", "s"])];
         let mut stream = settled(StreamKind::Aggregated, subscriptions, &v1);
-        assert_eq!(show(stream.due(&v2)), ["clusters v2 #5: a@2 b@2"], "{names:?}");
-        assert_eq!(exchange(&mut stream, &request(CDS, &[], "5"), &v2), NOTHING, "{names:?}");
-        stream.on_request(&sotw(&request(EDS, names, "2")), Some(&v2));
         let due = stream.due(&v2);
-        assert_eq!(show(due.clone()), [expected], "{names:?}");
-        let chunks = due[0].1.chunks();
+        assert_eq!(show(due.clone()), ["clusters v2 #5: a@2 b@2", expected], "{names:?}");
+        let chunks = due[1].1.chunks();
         let all = v2.all_entries(EDS);
         assert_eq!(chunks.len() == 2 && chunks[1].as_ptr() == all.as_ptr() && chunks[1].len() == all.len(), shared, "{names:?}: the shared chunk");
+        assert_eq!(stream.on_request(&sotw(&request(EDS, names, "2")), Some(&v2)), Received::Stale { ty: EDS }, "{names:?}");
+        assert_eq!(exchange(&mut stream, &request(CDS, &[], "5"), &v2), NOTHING, "{names:?}");
+        assert_eq!(exchange(&mut stream, &request(EDS, names, "6"), &v2), NOTHING, "{names:?}");
     }
 }
 
-/// Found by tests/replicas_e2e.rs (a PUT storm through a real Envoy): on
-/// ADS, bundle v3 changes cluster `a` and its endpoints while the CDS
-/// response of v2 is still unanswered. EDS v3 goes out alone and is
-/// ACKed; CDS v3 follows. Envoy's modified cluster warms and repeats
-/// the EDS request with the nonce it just ACKed: the snapshot did not
-/// move since EDS v3, but the request must be answered, or the cluster
-/// warms until Envoy's init fetch timeout (15 s).
+/// R21 when one cluster changes: only its endpoints follow, found by the
+/// name the cluster asks for (`eds_cluster_config.service_name` when set);
+/// with its endpoints changed too, they are sent once.
 #[test]
-fn r21_an_eds_repeat_after_a_later_cds_response_is_answered_though_the_snapshot_did_not_move() {
+fn r21_a_changed_cluster_is_followed_by_the_endpoints_it_asks_for_and_no_others() {
+    let v1 = bundle(1, "v1", MESH, None);
+    let mut stream = settled(StreamKind::Aggregated, ENVOY, &v1); // nonces 1 to 4
+    let v2 = bundle(2, "v2", &with(MESH, &[(CDS, "b", 2)]), Some(&v1));
+    assert_eq!(show(stream.due(&v2)), ["clusters v2 #5: a@1 b@2", "endpoints v2 #6: b@1"]);
+    stream.on_request(&sotw(&request(CDS, &[], "5")), Some(&v2));
+    stream.on_request(&sotw(&request(EDS, &["a", "b"], "6")), Some(&v2));
+    let v3 = bundle(3, "v3", &with(MESH, &[(CDS, "b", 2), (CDS, "a", 3), (EDS, "a", 3)]), Some(&v2));
+    assert_eq!(show(stream.due(&v3)), ["clusters v3 #7: a@3 b@2", "endpoints v3 #8: a@3"]);
+    stream.on_request(&sotw(&request(CDS, &[], "7")), Some(&v3));
+    stream.on_request(&sotw(&request(EDS, &["a", "b"], "8")), Some(&v3));
+
+    // Cluster a now takes the endpoints named b: those follow it.
+    let mut resources = with(MESH, &[(CDS, "b", 2), (EDS, "a", 3)]);
+    resources.retain(|&(ty, name, _)| (ty, name) != (CDS, "a"));
+    let mut v4 = stored("v4", &resources);
+    v4.resources.push(StoredResource { field: CDS.bundle_field(), name: "a".into(), value: eds_cluster("a".into(), "b", None).encode_to_vec().into() });
+    let v4 = Arc::new(Snapshot::build(4, Arc::new(v4), Some(&v3)));
+    assert_eq!(show(stream.due(&v4)), ["clusters v4 #9: a@0 b@2", "endpoints v4 #10: b@1"]);
+}
+
+/// Found by tests/replicas_e2e.rs (a PUT storm through a real Envoy): on
+/// ADS, bundle v3 changes cluster `a` and its endpoints while CDS and EDS
+/// responses of v2 are still unanswered. Each type goes on as its reply
+/// comes; CDS v3 starts cluster a warming again, and the EDS response
+/// after it must be a fresh answer for a, though EDS v3 was sent already:
+/// or the cluster warms until Envoy's init fetch timeout (15 s).
+#[test]
+fn r21_a_cds_response_after_the_eds_one_of_the_same_snapshot_is_followed_by_a_fresh_one() {
     let v1 = snapshot(1, "v1", 1, None);
     let mut state = StreamState::new(StreamKind::Aggregated);
-    assert_eq!(answer(&mut state, &request(ResourceType::Cluster, &[], ""), &v1), [ResourceType::Cluster]);
-    assert_eq!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], ""), &v1), [ResourceType::Endpoint]);
-    assert!(answer(&mut state, &request(ResourceType::Cluster, &[], "1"), &v1).is_empty());
-    assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "2"), &v1).is_empty());
+    assert_eq!(answer(&mut state, &request(CDS, &[], ""), &v1), [CDS]);
+    assert_eq!(answer(&mut state, &request(EDS, &["a"], ""), &v1), [EDS]);
+    assert!(answer(&mut state, &request(CDS, &[], "1"), &v1).is_empty());
+    assert!(answer(&mut state, &request(EDS, &["a"], "2"), &v1).is_empty());
 
     let v2 = snapshot(2, "v2", 2, Some(&v1));
-    assert_eq!(state.due(&v2).into_iter().map(|(ty, _)| ty).collect::<Vec<_>>(), [ResourceType::Cluster], "CDS v2 (nonce 3)");
-    // v3 before the ACK of CDS v2: only EDS can go, and is ACKed.
+    assert_eq!(show(state.due(&v2)), ["clusters v2 #3: a@2", "endpoints v2 #4: a@0"]);
+    // v3 before any ACK: nothing can go; then EDS v3 after the EDS ACK.
     let v3 = bundle(3, "v3", &[(CDS, "a", 3), (EDS, "a", 1)], Some(&v2));
-    assert_eq!(state.due(&v3).into_iter().map(|(ty, _)| ty).collect::<Vec<_>>(), [ResourceType::Endpoint], "EDS v3 (nonce 4)");
-    assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "4"), &v3).is_empty(), "the EDS ACK");
-    assert_eq!(answer(&mut state, &request(ResourceType::Cluster, &[], "3"), &v3), [ResourceType::Cluster], "CDS v3 (nonce 5) after the ACK of v2");
-    // The warming cluster's repeat of the EDS request gets an answer...
-    assert_eq!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "4"), &v3), [ResourceType::Endpoint]);
-    // ...once.
-    assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "6"), &v3).is_empty());
-    assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "6"), &v3).is_empty());
-    assert!(answer(&mut state, &request(ResourceType::Cluster, &[], "5"), &v3).is_empty(), "the CDS ACK");
-    assert!(answer(&mut state, &request(ResourceType::Endpoint, &["a"], "6"), &v3).is_empty());
+    assert_eq!(show(state.due(&v3)), NOTHING);
+    assert_eq!(exchange(&mut state, &request(EDS, &["a"], "4"), &v3), ["endpoints v3 #5: a@1"]);
+    // CDS v3 after the CDS ACK; the fresh EDS answer once #5 is ACKed.
+    assert_eq!(exchange(&mut state, &request(CDS, &[], "3"), &v3), ["clusters v3 #6: a@3"]);
+    assert_eq!(exchange(&mut state, &request(EDS, &["a"], "5"), &v3), ["endpoints v3 #7: a@1"]);
+    // The warming cluster's repeat, sent before it read #7, is stale, and
+    // the ACKs get nothing more.
+    assert_eq!(state.on_request(&sotw(&request(EDS, &["a"], "5")), Some(&v3)), Received::Stale { ty: EDS });
+    assert_eq!(exchange(&mut state, &request(EDS, &["a"], "7"), &v3), NOTHING);
+    assert_eq!(exchange(&mut state, &request(CDS, &[], "6"), &v3), NOTHING);
+    assert_eq!(exchange(&mut state, &request(EDS, &["a"], "7"), &v3), NOTHING);
+}
+
+/// R21 for a client two snapshots behind on CDS: no list of changes says
+/// which clusters it has not had, so every endpoint set follows.
+#[test]
+fn r21_clusters_sent_across_several_snapshots_are_followed_by_every_endpoint_set() {
+    let v1 = bundle(1, "v1", MESH, None);
+    let mut stream = settled(StreamKind::Aggregated, ENVOY, &v1); // nonces 1 to 4
+    let v2 = bundle(2, "v2", &with(MESH, &[(CDS, "a", 2)]), Some(&v1));
+    assert_eq!(show(stream.due(&v2)), ["clusters v2 #5: a@2 b@1", "endpoints v2 #6: a@1"]);
+    assert_eq!(exchange(&mut stream, &request(EDS, &["a", "b"], "6"), &v2), NOTHING);
+    // Two bundles while CDS #5 is unanswered: b changes, then a again.
+    let v3 = bundle(3, "v3", &with(MESH, &[(CDS, "a", 2), (CDS, "b", 2)]), Some(&v2));
+    assert_eq!(show(stream.due(&v3)), NOTHING, "CDS #5 is unanswered");
+    let v4 = bundle(4, "v4", &with(MESH, &[(CDS, "a", 3), (CDS, "b", 2)]), Some(&v3));
+    assert_eq!(show(stream.due(&v4)), NOTHING, "CDS #5 is unanswered");
+    assert_eq!(exchange(&mut stream, &request(CDS, &[], "5"), &v4), ["clusters v4 #7: a@3 b@2", "endpoints v4 #8: a@1 b@1"]);
 }
 
 /// R21: "A cluster finishes warming only on a fresh EDS response, even if its
@@ -683,27 +768,22 @@ fn r21_on_per_type_streams_an_eds_repeat_after_a_cds_update_is_answered() {
     assert_eq!(show(endpoints.due(&v2)), NOTHING);
 }
 
-/// R22: "A listener finishes warming when its route configuration arrives":
-/// on ADS, an RDS repeat after a later LDS response is answered, though the
-/// snapshot did not move since the last RDS response (the route twin of
-/// the R21 test above).
+/// R22: "A listener finishes warming when its route configuration
+/// arrives": on ADS the routes a changed listener takes follow it in the
+/// same write, and no others (the route twin of the R21 tests above).
 #[test]
-fn r22_an_rds_repeat_after_a_later_lds_response_is_answered_though_the_snapshot_did_not_move() {
+fn r22_a_changed_listener_is_followed_by_its_routes_and_no_others() {
     let v1 = bundle(1, "v1", MESH, None);
     let mut stream = settled(StreamKind::Aggregated, ENVOY, &v1); // nonces 1 to 4
     let v2 = bundle(2, "v2", &with(MESH, &[(LDS, "l", 2)]), Some(&v1));
-    assert_eq!(show(stream.due(&v2)), ["listeners v2 #5: l@2 m@1"]);
-    // v3 before the ACK of #5: only RDS can go, and is ACKed.
-    let v3 = bundle(3, "v3", &with(MESH, &[(LDS, "l", 3), (RDS, "r", 2)]), Some(&v2));
-    assert_eq!(show(stream.due(&v3)), ["routes v3 #6: r@2"]);
-    assert_eq!(exchange(&mut stream, &request(RDS, &["r", "s"], "6"), &v3), NOTHING);
-    assert_eq!(exchange(&mut stream, &request(LDS, &[], "5"), &v3), ["listeners v3 #7: l@3 m@1"]);
-    // Listener l warms and repeats the RDS request it just sent: answered...
-    assert_eq!(exchange(&mut stream, &request(RDS, &["r", "s"], "6"), &v3), ["routes v3 #8: r@2 s@1"]);
-    // ...once.
-    assert_eq!(exchange(&mut stream, &request(RDS, &["r", "s"], "8"), &v3), NOTHING);
-    assert_eq!(exchange(&mut stream, &request(RDS, &["r", "s"], "8"), &v3), NOTHING);
-    assert_eq!(exchange(&mut stream, &request(LDS, &[], "7"), &v3), NOTHING);
+    assert_eq!(show(stream.due(&v2)), ["listeners v2 #5: l@2 m@1", "routes v2 #6: r@1"]);
+    // The warming listener's repeat, sent before it read #6, is stale.
+    assert_eq!(stream.on_request(&sotw(&request(RDS, &["r", "s"], "4")), Some(&v2)), Received::Stale { ty: RDS });
+    assert_eq!(exchange(&mut stream, &request(LDS, &[], "5"), &v2), NOTHING);
+    assert_eq!(exchange(&mut stream, &request(RDS, &["r", "s"], "6"), &v2), NOTHING);
+    // Listener m and route s change together: s is sent once.
+    let v3 = bundle(3, "v3", &with(MESH, &[(LDS, "l", 2), (LDS, "m", 2), (RDS, "s", 2)]), Some(&v2));
+    assert_eq!(show(stream.due(&v3)), ["listeners v3 #7: l@2 m@2", "routes v3 #8: s@2"]);
 }
 
 /// R23: "On ADS: clusters, then endpoints, then listeners, then routes ... A
