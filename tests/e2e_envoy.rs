@@ -130,6 +130,29 @@ async fn switch_traffic_over_ads(transport: Transport, node: &str) {
     wait_for_body(port, "/", "backend-B", CONVERGE).await;
     traffic.assert_all_ok("while the endpoint moved from A to B").await;
 
+    // The cluster and the listener change in place, their endpoints and
+    // route do not: Envoy warms the modified cluster (listener) on the
+    // fresh EDS (RDS) answer that follows CDS (LDS) unasked (R21, R22). Had
+    // that answer not reached them, they would warm until Envoy's init
+    // fetch timeout, which `assert_clean_updates` counts below.
+    let traffic = Traffic::start(port, "/", &["backend-B"]);
+    let mut in_place = example_bundle("sidecar.json", "2b", port, b.port);
+    in_place["clusters"][0]["connect_timeout"] = json!("0.75s");
+    in_place["listeners"][0]["per_connection_buffer_limit_bytes"] = json!(65536);
+    daemon.put_ok("sidecar", &in_place).await;
+    daemon.wait_acked(node, &ALL_TYPES, "2b", CONVERGE).await;
+    wait_for("the modified cluster and listener to warm", CONVERGE, || async {
+        let stats = envoy.stats().await;
+        let stat = |name: &str| stats.get(name).copied().unwrap_or(0);
+        stat("cluster_manager.cluster_modified") >= 1
+            && stat("listener_manager.listener_modified") >= 1
+            && stat("cluster_manager.warming_clusters") == 0
+            && stat("listener_manager.total_listeners_warming") == 0
+    })
+    .await;
+    wait_for_body(port, "/", "backend-B", CONVERGE).await;
+    traffic.assert_all_ok("while the cluster and the listener changed in place").await;
+
     // A new cluster replaces the old one. It warms on its EDS answer (R21);
     // the route must never point at a cluster Envoy lacks (R23).
     let traffic = Traffic::start(port, "/", &["backend-B", "backend-C"]);

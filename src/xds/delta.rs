@@ -30,6 +30,10 @@
 //!   listeners and routes wait while clusters or endpoints are unanswered,
 //!   and clusters and endpoints that a new bundle drops are removed only
 //!   once every other type is answered (make before break).
+//! - On ADS a response that updates clusters (listeners) is followed by
+//!   what they refer to, changed or not: Envoy warms them until it arrives
+//!   (R21, R22), and asks for nothing when the names are already
+//!   subscribed.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -79,6 +83,21 @@ struct TypeState {
     nonce: String,
     /// The last response has not been ACKed or NACKed yet.
     awaiting_reply: bool,
+    /// On ADS, what the next response sends again though the client holds
+    /// it: the fresh answer that clusters (listeners) of a CDS (LDS)
+    /// response just sent warm on (R21, R22). Envoy asks for nothing over
+    /// delta when a modified cluster takes the endpoints it already
+    /// subscribes to, and waits for them until its init fetch timeout.
+    rewarm: Option<Rewarm>,
+}
+
+/// What a parent's response that started resources warming asks to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rewarm {
+    /// What the changes of the snapshot of this id refer to.
+    Changes(u64),
+    /// Every subscribed resource: no list of changes says which.
+    All,
 }
 
 impl Empty for TypeState {
@@ -176,7 +195,16 @@ impl DeltaState {
                 continue;
             }
             let mut diff = if ty.info().on_demand { on_demand_diff(ty, state, snapshot) } else { diff(ty, state, snapshot) };
+            // The snapshot's own list of changes told what this response
+            // updates, and so tells what those resources refer to.
+            let from_changes = state.initial.is_none()
+                && !state.widened
+                && state.newly_named.is_empty()
+                && state.synced.as_ref().is_some_and(|synced| snapshot.replaced(synced));
             let retire = self.retires(ty);
+            if self.kind == StreamKind::Aggregated && !diff.updated.is_empty() {
+                self.rewarm_warmed_by(ty, from_changes.then(|| snapshot.id()));
+            }
             let state = &mut self.types[ty];
             let first = state.initial.is_some();
             state.retiring.retain(|name| !diff.updated.iter().any(|r| r.name() == name));
@@ -191,6 +219,7 @@ impl DeltaState {
             state.newly_named = Names::default();
             state.widened = false;
             state.initial = None;
+            state.rewarm = None;
             if diff.is_empty() {
                 if first {
                     self.in_sync.push(ty);
@@ -219,6 +248,26 @@ impl DeltaState {
 
     fn any_unanswered(&self, types: &[ResourceType]) -> bool {
         types.iter().any(|t| self.types[*t].awaiting_reply)
+    }
+
+    /// A response of `parent` updated resources, which Envoy warms until a
+    /// fresh answer for what they refer to arrives (R21, R22): owed by the
+    /// types `parent` warms, in this `due` if they come later in ADS order
+    /// and are not awaiting a reply. `changes` is the snapshot whose list of
+    /// changes tells what the updated resources refer to, if one does.
+    fn rewarm_warmed_by(&mut self, parent: ResourceType, changes: Option<u64>) {
+        for ty in ResourceType::ALL {
+            let state = &self.types[ty];
+            if !ty.info().warmed_by.contains(&parent) || !state.requested || ty.info().on_demand {
+                continue;
+            }
+            let rewarm = match (changes, state.rewarm) {
+                (Some(id), None) => Rewarm::Changes(id),
+                (Some(id), Some(Rewarm::Changes(owed))) if owed == id => Rewarm::Changes(id),
+                _ => Rewarm::All,
+            };
+            self.types[ty].rewarm = Some(rewarm);
+        }
     }
 
     /// On ADS, whether what a new bundle drops of `ty` waits until the
@@ -326,6 +375,18 @@ fn diff<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot) -> Diff
             None if !diff.removed.contains(name) => diff.removed.push(name.clone()),
             _ => {}
         }
+    }
+    if let Some(rewarm) = state.rewarm {
+        let listed = match rewarm {
+            Rewarm::Changes(id) if id == snapshot.id() => snapshot.rewarmed(ty),
+            _ => None,
+        };
+        match listed {
+            Some(names) => diff.updated.extend(names.iter().filter(|name| state.subscribes(name)).filter_map(|name| snapshot.resource(ty, name))),
+            None => diff.updated.extend(subscribed(ty, state, snapshot, |_| true)),
+        }
+        diff.updated.sort_by(|a, b| a.name().cmp(b.name()));
+        diff.updated.dedup_by(|a, b| std::ptr::eq(*a, *b));
     }
     diff
 }

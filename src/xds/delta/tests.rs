@@ -297,6 +297,48 @@ fn r23_on_delta_ads_listeners_wait_for_clusters_and_dropped_clusters_are_removed
     assert_eq!(seen(state.due(&v4)).iter().map(|s| (s.ty, names(s))).collect::<Vec<_>>(), [(CDS, vec!["back"])], "CDS goes while LDS is unanswered");
 }
 
+/// R21 on delta ADS: when a modified cluster takes the endpoints it
+/// already has, Envoy subscribes to nothing new and waits for them until
+/// its init fetch timeout. They follow the CDS response unasked, and only
+/// the modified cluster's.
+#[test]
+fn r21_a_modified_eds_cluster_is_followed_by_its_unchanged_endpoints() {
+    use envoy_types::pb::envoy::config::{
+        cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig},
+        core::v3::{config_source::ConfigSourceSpecifier, ConfigSource},
+    };
+    let build = |id: u64, version: &str, clusters: &[(&str, i64)], previous: Option<&Snapshot>| {
+        let ads = ConfigSource { config_source_specifier: Some(ConfigSourceSpecifier::Ads(Default::default())), ..Default::default() };
+        let cluster = |(name, timeout): &(&str, i64)| Cluster {
+            name: (*name).into(),
+            connect_timeout: Some(ProtoDuration { seconds: *timeout, nanos: 0 }),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            eds_cluster_config: Some(EdsClusterConfig { eds_config: Some(ads.clone()), service_name: String::new() }),
+            ..Default::default()
+        };
+        let bundle = Bundle {
+            version: version.to_owned(),
+            clusters: clusters.iter().map(cluster).collect(),
+            endpoints: clusters.iter().map(|(name, _)| ClusterLoadAssignment { cluster_name: (*name).into(), ..Default::default() }).collect(),
+            ..Default::default()
+        };
+        Arc::new(Snapshot::build(id, Arc::new(StoredBundle::from_bundle(bundle, version.to_owned())), previous))
+    };
+    let v1 = build(1, "v1", &[("a", 1), ("b", 1)], None);
+    let mut state = DeltaState::new(StreamKind::Aggregated);
+    assert_eq!(answer(&mut state, &ack(CDS, ""), &v1).iter().map(names).collect::<Vec<_>>(), [["a", "b"]]);
+    assert_eq!(answer(&mut state, &request(EDS, &["a", "b"], &[], ""), &v1).iter().map(names).collect::<Vec<_>>(), [["a", "b"]]);
+    assert!(answer(&mut state, &ack(CDS, "1"), &v1).is_empty());
+    assert!(answer(&mut state, &ack(EDS, "2"), &v1).is_empty());
+
+    let v2 = build(2, "v2", &[("a", 2), ("b", 1)], Some(&v1));
+    let sent = seen(state.due(&v2));
+    assert_eq!(sent.iter().map(|s| (s.ty, names(s))).collect::<Vec<_>>(), [(CDS, vec!["a"]), (EDS, vec!["a"])]);
+    assert_eq!(sent[1].resources[0].1, version_of(&v2, EDS, "a"), "at the version the client holds");
+    assert!(answer(&mut state, &ack(CDS, "3"), &v2).is_empty());
+    assert!(answer(&mut state, &ack(EDS, "4"), &v2).is_empty());
+}
+
 /// VHDS, delta only: Envoy first subscribes to its route configuration
 /// (answered at once, empty), then to `<route configuration>/<host>` for a
 /// host it cannot route, answered with the virtual host serving it under
