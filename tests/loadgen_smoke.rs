@@ -429,8 +429,9 @@ async fn burst_scenario_ends_every_stream_on_the_last_put() {
 
 /// Each full push changes all ten clusters and the listener: every stream
 /// takes exactly one CDS and one LDS response of the new version, carrying
-/// every cluster (on delta too: all changed), ACKs them, and, as Envoy's
-/// warming clusters and listener ask again, one EDS and one RDS response.
+/// every cluster (on delta too: all changed), ACKs them, and one EDS and
+/// one RDS response for the warming clusters and listener: asked again on
+/// SotW, as Envoy does; sent unasked on delta, where Envoy asks nothing.
 async fn full_push(protocol: &str) {
     let flags = ["--scenario", "full-push", "--streams", "20", "--updates", "2", "--clusters", "10", "--protocol", protocol];
     let run = Scenario::start(&flags).await;

@@ -4,9 +4,10 @@
 //! It subscribes to CDS and LDS with an empty first request (the legacy
 //! wildcard), then to EDS and RDS by the names the clusters and listeners
 //! it holds refer to (`resource_names_subscribe`, and `_unsubscribe` for
-//! names no longer referred to, sent before the ACK as Envoy does; the
-//! names of clusters and listeners a response changed are subscribed to
-//! again, as Envoy's warming does). It keeps
+//! names no longer referred to, sent before the ACK as Envoy does). Like
+//! Envoy, it asks nothing more for the endpoints (routes) of a cluster
+//! (listener) a response changed, and on ADS waits for them: the server
+//! sends them unasked (R21, R22). It keeps
 //! what it holds, name → version, applying `removed_resources`, and ACKs
 //! each response by nonce. A type is at version V (the response's
 //! `system_version_info`, the bundle version in sxds) once a response at V
@@ -99,9 +100,9 @@ pub(super) async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node: &
 
         if let Some(child) = child(ty) {
             let wanted: HashSet<Arc<str>> = types[ty].held.values().flat_map(|held| held.children.iter().cloned()).collect();
-            // The clusters (listeners) this response changed warm: like
-            // Envoy, the node subscribes again to the endpoints (routes)
-            // they refer to, though it is subscribed already (R21, R22).
+            // The clusters (listeners) this response changed warm until
+            // fresh endpoints (routes) arrive; subscribed already, Envoy asks
+            // nothing, and on ADS the server follows up unasked (R21, R22).
             let changed: HashSet<Arc<str>> = response
                 .resources
                 .iter()
@@ -110,9 +111,11 @@ pub(super) async fn session(shared: &Shared, record: &Mutex<NodeRecord>, node: &
                 .collect();
             let sub = &mut types[child];
             let rewarmed: Vec<Arc<str>> = changed.intersection(&sub.names).cloned().collect();
-            let mut added: Vec<Arc<str>> = wanted.difference(&sub.names).cloned().collect();
+            let added: Vec<Arc<str>> = wanted.difference(&sub.names).cloned().collect();
             let dropped: Vec<Arc<str>> = sub.names.difference(&wanted).cloned().collect();
-            added.extend(rewarmed);
+            if shared.config.service == Service::Ads {
+                sub.awaiting.extend(rewarmed);
+            }
             if !added.is_empty() || !dropped.is_empty() {
                 // What is unsubscribed is forgotten: the server says nothing more of it.
                 for name in &dropped {

@@ -1,7 +1,7 @@
 //! Updates fanned out to every stream: `fanout` (each update changes one
 //! endpoint set: EDS only), `full-push` (each changes every cluster and
-//! the listener: CDS and LDS to every stream, and, as Envoy's warming asks
-//! for them again, EDS and RDS), `scale` (fan-out updates at growing
+//! the listener: CDS and LDS to every stream, then the EDS and RDS the
+//! warming clusters and listener wait for), `scale` (fan-out updates at growing
 //! numbers of streams on one daemon, with RSS per stream at each level)
 //! and `replicas` (the fan-out over several daemons sharing a store). One
 //! update is timed and reported by [`update`] for all of them.
