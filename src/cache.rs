@@ -300,11 +300,6 @@ impl Snapshot {
         self.changes_since(earlier).is_some()
     }
 
-    /// Unique within the process.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
     /// The names of `ty` that `earlier` had and this one has not, when
     /// `earlier` is the snapshot this one replaced; `None` otherwise.
     pub fn removed_since(&self, earlier: &Snapshot, ty: ResourceType) -> Option<&[Arc<str>]> {

@@ -35,7 +35,10 @@
 //!   (R21, R22), and asks for nothing when the names are already
 //!   subscribed.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Weak},
+};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
@@ -92,10 +95,11 @@ struct TypeState {
 }
 
 /// What a parent's response that started resources warming asks to send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Rewarm {
-    /// What the changes of the snapshot of this id refer to.
-    Changes(u64),
+    /// What the changes of this snapshot refer to (weak: a stream must not
+    /// keep old bundles alive).
+    Changes(Weak<Snapshot>),
     /// Every subscribed resource: no list of changes says which.
     All,
 }
@@ -203,7 +207,7 @@ impl DeltaState {
                 && state.synced.as_ref().is_some_and(|synced| snapshot.replaced(synced));
             let retire = self.retires(ty);
             if self.kind == StreamKind::Aggregated && !diff.updated.is_empty() {
-                self.rewarm_warmed_by(ty, from_changes.then(|| snapshot.id()));
+                self.rewarm_warmed_by(ty, from_changes.then_some(snapshot));
             }
             let state = &mut self.types[ty];
             let first = state.initial.is_some();
@@ -255,15 +259,15 @@ impl DeltaState {
     /// types `parent` warms, in this `due` if they come later in ADS order
     /// and are not awaiting a reply. `changes` is the snapshot whose list of
     /// changes tells what the updated resources refer to, if one does.
-    fn rewarm_warmed_by(&mut self, parent: ResourceType, changes: Option<u64>) {
+    fn rewarm_warmed_by(&mut self, parent: ResourceType, changes: Option<&Arc<Snapshot>>) {
         for ty in ResourceType::ALL {
             let state = &self.types[ty];
             if !ty.info().warmed_by.contains(&parent) || !state.requested || ty.info().on_demand {
                 continue;
             }
-            let rewarm = match (changes, state.rewarm) {
-                (Some(id), None) => Rewarm::Changes(id),
-                (Some(id), Some(Rewarm::Changes(owed))) if owed == id => Rewarm::Changes(id),
+            let rewarm = match (changes, &state.rewarm) {
+                (Some(snapshot), None) => Rewarm::Changes(Arc::downgrade(snapshot)),
+                (Some(snapshot), Some(Rewarm::Changes(owed))) if std::ptr::eq(owed.as_ptr(), &**snapshot) => continue,
                 _ => Rewarm::All,
             };
             self.types[ty].rewarm = Some(rewarm);
@@ -376,9 +380,9 @@ fn diff<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot) -> Diff
             _ => {}
         }
     }
-    if let Some(rewarm) = state.rewarm {
+    if let Some(rewarm) = &state.rewarm {
         let listed = match rewarm {
-            Rewarm::Changes(id) if id == snapshot.id() => snapshot.rewarmed(ty),
+            Rewarm::Changes(owed) if std::ptr::eq(owed.as_ptr(), snapshot) => snapshot.rewarmed(ty),
             _ => None,
         };
         match listed {

@@ -112,12 +112,12 @@ struct TypeState {
     /// The next response carries the whole subscription (R21, R22).
     refresh: bool,
     /// The next response carries, besides what changed, what a CDS (LDS)
-    /// response just sent from the snapshot of this id refers to that is
-    /// new or changed: the warming clusters' (listeners') fresh answer
-    /// (R21, R22). Sent from another snapshot, or to a client holding one
-    /// older than the snapshot it replaced, it is the whole subscription:
-    /// no list of changes tells which names then.
-    rewarm: Option<u64>,
+    /// response just sent from this snapshot refers to that is new or
+    /// changed: the warming clusters' (listeners') fresh answer (R21, R22).
+    /// Sent from another snapshot, or to a client holding one older than
+    /// the snapshot it replaced, it is the whole subscription: no list of
+    /// changes tells which names then. Weak, like `answered_from`.
+    rewarm: Option<Weak<Snapshot>>,
     /// The stream's count of responses when the last one of this type went
     /// out (0 before the first): orders responses across types, and is the
     /// last response's nonce, in decimal.
@@ -259,17 +259,17 @@ impl StreamState {
     /// ADS order go out in this very `due`; one still awaiting its reply,
     /// once the reply arrives. Each carries what the parents that changed
     /// refer to, or, when no list of changes tells which, everything.
-    fn refresh_warmed_by(&mut self, parent: ResourceType, warms: Warms, snapshot: &Snapshot) {
+    fn refresh_warmed_by(&mut self, parent: ResourceType, warms: Warms, snapshot: &Arc<Snapshot>) {
         if warms == Warms::Nothing {
             return;
         }
         for ty in ResourceType::ALL {
             if ty.info().warmed_by.contains(&parent) && self.types[ty].requested {
                 let state = &mut self.types[ty];
-                match (warms, state.rewarm) {
+                match warms {
                     // Still owed an answer for another snapshot's changes.
-                    (Warms::Changes, Some(id)) if id != snapshot.id() => state.refresh = true,
-                    (Warms::Changes, _) => state.rewarm = Some(snapshot.id()),
+                    Warms::Changes if state.rewarm.as_ref().is_some_and(|owed| !is(owed, snapshot)) => state.refresh = true,
+                    Warms::Changes => state.rewarm = Some(Arc::downgrade(snapshot)),
                     _ => state.refresh = true,
                 }
             }
@@ -398,8 +398,8 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snaps
     // this snapshot's and the client holds it or the one it replaced: the
     // snapshot's changes of the type plus what those parents refer to;
     // otherwise everything.
-    let rewarmed = match (&state.sent, state.rewarm) {
-        (Some(sent), Some(id)) if id == snapshot.id() && (Arc::ptr_eq(sent, snapshot) || snapshot.replaced(sent)) => snapshot.rewarmed(ty),
+    let rewarmed = match (&state.sent, &state.rewarm) {
+        (Some(sent), Some(owed)) if is(owed, snapshot) && (Arc::ptr_eq(sent, snapshot) || snapshot.replaced(sent)) => snapshot.rewarmed(ty),
         _ => None,
     };
     let refresh = state.refresh || (state.rewarm.is_some() && rewarmed.is_none());
@@ -443,6 +443,12 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snaps
         return Some(Selection::All);
     }
     Some(Selection::Named(changed))
+}
+
+/// Whether `weak` is `snapshot`. (A weak reference keeps its allocation,
+/// so no later snapshot can take its address.)
+fn is(weak: &Weak<Snapshot>, snapshot: &Snapshot) -> bool {
+    std::ptr::eq(weak.as_ptr(), snapshot)
 }
 
 /// What a response starts warming on the client, which then asks afresh
