@@ -8,7 +8,7 @@
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex, OnceLock, Weak},
     task::{ready, Context, Poll},
 };
 
@@ -293,6 +293,14 @@ impl Snapshot {
     /// first snapshot.
     pub fn rewarmed(&self, ty: ResourceType) -> Option<&[Arc<str>]> {
         self.changed_since.as_ref().map(|changes| &changes.rewarmed[ty][..])
+    }
+
+    /// Whether `weak` refers to this snapshot: how streams, which hold
+    /// snapshots weakly so as not to keep old bundles alive, recognise one.
+    /// (A weak reference keeps its allocation, so no later snapshot can
+    /// take its address.)
+    pub fn is(&self, weak: &Weak<Snapshot>) -> bool {
+        std::ptr::eq(weak.as_ptr(), self)
     }
 
     /// Whether `earlier` is the snapshot this one replaced.

@@ -267,7 +267,7 @@ impl DeltaState {
             }
             let rewarm = match (changes, &state.rewarm) {
                 (Some(snapshot), None) => Rewarm::Changes(Arc::downgrade(snapshot)),
-                (Some(snapshot), Some(Rewarm::Changes(owed))) if std::ptr::eq(owed.as_ptr(), &**snapshot) => continue,
+                (Some(snapshot), Some(Rewarm::Changes(owed))) if snapshot.is(owed) => continue,
                 _ => Rewarm::All,
             };
             self.types[ty].rewarm = Some(rewarm);
@@ -382,7 +382,7 @@ fn diff<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot) -> Diff
     }
     if let Some(rewarm) = &state.rewarm {
         let listed = match rewarm {
-            Rewarm::Changes(owed) if std::ptr::eq(owed.as_ptr(), snapshot) => snapshot.rewarmed(ty),
+            Rewarm::Changes(owed) if snapshot.is(owed) => snapshot.rewarmed(ty),
             _ => None,
         };
         match listed {

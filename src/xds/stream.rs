@@ -192,7 +192,7 @@ impl StreamState {
         // Not a reply to our latest response. A new subscription supersedes
         // it (R9) and gets a fresh answer; so does a repeat once the
         // snapshot moved: Envoy's warming re-request (R21, R22).
-        let snapshot_moved = snapshot.is_some_and(|snapshot| !std::ptr::eq(state.answered_from.as_ptr(), snapshot));
+        let snapshot_moved = snapshot.is_some_and(|snapshot| !snapshot.is(&state.answered_from));
         if first || names_changed || snapshot_moved || warming_since {
             state.awaiting_reply = false;
             state.refresh = true;
@@ -268,7 +268,7 @@ impl StreamState {
                 let state = &mut self.types[ty];
                 match warms {
                     // Still owed an answer for another snapshot's changes.
-                    Warms::Changes if state.rewarm.as_ref().is_some_and(|owed| !is(owed, snapshot)) => state.refresh = true,
+                    Warms::Changes if state.rewarm.as_ref().is_some_and(|owed| !snapshot.is(owed)) => state.refresh = true,
                     Warms::Changes => state.rewarm = Some(Arc::downgrade(snapshot)),
                     _ => state.refresh = true,
                 }
@@ -399,7 +399,7 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snaps
     // snapshot's changes of the type plus what those parents refer to;
     // otherwise everything.
     let rewarmed = match (&state.sent, &state.rewarm) {
-        (Some(sent), Some(owed)) if is(owed, snapshot) && (Arc::ptr_eq(sent, snapshot) || snapshot.replaced(sent)) => snapshot.rewarmed(ty),
+        (Some(sent), Some(owed)) if snapshot.is(owed) && (Arc::ptr_eq(sent, snapshot) || snapshot.replaced(sent)) => snapshot.rewarmed(ty),
         _ => None,
     };
     let refresh = state.refresh || (state.rewarm.is_some() && rewarmed.is_none());
@@ -443,12 +443,6 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snaps
         return Some(Selection::All);
     }
     Some(Selection::Named(changed))
-}
-
-/// Whether `weak` is `snapshot`. (A weak reference keeps its allocation,
-/// so no later snapshot can take its address.)
-fn is(weak: &Weak<Snapshot>, snapshot: &Snapshot) -> bool {
-    std::ptr::eq(weak.as_ptr(), snapshot)
 }
 
 /// What a response starts warming on the client, which then asks afresh
