@@ -17,7 +17,8 @@
 //!   answering; every request carries the connection's [`StallWatch`], on
 //!   which its stream shows how long a response has waited to be taken, and
 //!   a connection whose client stopped reading is closed after
-//!   `--send-timeout` ([`stall`]).
+//!   `--send-timeout` ([`stall`]); what hyper writes in one turn of the
+//!   connection's task goes out in one write ([`gather`]).
 //! - TLS ([`tls`]): with `--tls-cert`, each connection's handshake runs in
 //!   its own task, bounded by [`tls::HANDSHAKE_TIMEOUT`], before HTTP starts;
 //!   on xDS, the node types a client certificate names ride in every request
@@ -27,6 +28,7 @@
 //!   drain by `--shutdown-grace`. Connection tasks belong to their loop's
 //!   `JoinSet`, so dropping the loop aborts them.
 
+mod gather;
 mod rest;
 pub mod stall;
 pub mod tls;
@@ -161,10 +163,11 @@ pub async fn serve_xds(listener: TcpListener, router: Router, settings: XdsConne
             // Boxed: hyper's connection (1.5 KB) and the rest of this task
             // (0.5 KB) fit allocation size classes with less slack than the
             // two together, a third of a KiB less per Envoy.
-            let mut connection = Box::pin(http2.serve_connection(TokioIo::new(stream), service));
+            // Written through `gather`: what hyper writes in one turn goes out in one write.
+            let mut connection = gather::gather(stream, |io| Box::pin(http2.serve_connection(TokioIo::new(io), service)));
             let aged = sleep_until(max_age.map(|age| Instant::now() + jittered(age)));
             let (closing, grace) = tokio::select! {
-                result = connection.as_mut() => return finished("xds", result),
+                result = &mut connection => return finished("xds", result),
                 () = drain.cancelled() => (false, None),
                 () = aged => {
                     tracing::debug!("xDS connection reached --max-stream-age: draining it; its Envoy reconnects");
@@ -178,12 +181,12 @@ pub async fn serve_xds(listener: TcpListener, router: Router, settings: XdsConne
                 }
             };
             // GOAWAY: the client opens its next stream on a new connection.
-            connection.as_mut().graceful_shutdown();
+            connection.connection().as_mut().graceful_shutdown();
             if !closing {
                 // Draining: the streams end as they see the drain too. At
                 // shutdown, `run` bounds this by --shutdown-grace.
                 tokio::select! {
-                    result = connection.as_mut() => return finished("xds", result),
+                    result = &mut connection => return finished("xds", result),
                     _ = stalls.stalled() => {}
                     () = sleep_until(grace.map(|grace| Instant::now() + grace)) => {}
                 }
