@@ -59,6 +59,29 @@ struct Socket<S> {
     failed: Option<io::ErrorKind>,
 }
 
+/// Largest buffer a thread keeps as its spare.
+const SPARE_MAX: usize = 2 * HIGH_WATER;
+
+std::thread_local! {
+    /// Each worker thread's buffer between turns. Nearly every turn's bytes
+    /// are sent before its poll ends, so one buffer per thread serves all its
+    /// connections: no allocation per turn, and none of the freed 30 KB
+    /// buffers of 10,000 Envoys connecting at once left in the allocator's
+    /// dirty pages (+2.6 KB of RSS per stream, measured).
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+fn take_spare() -> Vec<u8> {
+    SPARE.with(|spare| spare.take())
+}
+
+fn put_spare(mut buffer: Vec<u8>) {
+    if buffer.capacity() <= SPARE_MAX {
+        buffer.clear();
+        SPARE.with(|spare| spare.set(buffer));
+    }
+}
+
 fn lock<S>(socket: &Mutex<Socket<S>>) -> MutexGuard<'_, Socket<S>> {
     socket.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -81,8 +104,8 @@ impl<S: AsyncWrite + Unpin> Socket<S> {
             }
             self.check()?;
         }
-        // Freed, not kept: an idle Envoy's connection holds no buffer.
-        self.gathered = Vec::new();
+        // Back to the thread's spare: an idle Envoy's connection holds no buffer.
+        put_spare(std::mem::take(&mut self.gathered));
         self.sent = 0;
         Pin::new(&mut self.stream).poll_flush(cx)
     }
@@ -92,6 +115,9 @@ impl<S: AsyncWrite + Unpin> Socket<S> {
         self.check()?;
         if self.gathered.len() - self.sent >= HIGH_WATER {
             ready!(self.poll_send(cx))?;
+        }
+        if self.gathered.capacity() == 0 {
+            self.gathered = take_spare();
         }
         Poll::Ready(Ok(()))
     }
