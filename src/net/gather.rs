@@ -9,10 +9,10 @@
 //! task writes to its socket (h2's streams queue frames and wake it), so the
 //! lock between the two is never contended.
 //!
-//! The buffer holds at most [`HIGH_WATER`] bytes: past it, a write first
-//! waits for the socket, so a client that stops reading holds that much, and
-//! its streams' responses wait where `--send-timeout` sees them. An idle
-//! connection holds no buffer.
+//! Past [`HIGH_WATER`] bytes a write first waits for the socket, so a client
+//! that stops reading holds the mark and one write (h2's 16 KiB buffer and
+//! a frame), and its streams' responses wait where `--send-timeout` sees
+//! them. An idle connection holds no buffer: each worker thread keeps one.
 
 use std::{
     future::Future,
