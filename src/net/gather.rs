@@ -34,7 +34,7 @@ pub fn gather<S, C, F>(stream: S, serve: F) -> Flushed<C, S>
 where
     F: FnOnce(Gathered<S>) -> C,
 {
-    let shared = Arc::new(Mutex::new(Socket { stream, gathered: Vec::new(), sent: 0, failed: None }));
+    let shared = Socket::shared(stream);
     Flushed { connection: serve(Gathered(shared.clone())), socket: shared }
 }
 
@@ -84,6 +84,12 @@ fn put_spare(mut buffer: Vec<u8>) {
 
 fn lock<S>(socket: &Mutex<Socket<S>>) -> MutexGuard<'_, Socket<S>> {
     socket.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<S> Socket<S> {
+    fn shared(stream: S) -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Socket { stream, gathered: Vec::new(), sent: 0, failed: None }))
+    }
 }
 
 impl<S: AsyncWrite + Unpin> Socket<S> {
@@ -306,7 +312,7 @@ mod tests {
     fn a_client_that_stops_reading_holds_at_most_the_high_water_mark() {
         let socket = Shared::default();
         socket.get().blocked = true;
-        let mut io = Gathered(Arc::new(Mutex::new(Socket { stream: socket.clone(), gathered: Vec::new(), sent: 0, failed: None })));
+        let mut io = Gathered(Socket::shared(socket.clone()));
         let frame = vec![7u8; 16 * 1024];
         let mut cx = Context::from_waker(Waker::noop());
         let mut taken = 0;
@@ -323,7 +329,7 @@ mod tests {
     #[test]
     fn shutting_down_sends_what_was_gathered_first() {
         let socket = Shared::default();
-        let mut io = Gathered(Arc::new(Mutex::new(Socket { stream: socket.clone(), gathered: Vec::new(), sent: 0, failed: None })));
+        let mut io = Gathered(Socket::shared(socket.clone()));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(Pin::new(&mut io).poll_write(&mut cx, b"goaway").is_ready());
         assert!(socket.get().writes.is_empty());
