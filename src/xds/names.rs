@@ -31,6 +31,24 @@ impl Names {
         Self(intern(names))
     }
 
+    /// The names of `sorted` (in order and distinct, as a snapshot lists
+    /// them) that are in this set, in order: one pass over the two lists
+    /// rather than a lookup per name. A full push rewarms every cluster's
+    /// endpoints on every stream, and a lookup each was a seventh of the
+    /// push's instructions.
+    pub fn common<'a>(&self, sorted: &'a [Arc<str>]) -> Vec<&'a str> {
+        let mut mine = self.iter().peekable();
+        let mut common = Vec::new();
+        for name in sorted.iter().map(|name| &**name) {
+            // Past what this set has before `name`: then it has `name` or not.
+            while mine.next_if(|held| *held < name).is_some() {}
+            if mine.next_if_eq(&name).is_some() {
+                common.push(name);
+            }
+        }
+        common
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.0.binary_search_by(|n| (**n).cmp(name)).is_ok()
     }
@@ -117,6 +135,26 @@ mod tests {
         assert_eq!(weak.strong_count(), 0);
         let again = names(&["x", "y", "interned-test"]);
         assert_eq!(again.iter().collect::<Vec<_>>(), ["interned-test", "x", "y"]);
+    }
+
+    #[test]
+    fn common_names_are_found_in_one_pass_in_order() {
+        let set = names(&["b", "d", "e", "g"]);
+        let sorted = |list: &[&str]| list.iter().map(|name| Arc::<str>::from(*name)).collect::<Vec<_>>();
+        assert_eq!(set.common(&sorted(&["a", "b", "c", "d", "f", "g", "h"])), ["b", "d", "g"]);
+        assert_eq!(set.common(&sorted(&["b", "d", "e", "g"])), ["b", "d", "e", "g"]);
+        assert_eq!(set.common(&sorted(&["e"])), ["e"]);
+        assert!(set.common(&sorted(&["a", "c", "f", "h"])).is_empty());
+        assert!(set.common(&[]).is_empty());
+        assert!(Names::default().common(&sorted(&["a"])).is_empty());
+        // The same as a lookup per name, on sets that interleave every way.
+        let all: Vec<String> = (0..40).map(|i| format!("n{i:02}")).collect();
+        for step in 1..6 {
+            let mine = Names::new(all.iter().step_by(step).map(|name| Arc::from(name.as_str())));
+            let theirs: Vec<Arc<str>> = all.iter().skip(1).step_by(7 - step).map(|name| Arc::from(name.as_str())).collect();
+            let expected: Vec<&str> = theirs.iter().map(|name| &**name).filter(|name| mine.contains(name)).collect();
+            assert_eq!(mine.common(&theirs), expected, "every {step}th name against every {}th", 7 - step);
+        }
     }
 
     #[test]

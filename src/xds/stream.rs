@@ -421,9 +421,8 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snaps
         _ => None,
     };
     let changed: Vec<&str> = match known_changes {
-        Some(changes) => {
-            changes.iter().map(|name| &**name).filter(|name| state.wildcard || state.names.contains(name)).collect()
-        }
+        Some(changes) if state.wildcard => changes.iter().map(|name| &**name).collect(),
+        Some(changes) => state.names.common(changes),
         None => existing(ty, state, snapshot)
             .filter(|name| {
                 refresh
