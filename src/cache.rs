@@ -160,7 +160,10 @@ fn rewarmed(source: &StoredBundle, types: &PerType<Resources>, changed: &PerType
 /// The resources of `ty` in `source`, with the endpoints its sources found:
 /// their entries written once, in name order, into one chunk (returned too:
 /// the body of a wildcard response); each resource's entry is a slice of it.
-fn encode_type(source: &StoredBundle, discovered: Option<&Discovered>, ty: ResourceType) -> (Resources, Bytes) {
+/// A name of the `previous` snapshot's resources is taken over (its `Arc`),
+/// so that subscriptions built from any snapshot of the chain share it and
+/// are told equal by address, without comparing the strings.
+fn encode_type(source: &StoredBundle, discovered: Option<&Discovered>, ty: ResourceType, previous: Option<&Snapshot>) -> (Resources, Bytes) {
     let found: &[StoredResource] = match discovered {
         Some(discovered) if ty == ResourceType::Endpoint => &discovered.assignments,
         _ => &[],
@@ -180,6 +183,12 @@ fn encode_type(source: &StoredBundle, discovered: Option<&Discovered>, ty: Resou
         .collect();
     let ends = bounds.iter().skip(1).map(|(start, _)| *start).chain([chunk.len()]);
     let chunk = Bytes::from(chunk);
+    // Both in name order: one pass.
+    let mut earlier = previous.map_or(&[][..], |previous| previous.resources(ty)).iter().map(|r| &r.name).peekable();
+    let mut name = |name: &str| {
+        while earlier.next_if(|held| &***held < name).is_some() {}
+        earlier.next_if(|held| &***held == name).map_or_else(|| name.into(), Arc::clone)
+    };
     let resources = listed
         .iter()
         .zip(bounds.iter().zip(ends))
@@ -188,7 +197,7 @@ fn encode_type(source: &StoredBundle, discovered: Option<&Discovered>, ty: Resou
             let digest = wire::digest(&entry[any_at..]);
             // A field key and a length: a few bytes.
             let any_at = u8::try_from(any_at).expect("a field head is at most 15 bytes");
-            Resource { name: r.name.as_str().into(), entry, any_at, digest }
+            Resource { name: name(&r.name), entry, any_at, digest }
         })
         .collect();
     (Resources(resources), chunk)
@@ -203,7 +212,7 @@ impl Snapshot {
     /// A snapshot of a bundle and the endpoints its sources found.
     pub fn build_served(id: u64, served: Served, previous: Option<&Snapshot>) -> Self {
         let Served { bundle: source, discovered } = served;
-        let encoded = PerType::from_fn(|ty| encode_type(&source, discovered.as_deref(), ty));
+        let encoded = PerType::from_fn(|ty| encode_type(&source, discovered.as_deref(), ty, previous));
         let all = PerType::from_fn(|ty| encoded[ty].1.clone());
         let types = encoded.map(|_, (resources, _)| resources);
         let changed_since = previous.map(|previous| {
@@ -350,6 +359,11 @@ impl Snapshot {
     /// Names of every resource of `ty`, in order.
     pub fn names(&self, ty: ResourceType) -> impl ExactSizeIterator<Item = &str> {
         self.types[ty].0.iter().map(|r| &*r.name)
+    }
+
+    /// The snapshot's own copies of the names of `ty`, in order.
+    pub fn shared_names(&self, ty: ResourceType) -> impl ExactSizeIterator<Item = &Arc<str>> {
+        self.types[ty].0.iter().map(|r| &r.name)
     }
 
     /// The snapshot's own copy of a name, for subscriptions to share.
@@ -708,6 +722,22 @@ mod tests {
         assert!(!v2.type_differs(&v1, ResourceType::Endpoint));
         let v3 = Snapshot::build(3, stored("v3", &["a"]), Some(&v2));
         assert!(v3.same_resources(&v2) && !v3.same_resources(&v1));
+    }
+
+    #[test]
+    fn a_snapshot_shares_the_names_of_the_one_before() {
+        let v1 = Snapshot::build(1, stored("v1", &["a", "c", "d"]), None);
+        let v2 = Snapshot::build(2, stored("v2", &["b", "c", "d", "e"]), Some(&v1));
+        fn shared(earlier: &Snapshot, later: &Snapshot) -> Vec<String> {
+            let earlier: Vec<&Arc<str>> = earlier.shared_names(ResourceType::Cluster).collect();
+            let later = later.shared_names(ResourceType::Cluster);
+            later.filter(|name| earlier.iter().any(|e| Arc::ptr_eq(e, name))).map(|name| name.to_string()).collect()
+        }
+        assert_eq!(shared(&v1, &v2), ["c", "d"], "kept names are the same allocation; new ones are new");
+        assert_eq!(v2.names(ResourceType::Cluster).collect::<Vec<_>>(), ["b", "c", "d", "e"]);
+        let v3 = Snapshot::build(3, stored("v3", &["c", "e"]), Some(&v2));
+        assert_eq!(shared(&v1, &v3), ["c"], "down the chain");
+        assert_eq!(shared(&v2, &v3), ["c", "e"]);
     }
 
     #[test]

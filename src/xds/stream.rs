@@ -408,7 +408,7 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snaps
     // push) to a subscription of every resource of the type is the type's
     // shared chunk: told by one pass over the two sorted lists, rather than
     // a lookup per subscribed name on each of thousands of streams.
-    if refresh && !snapshot.resources(ty).is_empty() && state.names.is(snapshot.names(ty)) {
+    if refresh && !snapshot.resources(ty).is_empty() && state.names.is(snapshot.shared_names(ty)) {
         return Some(Selection::All);
     }
     // The common cases: the client holds this very snapshot (nothing to
