@@ -28,7 +28,8 @@
 //!    page at `/` show, and in [`metrics`].
 //!
 //! [`resource_type`] is the table of every type served; [`wire`], the bottom
-//! layer, the protobuf pieces responses are assembled from.
+//! layer, the protobuf pieces responses are assembled from; [`sorted`], how
+//! lists of names in name order are walked together.
 //!
 //! [`net`] serves both listeners (limits, timeouts, back-off, TLS and the
 //! node types a client certificate names); [`run`] wires
@@ -47,6 +48,7 @@ pub mod preflight;
 pub mod resource_type;
 pub mod rollout;
 pub mod schema;
+pub mod sorted;
 pub mod store;
 pub mod wire;
 pub mod xds;

@@ -115,6 +115,16 @@ impl TypeState {
     fn subscribes(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }
+
+    /// The names of `sorted` (a snapshot's list, in name order) this
+    /// subscription takes.
+    fn subscribed_of<'a>(&'a self, sorted: &'a [Arc<str>]) -> Vec<&'a Arc<str>> {
+        if self.wildcard {
+            sorted.iter().collect()
+        } else {
+            self.names.common(sorted)
+        }
+    }
 }
 
 /// Per-stream delta protocol state.
@@ -350,7 +360,7 @@ fn diff<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot) -> Diff
             match synced.and_then(|s| Some((snapshot.changed_since(s, ty)?, snapshot.removed_since(s, ty)?))) {
                 // The common case: the snapshot's own list of changes decides.
                 Some((changed, gone)) => {
-                    diff.updated = changed.iter().filter(|name| state.subscribes(name)).filter_map(|name| snapshot.resource(ty, name)).collect();
+                    diff.updated = snapshot.resources_named(ty, state.subscribed_of(changed));
                     diff.removed = gone.iter().filter(|name| state.subscribes(name)).cloned().collect();
                 }
                 None => {
@@ -386,7 +396,7 @@ fn diff<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot) -> Diff
             _ => None,
         };
         match listed {
-            Some(names) => diff.updated.extend(names.iter().filter(|name| state.subscribes(name)).filter_map(|name| snapshot.resource(ty, name))),
+            Some(names) => diff.updated.extend(snapshot.resources_named(ty, state.subscribed_of(names))),
             None => diff.updated.extend(subscribed(ty, state, snapshot, |_| true)),
         }
         diff.updated.sort_by(|a, b| a.name().cmp(b.name()));
@@ -436,7 +446,9 @@ fn subscribed<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot, k
     if state.wildcard {
         snapshot.resources(ty).iter().filter(|r| keep(r)).collect()
     } else {
-        state.names.iter().filter_map(|name| snapshot.resource(ty, name)).filter(|r| keep(r)).collect()
+        let mut named = snapshot.resources_named(ty, state.names.shared_names());
+        named.retain(|r| keep(r));
+        named
     }
 }
 

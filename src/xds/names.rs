@@ -5,6 +5,8 @@ use std::{
     sync::{Arc, LazyLock, Mutex, Weak},
 };
 
+use crate::sorted;
+
 /// A set of resource names: sorted, each shared with the snapshot that has
 /// it, and the set itself shared by every stream that subscribes to the
 /// same names. The Envoys of one node type mostly do (the same clusters,
@@ -31,31 +33,13 @@ impl Names {
         Self(intern(names))
     }
 
-    /// The names of `sorted` (in order and distinct, as a snapshot lists
-    /// them) that are in this set, in order. One gallop through the set: a
-    /// full push rewarms every cluster's endpoints on every stream, and a
-    /// lookup per name was a seventh of the push's instructions; an
-    /// everyday update names one, and walking past the rest would be dearer
-    /// than that lookup.
-    pub fn common<'a>(&self, sorted: &'a [Arc<str>]) -> Vec<&'a str> {
-        let mut rest = &self.0[..];
-        let mut common = Vec::with_capacity(sorted.len().min(rest.len()));
-        for name in sorted {
-            let before = |held: &Arc<str>| !Arc::ptr_eq(held, name) && **held < **name;
-            // Past what comes before `name`: in steps that double, then by
-            // bisection within the last step. One step when the two lists
-            // go together.
-            let mut step = 1;
-            while step < rest.len() && before(&rest[step]) {
-                step *= 2;
-            }
-            rest = &rest[rest[..step.min(rest.len())].partition_point(before)..];
-            if let Some((_, after)) = rest.split_first().filter(|(held, _)| same(held, name)) {
-                common.push(&**name);
-                rest = after;
-            }
-        }
-        common
+    /// This set's names that are in `sorted` (in order and distinct, as a
+    /// snapshot lists them), in order: one gallop through the set
+    /// (see [`crate::sorted`]). A full push rewarms every cluster's
+    /// endpoints on every stream, and a lookup per name was a seventh of
+    /// the push's instructions.
+    pub fn common(&self, sorted: &[Arc<str>]) -> Vec<&Arc<str>> {
+        sorted::named(&self.0, sorted, |name| name)
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -86,15 +70,8 @@ impl Names {
     /// Whether the set is exactly `names`, given in sorted order (a
     /// snapshot's names of one type): one pass, no lookup.
     pub fn is<'a>(&self, names: impl ExactSizeIterator<Item = &'a Arc<str>>) -> bool {
-        self.0.len() == names.len() && self.0.iter().zip(names).all(|(mine, theirs)| same(mine, theirs))
+        self.0.len() == names.len() && self.0.iter().zip(names).all(|(mine, theirs)| sorted::same(mine, theirs))
     }
-}
-
-/// Two names are one: told by address where a snapshot's name was shared
-/// (subscriptions take the snapshot's, snapshots take the one before's), by
-/// the strings otherwise.
-fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
-    Arc::ptr_eq(a, b) || **a == **b
 }
 
 /// The sets in use, by a digest of their names. Taken only when a stream's
@@ -155,37 +132,20 @@ mod tests {
     }
 
     #[test]
-    fn common_names_are_found_in_one_pass_in_order() {
-        let set = names(&["b", "d", "e", "g"]);
+    fn the_common_names_are_the_sets_own() {
         let sorted = |list: &[&str]| list.iter().map(|name| Arc::<str>::from(*name)).collect::<Vec<_>>();
+        let common = |set: &Names, list: &[Arc<str>]| set.common(list).into_iter().map(|name| name.to_string()).collect::<Vec<_>>();
+        let set = names(&["common-b", "common-d", "common-e", "common-g"]);
+        assert_eq!(common(&set, &sorted(&["common-a", "common-b", "common-d", "common-f", "common-g"])), ["common-b", "common-d", "common-g"]);
+        assert!(common(&set, &[]).is_empty() && common(&Names::default(), &sorted(&["common-b"])).is_empty());
+        let found = set.common(&sorted(&["common-e"]));
+        assert!(Arc::ptr_eq(found[0], &set.0[2]), "the set's copy, to compare by address later");
         // Told by address where shared, by the strings where not.
         let shared = sorted(&["shared-b", "shared-d", "shared-e"]);
         let by_address = Names::new(shared.iter().cloned());
         assert!(Arc::ptr_eq(&by_address.0[0], &shared[0]), "the set holds the names given");
-        assert_eq!(by_address.common(&shared), ["shared-b", "shared-d", "shared-e"]);
-        assert_eq!(by_address.common(&shared[1..]), ["shared-d", "shared-e"]);
-        assert_eq!(by_address.common(&sorted(&["shared-d"])), ["shared-d"], "an equal name elsewhere");
         assert!(by_address.is(shared.iter()) && !set.is(shared.iter()));
-        assert_eq!(set.common(&sorted(&["a", "b", "c", "d", "f", "g", "h"])), ["b", "d", "g"]);
-        assert_eq!(set.common(&sorted(&["b", "d", "e", "g"])), ["b", "d", "e", "g"]);
-        assert_eq!(set.common(&sorted(&["e"])), ["e"]);
-        assert!(set.common(&sorted(&["a", "c", "f", "h"])).is_empty());
-        assert!(set.common(&[]).is_empty());
-        assert!(Names::default().common(&sorted(&["a"])).is_empty());
-        // The same as a lookup per name, on sets that interleave every way.
-        let all: Vec<String> = (0..40).map(|i| format!("n{i:02}")).collect();
-        for step in 1..6 {
-            let mine = Names::new(all.iter().step_by(step).map(|name| Arc::from(name.as_str())));
-            let theirs: Vec<Arc<str>> = all.iter().skip(1).step_by(7 - step).map(|name| Arc::from(name.as_str())).collect();
-            let expected: Vec<&str> = theirs.iter().map(|name| &**name).filter(|name| mine.contains(name)).collect();
-            assert_eq!(mine.common(&theirs), expected, "every {step}th name against every {}th", 7 - step);
-        }
-        // One name of many (an everyday update), wherever it is.
-        let many = Names::new(all.iter().map(|name| Arc::from(name.as_str())));
-        for one in &all {
-            assert_eq!(many.common(&sorted(&[one])), [one.as_str()]);
-        }
-        assert!(many.common(&sorted(&["n99", "o"])).is_empty());
+        assert!(by_address.is(sorted(&["shared-b", "shared-d", "shared-e"]).iter()));
     }
 
     #[test]

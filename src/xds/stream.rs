@@ -422,7 +422,7 @@ fn names_due<'a>(ty: ResourceType, state: &'a TypeState, snapshot: &'a Arc<Snaps
     };
     let changed: Vec<&str> = match known_changes {
         Some(changes) if state.wildcard => changes.iter().map(|name| &**name).collect(),
-        Some(changes) => state.names.common(changes),
+        Some(changes) => state.names.common(changes).into_iter().map(|name| &**name).collect(),
         None => existing(ty, state, snapshot)
             .filter(|name| {
                 refresh
