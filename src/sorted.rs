@@ -12,6 +12,11 @@ use std::sync::Arc;
 /// are a prefix: `rest` is sorted), in steps that double and then by
 /// bisection within the last step.
 pub fn skip_before<T>(rest: &mut &[T], before: impl Fn(&T) -> bool) {
+    // Nothing to skip, the usual case when the lists go together: one
+    // comparison, of one name with itself, told by address.
+    if rest.first().is_none_or(|first| !before(first)) {
+        return;
+    }
     let mut step = 1;
     while step < rest.len() && before(&rest[step]) {
         step *= 2;

@@ -395,12 +395,16 @@ fn diff<'a>(ty: ResourceType, state: &TypeState, snapshot: &'a Snapshot) -> Diff
             Rewarm::Changes(owed) if snapshot.is(owed) => snapshot.rewarmed(ty),
             _ => None,
         };
+        let merge = !diff.updated.is_empty();
         match listed {
             Some(names) => diff.updated.extend(snapshot.resources_named(ty, state.subscribed_of(names))),
             None => diff.updated.extend(subscribed(ty, state, snapshot, |_| true)),
         }
-        diff.updated.sort_by(|a, b| a.name().cmp(b.name()));
-        diff.updated.dedup_by(|a, b| std::ptr::eq(*a, *b));
+        // Alone, the rewarmed resources are in order already.
+        if merge {
+            diff.updated.sort_by(|a, b| a.name().cmp(b.name()));
+            diff.updated.dedup_by(|a, b| std::ptr::eq(*a, *b));
+        }
     }
     diff
 }
