@@ -186,14 +186,8 @@ fn encode_type(source: &StoredBundle, discovered: Option<&Discovered>, ty: Resou
     // Both in name order: one pass.
     let mut earlier = previous.map_or(&[][..], |previous| previous.resources(ty));
     let mut name = |name: &str| {
-        crate::sorted::skip_before(&mut earlier, |held| &*held.name < name);
-        match earlier.split_first() {
-            Some((held, after)) if &*held.name == name => {
-                earlier = after;
-                held.name.clone()
-            }
-            _ => name.into(),
-        }
+        crate::sorted::take(&mut earlier, |held| &*held.name < name, |held| &*held.name == name)
+            .map_or_else(|| name.into(), |held| held.name.clone())
     };
     let resources = listed
         .iter()

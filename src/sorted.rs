@@ -11,7 +11,7 @@ use std::sync::Arc;
 /// Advances `rest` past its leading elements for which `before` holds (they
 /// are a prefix: `rest` is sorted), in steps that double and then by
 /// bisection within the last step.
-pub fn skip_before<T>(rest: &mut &[T], before: impl Fn(&T) -> bool) {
+fn skip_before<T>(rest: &mut &[T], before: impl Fn(&T) -> bool) {
     // Nothing to skip, the usual case when the lists go together: one
     // comparison, of one name with itself, told by address.
     if rest.first().is_none_or(|first| !before(first)) {
@@ -25,17 +25,22 @@ pub fn skip_before<T>(rest: &mut &[T], before: impl Fn(&T) -> bool) {
     *rest = &rest[skipped..];
 }
 
+/// Takes from `rest` the element `is` picks, if `rest` has it, and passes
+/// what comes before it (`before`): one step of walking two sorted lists.
+pub fn take<'a, T>(rest: &mut &'a [T], before: impl Fn(&T) -> bool, is: impl Fn(&T) -> bool) -> Option<&'a T> {
+    skip_before(rest, before);
+    let (first, after) = rest.split_first().filter(|(first, _)| is(first))?;
+    *rest = after;
+    Some(first)
+}
+
 /// The elements of `rest` whose names (`name_of`) are in `names`, in
 /// order; both lists sorted by name and without repeats.
 pub fn named<'a, 'n, T>(mut rest: &'a [T], names: impl IntoIterator<Item = &'n Arc<str>>, name_of: impl Fn(&T) -> &Arc<str>) -> Vec<&'a T> {
     let names = names.into_iter();
     let mut found = Vec::with_capacity(names.size_hint().0.min(rest.len()));
     for name in names {
-        skip_before(&mut rest, |item| before(name_of(item), name));
-        if let Some((first, after)) = rest.split_first().filter(|(first, _)| same(name_of(first), name)) {
-            found.push(first);
-            rest = after;
-        }
+        found.extend(take(&mut rest, |item| before(name_of(item), name), |item| same(name_of(item), name)));
     }
     found
 }
@@ -86,6 +91,18 @@ mod tests {
             assert_eq!(named_in(&many, &list(&[one])), [one.as_str()]);
         }
         assert!(named_in(&many, &list(&["n99", "o"])).is_empty());
+    }
+
+    #[test]
+    fn taking_passes_what_is_before_and_keeps_what_is_not_taken() {
+        let numbers = [1, 3, 5, 7];
+        let mut rest = &numbers[..];
+        assert_eq!(take(&mut rest, |n| *n < 3, |n| *n == 3), Some(&3));
+        assert_eq!(rest, [5, 7]);
+        assert_eq!(take(&mut rest, |n| *n < 6, |n| *n == 6), None, "6 is not there");
+        assert_eq!(rest, [7], "what comes after is kept");
+        assert_eq!(take(&mut rest, |n| *n < 9, |n| *n == 9), None);
+        assert!(rest.is_empty());
     }
 
     #[test]
