@@ -253,6 +253,48 @@ async fn a_rotated_certificate_is_served_without_restart_and_a_broken_one_keeps_
     wait_for("a new handshake to present serial 3", BOUND, || async { serial().await == 3 }).await;
 }
 
+/// Writes the daemon's client CA file: the concatenated PEMs of `cas`.
+fn write_client_ca(pki: &Pki, cas: &[&Ca]) {
+    let pem: String = cas.iter().map(|ca| ca.pem.as_str()).collect();
+    std::fs::write(pki.path("ca.pem"), pem).expect("write the client CA file");
+}
+
+#[tokio::test]
+async fn a_rotated_client_ca_verifies_without_restart_and_a_broken_one_keeps_the_last_good() {
+    let pki = Pki::new();
+    let daemon = pki.daemon(true).await;
+    let next = Ca::new("next client CA");
+    let (old_client, new_client) = (pki.ca.client(&["sidecar.xds.internal"], 40), next.client(&["sidecar.xds.internal"], 41));
+    let addr = daemon.xds_addr;
+    let accepted = |identity: &Issued| {
+        let config = pki.client(Some(identity));
+        async move { http2_hello(addr, config).await.is_ok() }
+    };
+    assert!(accepted(&old_client).await, "a certificate from the CA the daemon started with");
+    assert!(!accepted(&new_client).await, "a certificate from a CA not listed yet");
+
+    // A rotation, step one: both CAs listed.
+    write_client_ca(&pki, &[&pki.ca, &next]);
+    wait_for("a certificate from the added CA to be accepted", BOUND, || accepted(&new_client)).await;
+    assert!(accepted(&old_client).await, "the old CA verifies while it is listed");
+
+    // Step two: the old CA goes.
+    write_client_ca(&pki, &[&next]);
+    wait_for("a certificate from the removed CA to be refused", BOUND, || async { !accepted(&old_client).await }).await;
+    assert!(accepted(&new_client).await);
+
+    // A file that does not load: the last good CA keeps verifying.
+    std::fs::write(pki.path("ca.pem"), "-----BEGIN CERTIFICATE-----\nnot base64\n").expect("write");
+    for _ in 0..3 {
+        assert!(accepted(&new_client).await, "the last good CA still verifies");
+        assert!(!accepted(&old_client).await, "a broken file does not bring back the removed CA");
+    }
+    // And the next good file is taken.
+    write_client_ca(&pki, &[&pki.ca]);
+    wait_for("the CA listed again to verify", BOUND, || accepted(&old_client)).await;
+    assert!(!accepted(&new_client).await);
+}
+
 #[tokio::test]
 async fn a_client_that_never_sends_its_hello_is_cut_off_after_the_handshake_timeout_and_stops_nobody() {
     let pki = Pki::new();

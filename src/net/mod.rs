@@ -44,7 +44,6 @@ use tokio::{
     task::JoinSet,
     time::Instant,
 };
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -133,7 +132,7 @@ pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// Serves the xDS router over HTTP/2 (over TLS with `tls`) until `shutdown`
 /// is cancelled and every connection has finished.
-pub async fn serve_xds(listener: TcpListener, router: Router, settings: XdsConnections, tls: Option<TlsAcceptor>, shutdown: CancellationToken) {
+pub async fn serve_xds(listener: TcpListener, router: Router, settings: XdsConnections, tls: Option<tls::Acceptor>, shutdown: CancellationToken) {
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new()).keep_alive_interval(settings.keepalive_interval).keep_alive_timeout(settings.keepalive_timeout);
     // Shared: each connection task holds it for its whole life, and a copy of
@@ -202,7 +201,7 @@ pub async fn serve_xds(listener: TcpListener, router: Router, settings: XdsConne
 
 /// Serves the REST router (over TLS with `tls`) until `shutdown` is
 /// cancelled and every connection has finished.
-pub async fn serve_rest(listener: TcpListener, router: Router, limits: RestLimits, tls: Option<TlsAcceptor>, shutdown: CancellationToken) {
+pub async fn serve_rest(listener: TcpListener, router: Router, limits: RestLimits, tls: Option<tls::Acceptor>, shutdown: CancellationToken) {
     accept_loop(listener, "rest", limits.max_connections, &shutdown, |stream| {
         let (router, tls, shutdown) = (router.clone(), tls.clone(), shutdown.clone());
         async move {

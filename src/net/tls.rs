@@ -6,6 +6,10 @@
 //!   so a rotated certificate needs no restart. A new pair that does not
 //!   load (half written, key and certificate not matching) is logged once
 //!   at ERROR and the previous pair keeps serving.
+//! - The client CA file (`--xds-client-ca`) is looked at on every xDS
+//!   handshake in the same way: when it changed, xDS's TLS settings are built
+//!   again from it (a CA rotated in and out needs no restart), and one that
+//!   does not load is logged once and the previous CA keeps verifying.
 //! - A handshake has [`HANDSHAKE_TIMEOUT`]: a client that opens TCP and
 //!   sends nothing does not hold a connection slot.
 //! - With a client CA, xDS requires a client certificate signed by it, and
@@ -61,12 +65,12 @@ pub enum TlsError {
     ClientCa(String),
 }
 
-/// The acceptors of both listeners (there are none without `--tls-cert`:
-/// both serve plaintext).
+/// The TLS settings of both listeners (there are none without
+/// `--tls-cert`: both serve plaintext).
 #[derive(Clone)]
 pub struct Tls {
-    pub xds: TlsAcceptor,
-    pub rest: TlsAcceptor,
+    pub xds: Acceptor,
+    pub rest: Acceptor,
 }
 
 impl Tls {
@@ -82,28 +86,93 @@ impl Tls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         // One resolver: both ports serve (and reload) the same certificate.
         let resolver = Arc::new(ReloadingCert::load(cert, key, provider.clone())?);
-        let builder = || ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions();
+        let settings = |alpn: &'static [&'static [u8]], client_ca| Settings { provider: provider.clone(), resolver: resolver.clone(), alpn, client_ca };
+        Ok(Some(Self {
+            xds: Acceptor::new(settings(&[b"h2"], config.xds_client_ca.clone()))?,
+            rest: Acceptor::new(settings(&[b"h2", b"http/1.1"], None))?,
+        }))
+    }
+}
 
-        let mut rest = builder()?.with_no_client_auth().with_cert_resolver(resolver.clone());
-        rest.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let mut xds = match &config.xds_client_ca {
+/// One listener's TLS: its settings as last built. With a client CA they
+/// are built again when the CA file changes.
+#[derive(Clone)]
+pub struct Acceptor(Arc<Reloading>);
+
+struct Reloading {
+    settings: Settings,
+    // A std Mutex, as for the certificate: held for a stat of the CA file
+    // (and on a change, a read of it) per handshake, never across an await.
+    built: Mutex<Built>,
+}
+
+/// What a listener's TLS is built from.
+struct Settings {
+    provider: Arc<CryptoProvider>,
+    resolver: Arc<ReloadingCert>,
+    alpn: &'static [&'static [u8]],
+    /// Clients must present a certificate this file's CAs signed.
+    client_ca: Option<PathBuf>,
+}
+
+struct Built {
+    config: Arc<ServerConfig>,
+    /// The client CA file as last tried, loaded or not: a broken file is
+    /// logged once, not on every handshake.
+    ca_tried: FileStamp,
+}
+
+impl Acceptor {
+    fn new(settings: Settings) -> Result<Self, TlsError> {
+        let ca_tried = settings.client_ca.as_deref().and_then(file_stamp);
+        let config = Arc::new(settings.build()?);
+        Ok(Self(Arc::new(Reloading { settings, built: Mutex::new(Built { config, ca_tried }) })))
+    }
+
+    /// The settings for a handshake starting now.
+    fn current(&self) -> TlsAcceptor {
+        let Reloading { settings, built } = &*self.0;
+        let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ca) = &settings.client_ca {
+            let stamp = file_stamp(ca);
+            if stamp != built.ca_tried {
+                built.ca_tried = stamp;
+                match settings.build() {
+                    Ok(config) => {
+                        tracing::info!(client_ca = %ca.display(), "client CA reloaded");
+                        built.config = Arc::new(config);
+                    }
+                    Err(error) => tracing::error!(%error, "cannot reload the client CA; verifying with the previous one"),
+                }
+            }
+        }
+        TlsAcceptor::from(built.config.clone())
+    }
+}
+
+impl Settings {
+    /// A fresh config, so a session verified under an earlier CA is not
+    /// resumed under a later one.
+    fn build(&self) -> Result<ServerConfig, TlsError> {
+        let builder = ServerConfig::builder_with_provider(self.provider.clone()).with_safe_default_protocol_versions()?;
+        let mut config = match &self.client_ca {
             Some(ca) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots(ca)?), provider.clone())
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots(ca)?), self.provider.clone())
                     .build()
                     .map_err(|e| TlsError::ClientCa(e.to_string()))?;
-                builder()?.with_client_cert_verifier(verifier).with_cert_resolver(resolver)
+                builder.with_client_cert_verifier(verifier).with_cert_resolver(self.resolver.clone())
             }
-            None => builder()?.with_no_client_auth().with_cert_resolver(resolver),
+            None => builder.with_no_client_auth().with_cert_resolver(self.resolver.clone()),
         };
-        xds.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Some(Self { xds: TlsAcceptor::from(Arc::new(xds)), rest: TlsAcceptor::from(Arc::new(rest)) }))
+        config.alpn_protocols = self.alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        Ok(config)
     }
 }
 
 /// Runs the TLS handshake (when there is an acceptor) within
 /// [`HANDSHAKE_TIMEOUT`]; `None` if it failed or shutdown came first.
-pub(super) async fn handshake(acceptor: Option<&TlsAcceptor>, tcp: TcpStream, server: &'static str, shutdown: &CancellationToken) -> Option<Stream> {
-    let Some(acceptor) = acceptor else { return Some(Either::Left(tcp)) };
+pub(super) async fn handshake(acceptor: Option<&Acceptor>, tcp: TcpStream, server: &'static str, shutdown: &CancellationToken) -> Option<Stream> {
+    let Some(acceptor) = acceptor.map(Acceptor::current) else { return Some(Either::Left(tcp)) };
     let peer = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tokio::select! {
         // Boxed for the same reason: the handshake state is as large as the connection.
@@ -252,8 +321,12 @@ struct Current {
     tried: Stamp,
 }
 
-/// What identifies a version of the two files: (mtime, size, inode) each.
-type Stamp = [Option<(SystemTime, u64, u64)>; 2];
+/// What identifies a version of a file: modification time, size and inode;
+/// `None` while it cannot be looked at.
+type FileStamp = Option<(SystemTime, u64, u64)>;
+
+/// The certificate's and the key's.
+type Stamp = [FileStamp; 2];
 
 impl ReloadingCert {
     fn load(cert_path: &Path, key_path: &Path, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
@@ -265,8 +338,12 @@ impl ReloadingCert {
 }
 
 fn stamp(cert_path: &Path, key_path: &Path) -> Stamp {
+    [file_stamp(cert_path), file_stamp(key_path)]
+}
+
+fn file_stamp(path: &Path) -> FileStamp {
     let of = |m: Metadata| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), m.ino());
-    [std::fs::metadata(cert_path).ok().map(of), std::fs::metadata(key_path).ok().map(of)]
+    std::fs::metadata(path).ok().map(of)
 }
 
 /// The certificate chain and its key; an error unless they match.
