@@ -471,7 +471,7 @@ pub fn frame(snapshot: &Snapshot, ty: ResourceType, updated: &[&Resource], alias
     let all = snapshot.resources(ty);
     let updated = if updated.len() == all.len() && updated.iter().zip(all).all(|(a, b)| std::ptr::eq(*a, b)) {
         // The whole set, in order: framed once per snapshot and shared.
-        response.push_encoded(snapshot.delta_set(ty, |all| whole_set(all)).clone());
+        response.push_encoded(snapshot.delta_set(ty, whole_set).clone());
         &[][..]
     } else {
         updated
