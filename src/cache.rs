@@ -206,12 +206,12 @@ fn encode_type(source: &StoredBundle, discovered: Option<&Discovered>, ty: Resou
 impl Snapshot {
     /// A snapshot of a bundle as stored (no endpoint sources looked up).
     pub fn build(id: u64, source: Arc<StoredBundle>, previous: Option<&Snapshot>) -> Self {
-        Self::build_served(id, Served { bundle: source, discovered: None }, previous)
+        Self::build_served(id, Served::stored(source), previous)
     }
 
     /// A snapshot of a bundle and the endpoints its sources found.
     pub fn build_served(id: u64, served: Served, previous: Option<&Snapshot>) -> Self {
-        let Served { bundle: source, discovered } = served;
+        let Served { bundle: source, discovered, .. } = served;
         let encoded = PerType::from_fn(|ty| encode_type(&source, discovered.as_deref(), ty, previous));
         let all = PerType::from_fn(|ty| encoded[ty].1.clone());
         let types = encoded.map(|_, (resources, _)| resources);
@@ -532,6 +532,9 @@ struct Inner {
     by_node_type: Mutex<HashMap<NodeType, Sender>>,
     /// Canary rollouts in progress (or halted), by node type.
     canaries: Mutex<HashMap<NodeType, Arc<Canary>>>,
+    /// The rollouts' bundles with their own sources' endpoints, as the feed
+    /// last carried them.
+    candidates: Mutex<HashMap<NodeType, Arc<Served>>>,
 }
 
 impl Cache {
@@ -566,6 +569,11 @@ impl Cache {
                 None => canaries.remove(node_type),
             };
         }
+        self.republish(node_type);
+    }
+
+    /// Publishes `node_type`'s snapshot again, with its canary as it is now.
+    fn republish(&self, node_type: &NodeType) {
         let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
         let Some(sender) = map.get_mut(node_type) else { return };
         let stable = sender.borrow().as_ref().map(|p| p.stable.clone());
@@ -583,16 +591,43 @@ impl Cache {
                 CanaryServe::Candidate(bundle) => bundle.clone(),
                 CanaryServe::Previous { version } => Arc::new(StoredBundle { version: version.clone(), ..(*stable.source).clone() }),
             };
-            // The endpoints of the bundle's sources, under the canary's version.
-            let discovered = stable.discovered.as_ref().map(|d| {
-                let suffix = d.eds_version.strip_prefix(stable.version()).unwrap_or_default();
-                Arc::new(Discovered { eds_version: format!("{}{suffix}", bundle.version), assignments: d.assignments.clone(), rendered: d.rendered.clone() })
-            });
+            let candidate = match &canary.serve {
+                CanaryServe::Candidate(bundle) => self.candidate(node_type).filter(|candidate| Arc::ptr_eq(&candidate.bundle, bundle)),
+                CanaryServe::Previous { .. } => None,
+            };
+            let discovered = match candidate {
+                // What the candidate's own sources found.
+                Some(candidate) => candidate.discovered.clone(),
+                // The endpoints of the bundle's sources, under the canary's version.
+                None => stable.discovered.as_ref().map(|d| {
+                    let suffix = d.eds_version.strip_prefix(stable.version()).unwrap_or_default();
+                    Arc::new(Discovered { eds_version: format!("{}{suffix}", bundle.version), assignments: d.assignments.clone(), rendered: d.rendered.clone() })
+                }),
+            };
             let id = self.0.next_snapshot_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let snapshot = Arc::new(Snapshot::build_served(id, Served { bundle, discovered }, Some(&stable)));
+            let snapshot = Arc::new(Snapshot::build_served(id, Served { bundle, discovered, candidate: None }, Some(&stable)));
             (canary, snapshot)
         });
         Arc::new(Published { stable, canary })
+    }
+
+    fn candidate(&self, node_type: &NodeType) -> Option<Arc<Served>> {
+        self.0.candidates.lock().unwrap_or_else(|p| p.into_inner()).get(node_type).cloned()
+    }
+
+    /// Takes in the candidates `catalog` carries; answers the node types
+    /// whose candidate changed (its bundle, or what its sources found).
+    fn take_candidates(&self, catalog: &ServedCatalog) -> Vec<NodeType> {
+        let mut candidates = self.0.candidates.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh: HashMap<NodeType, Arc<Served>> =
+            catalog.iter().filter_map(|(node_type, served)| Some((node_type.clone(), served.candidate.clone()?))).collect();
+        let same = |a: &Served, b: &Served| {
+            Arc::ptr_eq(&a.bundle, &b.bundle) && a.discovered.as_ref().map(Arc::as_ptr) == b.discovered.as_ref().map(Arc::as_ptr)
+        };
+        let mut changed: Vec<NodeType> = fresh.iter().filter(|(node_type, new)| !candidates.get(*node_type).is_some_and(|old| same(old, new))).map(|(n, _)| n.clone()).collect();
+        changed.extend(candidates.keys().filter(|node_type| !fresh.contains_key(*node_type)).cloned());
+        *candidates = fresh;
+        changed
     }
 
     /// Brings every node type in line with `catalog`. Bundles that did not
@@ -600,6 +635,7 @@ impl Cache {
     /// that lost their bundle stop serving new streams, while connected
     /// Envoys keep what they have. Answers how many snapshots it built.
     pub fn apply(&self, catalog: &ServedCatalog) -> usize {
+        let recanary = self.take_candidates(catalog);
         type Stale = (NodeType, Served, Option<Arc<Snapshot>>);
         let stale: Vec<Stale> = {
             let map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
@@ -644,6 +680,11 @@ impl Cache {
             let published = self.publish(&node_type, snapshot);
             (node_type, published)
         }).collect();
+        // A canary whose candidate's endpoints moved while the bundle did not.
+        let recanary: Vec<NodeType> = recanary.into_iter().filter(|node_type| !published.iter().any(|(n, _)| n == node_type)).collect();
+        for node_type in recanary {
+            self.republish(&node_type);
+        }
         let mut map = self.0.by_node_type.lock().unwrap_or_else(|p| p.into_inner());
         for (node_type, published) in published {
             let snapshot = &published.stable;
@@ -803,5 +844,53 @@ mod tests {
         cache.apply(&crate::discovery::as_stored(&catalog));
         drop(cache.subscribe(&gateway, "gateway-a"));
         assert!(known("gateway"), "a node type with a bundle stays");
+    }
+
+    /// Endpoints for `clusters`, as discovery renders them.
+    fn discovered(eds_version: &str, clusters: &[&str]) -> Arc<Discovered> {
+        let assignment = |name: &str| StoredResource {
+            field: ResourceType::Endpoint.bundle_field(),
+            name: name.to_owned(),
+            value: ClusterLoadAssignment { cluster_name: name.into(), ..Default::default() }.encode_to_vec().into(),
+        };
+        Arc::new(Discovered { eds_version: eds_version.into(), assignments: clusters.iter().map(|c| assignment(c)).collect(), rendered: std::collections::BTreeMap::new() })
+    }
+
+    #[test]
+    fn a_canary_is_served_its_candidates_own_discovered_endpoints_as_they_move() {
+        let cache = Cache::default();
+        let sidecar = NodeType::parse("sidecar").unwrap();
+        let (v1, v2) = (stored("v1", &["backend"]), stored("v2", &["backend", "fresh"]));
+        let stable = Served { discovered: Some(discovered("v1+cloudmap.1.0", &["backend"])), ..Served::stored(v1) };
+        let feed = |candidate: Option<Arc<Discovered>>| {
+            let candidate = candidate.map(|found| Arc::new(Served { discovered: Some(found), ..Served::stored(v2.clone()) }));
+            ServedCatalog::from([(sidecar.clone(), Served { candidate, ..stable.clone() })])
+        };
+        cache.apply(&feed(None));
+        let stable_snapshot = cache.stable(&sidecar).unwrap();
+
+        // The rollout starts before discovery has the candidate: the stable endpoints, under v2.
+        cache.set_canary(&sidecar, Some(Canary { glob: "sidecar-canary-*".into(), serve: CanaryServe::Candidate(v2.clone()) }));
+        let canary = cache.canary(&sidecar).unwrap();
+        assert_eq!(&**canary.type_version(ResourceType::Endpoint), "v2+cloudmap.1.0");
+        assert!(!canary.contains(ResourceType::Endpoint, "fresh"));
+
+        // Then the candidate's own sources answer: the canary has them; the others' snapshot is not rebuilt.
+        cache.apply(&feed(Some(discovered("v2+cloudmap.6.1", &["backend", "fresh"]))));
+        let canary = cache.canary(&sidecar).unwrap();
+        assert_eq!(&**canary.type_version(ResourceType::Endpoint), "v2+cloudmap.6.1");
+        assert!(canary.contains(ResourceType::Endpoint, "fresh"));
+        assert!(Arc::ptr_eq(&cache.stable(&sidecar).unwrap(), &stable_snapshot));
+        assert!(!stable_snapshot.contains(ResourceType::Endpoint, "fresh"));
+
+        // They move again.
+        cache.apply(&feed(Some(discovered("v2+cloudmap.7.2", &["backend", "fresh"]))));
+        assert_eq!(&**cache.canary(&sidecar).unwrap().type_version(ResourceType::Endpoint), "v2+cloudmap.7.2");
+
+        // A rollout started after discovery has the candidate is served it at once.
+        cache.set_canary(&sidecar, None);
+        assert!(cache.canary(&sidecar).is_none());
+        cache.set_canary(&sidecar, Some(Canary { glob: "sidecar-canary-*".into(), serve: CanaryServe::Candidate(v2.clone()) }));
+        assert_eq!(&**cache.canary(&sidecar).unwrap().type_version(ResourceType::Endpoint), "v2+cloudmap.7.2");
     }
 }

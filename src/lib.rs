@@ -155,7 +155,7 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
     let discovery = discovery::Discovery::start(store.clone(), cloud_map, config.into(), registry.metrics().clone(), shutdown.clone()).await;
     cache.apply(&discovery.served());
     // After the cache: a halted rollout puts its canaries back on the bundle just loaded.
-    let rollouts = rollout::Rollouts::load(store.clone(), cache.clone(), registry.clone(), shutdown.clone()).await?;
+    let rollouts = rollout::Rollouts::load(store.clone(), cache.clone(), Some(discovery.clone()), registry.clone(), shutdown.clone()).await?;
     tracing::info!(node_types = store.catalog().len(), store = config.store.as_ref().map_or_else(|| config.data_dir.display().to_string(), |e| e.0.join(",")), "store loaded");
     let follower = tokio::spawn(cache.clone().follow(discovery.subscribe(), registry.metrics().clone(), shutdown.clone()));
     let healer = tokio::spawn(store.clone().heal(shutdown.clone()));

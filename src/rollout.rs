@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cache::{glob_match, Cache, Canary, CanaryServe},
+    discovery::Discovery,
     node_type::NodeType,
     resource_type::ResourceType,
     schema::StoredBundle,
@@ -104,6 +105,8 @@ pub struct Rollouts(Arc<Inner>);
 struct Inner {
     store: Store,
     cache: Cache,
+    /// Polls a candidate's endpoint sources for its canaries.
+    discovery: Option<Discovery>,
     registry: Registry,
     shutdown: CancellationToken,
     rollouts: Mutex<HashMap<NodeType, Arc<Running>>>,
@@ -117,15 +120,15 @@ struct Running {
 
 impl Rollouts {
     /// None yet, on `cache` and `registry`.
-    pub fn new(store: Store, cache: Cache, registry: Registry, shutdown: CancellationToken) -> Self {
-        Self(Arc::new(Inner { store, cache, registry, shutdown, rollouts: Mutex::new(HashMap::new()) }))
+    pub fn new(store: Store, cache: Cache, discovery: Option<Discovery>, registry: Registry, shutdown: CancellationToken) -> Self {
+        Self(Arc::new(Inner { store, cache, discovery, registry, shutdown, rollouts: Mutex::new(HashMap::new()) }))
     }
 
     /// Loads the stored rollouts. One that was running when sxds stopped is
     /// reported halted: nobody saw it finish, so it is not promoted.
-    pub async fn load(store: Store, cache: Cache, registry: Registry, shutdown: CancellationToken) -> Result<Self, StoreError> {
+    pub async fn load(store: Store, cache: Cache, discovery: Option<Discovery>, registry: Registry, shutdown: CancellationToken) -> Result<Self, StoreError> {
         let bundles: HashMap<String, Vec<u8>> = store.aux(Aux::RolloutBundles).await?.into_iter().collect();
-        let rollouts = Self::new(store.clone(), cache, registry, shutdown);
+        let rollouts = Self::new(store.clone(), cache, discovery, registry, shutdown);
         for (key, value) in store.aux(Aux::Rollouts).await? {
             let (Ok(mut rollout), Ok(node_type)) = (serde_json::from_slice::<Rollout>(&value), NodeType::parse(&key)) else {
                 tracing::warn!(key, "a stored rollout does not read; it is ignored");
@@ -240,7 +243,7 @@ impl Rollouts {
         rollout.ended_at_unix_ms = Some(now_ms() as u64);
         self.save(&rollout).await?;
         *lock(&running.rollout) = rollout.clone();
-        self.0.cache.set_canary(node_type, None);
+        self.serve_canaries(node_type, None);
         tracing::info!(%node_type, version = rollout.version, "canary rollout abandoned; the canaries are served the stored bundle");
         Ok(rollout)
     }
@@ -265,7 +268,7 @@ impl Rollouts {
     /// Serves `bundle` to the canaries and watches their answers.
     fn run(&self, node_type: &NodeType, rollout: &Rollout, bundle: Arc<StoredBundle>) {
         tracing::info!(%node_type, version = rollout.version, canary = rollout.canary, canaries = ?rollout.canaries, wait_ms = rollout.wait_ms, "canary rollout started");
-        self.0.cache.set_canary(node_type, Some(Canary { glob: rollout.canary.clone(), serve: CanaryServe::Candidate(bundle) }));
+        self.serve_canaries(node_type, Some(Canary { glob: rollout.canary.clone(), serve: CanaryServe::Candidate(bundle) }));
         tokio::spawn(self.clone().watch(node_type.clone(), rollout.id));
     }
 
@@ -363,8 +366,22 @@ impl Rollouts {
         let version = format!("{}-halted-{}", rollout.previous_version, rollout.id);
         halted.halted_version = Some(version.clone());
         tracing::warn!(%node_type, version = halted.version, error = halted.error.as_deref(), back_to = version, "canary rollout halted; the canaries are back on the previous config, nobody else saw the new one");
-        self.0.cache.set_canary(node_type, Some(Canary { glob: rollout.canary.clone(), serve: CanaryServe::Previous { version } }));
+        self.serve_canaries(node_type, Some(Canary { glob: rollout.canary.clone(), serve: CanaryServe::Previous { version } }));
         self.finish(node_type, halted).await;
+    }
+
+    /// Serves `canary` to the matching streams (or, with `None`, no canary);
+    /// a candidate's endpoint sources are polled while it is served. A
+    /// promoted candidate needs no call: stored, it is the bundle.
+    fn serve_canaries(&self, node_type: &NodeType, canary: Option<Canary>) {
+        if let Some(discovery) = &self.0.discovery {
+            let candidate = canary.as_ref().and_then(|canary| match &canary.serve {
+                CanaryServe::Candidate(bundle) => Some(bundle.clone()),
+                CanaryServe::Previous { .. } => None,
+            });
+            discovery.set_candidate(node_type, candidate);
+        }
+        self.0.cache.set_canary(node_type, canary);
     }
 
     async fn finish(&self, node_type: &NodeType, rollout: Rollout) {

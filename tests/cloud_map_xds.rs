@@ -99,6 +99,84 @@ async fn a_cloud_map_change_is_pushed_as_eds_alone_under_the_bundle_version_plus
     assert_ne!(gone.version_info, moved.version_info);
 }
 
+/// `bundle` plus a cluster `fresh` whose endpoints come from Cloud Map's `fresh`.
+fn bundle_adding_fresh(version: &str) -> Value {
+    let mut bundle = bundle(version);
+    let fresh_cluster = json!({"name": "fresh", "type": "EDS", "connect_timeout": "1s", "eds_cluster_config": {"eds_config": {"ads": {}}}});
+    let fresh_source = json!({"cluster_name": "fresh", "cloud_map": {"namespace": "prod.local", "service": "fresh", "port_attribute": "AWS_INSTANCE_PORT"}});
+    bundle["clusters"].as_array_mut().unwrap().push(fresh_cluster);
+    bundle["endpoint_sources"].as_array_mut().unwrap().push(fresh_source);
+    bundle
+}
+
+/// The endpoint count of each cluster an EDS response carries.
+fn endpoints_by_cluster(response: &DiscoveryResponse) -> Vec<(String, usize)> {
+    let of = |any: &envoy_types::pb::google::protobuf::Any| {
+        let cla = ClusterLoadAssignment::decode(&any.value[..]).expect("a ClusterLoadAssignment");
+        (cla.cluster_name.clone(), cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum())
+    };
+    response.resources.iter().map(of).collect()
+}
+
+#[tokio::test]
+async fn a_canary_gets_the_endpoints_of_a_source_its_rollout_adds_before_the_bundle_is_stored() {
+    aws_environment();
+    let Some(emulator) = Emulator::start().await else { return };
+    let admin = Admin::new(&emulator).await;
+    register(&admin.create_service("prod.local", "backend").await, "task-1", "8081").await;
+    let fresh = admin.create_service("prod.local", "fresh").await;
+    register(&fresh, "fresh-1", "9091").await;
+    register(&fresh, "fresh-2", "9092").await;
+    let daemon = daemon(&emulator, None).await;
+    assert_eq!(daemon.put("sidecar", bundle("v1").to_string()).await.0, 200);
+    let (mut canary, eds_v1) = subscribed(&daemon, "sidecar-canary-1", 1).await;
+    let (mut other, _) = subscribed(&daemon, "sidecar-other", 1).await;
+
+    let url = daemon.url("/resources/sidecar?canary=sidecar-canary-*&wait=60s");
+    let put = reqwest::Client::new().put(url).body(bundle_adding_fresh("v2").to_string()).send().await.expect("PUT");
+    assert_eq!(put.status(), 202, "{:?}", put.text().await);
+
+    // The canary takes the new clusters (not ACKed yet: the rollout keeps running) and asks for
+    // their endpoints (if an EDS response came right behind, this request's nonce is stale and it
+    // asks again below).
+    let clusters = canary.recv().await;
+    assert_eq!((clusters.type_url.as_str(), clusters.resources.len()), (CDS, 2));
+    canary.ack(&eds_v1, &["backend", "fresh"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let eds = loop {
+        assert!(tokio::time::Instant::now() < deadline, "the canary never got the endpoints of the source its candidate adds");
+        let response = canary.recv().await;
+        assert_eq!(response.type_url, EDS);
+        if endpoints_by_cluster(&response).contains(&("fresh".into(), 2)) {
+            break response;
+        }
+        canary.ack(&response, &["backend", "fresh"]).await;
+    };
+    assert!(eds.version_info.starts_with("v2+cloudmap."), "the candidate's EDS version: {}", eds.version_info);
+    let rollout: Value = reqwest::get(daemon.url("/resources/sidecar/rollout")).await.expect("GET rollout").json().await.expect("JSON");
+    assert_eq!(rollout["state"], "running", "the endpoints came before the bundle was stored: {rollout}");
+    other.expect_silence(Duration::from_millis(300)).await;
+
+    // ACKed, the rollout promotes; every stream gets the new source's endpoints.
+    canary.ack(&clusters, &[]).await;
+    canary.ack(&eds, &["backend", "fresh"]).await;
+    support::wait_for("the rollout to be promoted", Duration::from_secs(20), || async {
+        let rollout: Value = reqwest::get(daemon.url("/resources/sidecar/rollout")).await.expect("GET rollout").json().await.expect("JSON");
+        rollout["state"] == "promoted"
+    })
+    .await;
+    assert_eq!(other.recv_acked(&[]).await.type_url, CDS);
+    other.send(support::xds_client::request("sidecar-other", EDS, &["backend", "fresh"])).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "the other Envoy never got the new source's endpoints");
+        let response = other.recv_acked(&["backend", "fresh"]).await;
+        if response.type_url == EDS && endpoints_by_cluster(&response).contains(&("fresh".into(), 2)) {
+            break;
+        }
+    }
+}
+
 #[cfg(feature = "etcd")]
 #[tokio::test]
 async fn replicas_on_etcd_serve_the_same_endpoints_as_the_same_bytes_under_the_same_version() {

@@ -69,7 +69,7 @@ impl ApiState {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         let admission = Admission::new(body_limit.saturating_mul(4).max(256 << 20), workers);
         // No canary can be served without the daemon's cache: `with_rollouts` gives them.
-        let rollouts = crate::rollout::Rollouts::new(store.clone(), crate::cache::Cache::default(), registry.clone(), tokio_util::sync::CancellationToken::new());
+        let rollouts = crate::rollout::Rollouts::new(store.clone(), crate::cache::Cache::default(), None, registry.clone(), tokio_util::sync::CancellationToken::new());
         Self { store, registry, admission, body_limit, write_policy, writes: WriteLog::default(), discovery: None, preflight: None, rollouts }
     }
 

@@ -16,6 +16,10 @@
 //! is stored, so a restart serves it before its first poll. A cluster whose
 //! source has never answered (and nothing stored) is not served at all,
 //! rather than served empty.
+//!
+//! A canary rollout's bundle ([`Discovery::set_candidate`]) has its sources
+//! polled too, so a source it adds has endpoints for the canaries before
+//! the bundle is stored.
 
 pub mod cloud_map;
 mod render;
@@ -131,6 +135,16 @@ impl Query {
 pub struct Served {
     pub bundle: Arc<StoredBundle>,
     pub discovered: Option<Arc<Discovered>>,
+    /// During a canary rollout, the bundle it tries, with its own sources'
+    /// endpoints.
+    pub candidate: Option<Arc<Served>>,
+}
+
+impl Served {
+    /// A bundle served as stored: no sources looked up, no rollout.
+    pub fn stored(bundle: Arc<StoredBundle>) -> Self {
+        Self { bundle, discovered: None, candidate: None }
+    }
 }
 
 /// Every node type's [`Served`]: the feed the cache follows.
@@ -154,7 +168,7 @@ pub struct Discovered {
 
 /// A catalog with no sources looked up: each bundle served as stored.
 pub fn as_stored(catalog: &Catalog) -> ServedCatalog {
-    catalog.iter().map(|(node_type, bundle)| (node_type.clone(), Served { bundle: bundle.clone(), discovered: None })).collect()
+    catalog.iter().map(|(node_type, bundle)| (node_type.clone(), Served::stored(bundle.clone()))).collect()
 }
 
 /// How one source is doing, for `GET /resources/{node_type}/sources`.
@@ -204,6 +218,8 @@ struct Inner {
 #[derive(Default)]
 struct State {
     catalog: Arc<Catalog>,
+    /// The bundles canary rollouts try, until stored or given up.
+    candidates: BTreeMap<NodeType, Arc<StoredBundle>>,
     queries: BTreeMap<Query, Polled>,
 }
 
@@ -323,8 +339,31 @@ impl Discovery {
     /// more, and publishes.
     fn sync(&self, catalog: Arc<Catalog>, kept: &BTreeMap<String, DiscoveredInstances>) {
         let mut state = self.lock();
+        // A candidate now stored is the bundle: its rollout is done.
+        state.candidates.retain(|node_type, candidate| catalog.get(node_type).is_none_or(|bundle| bundle.version != candidate.version));
+        state.catalog = catalog;
+        self.poll_wanted(&mut state, kept);
+        self.publish(&mut state, None);
+    }
+
+    /// Has the sources of the canary rollout of `node_type` (or, with
+    /// `None`, of none any more) polled, and serves them to its canaries.
+    pub fn set_candidate(&self, node_type: &NodeType, bundle: Option<Arc<StoredBundle>>) {
+        let mut state = self.lock();
+        match bundle {
+            Some(bundle) => state.candidates.insert(node_type.clone(), bundle),
+            None => state.candidates.remove(node_type),
+        };
+        self.poll_wanted(&mut state, &BTreeMap::new());
+        self.publish(&mut state, None);
+    }
+
+    /// Starts a poller for each query a bundle or candidate has that none
+    /// polls yet (seeded from `kept`), and stops those nothing names any more.
+    fn poll_wanted(&self, state: &mut State, kept: &BTreeMap<String, DiscoveredInstances>) {
+        let bundles = state.catalog.values().chain(state.candidates.values());
         let wanted: std::collections::BTreeSet<Query> =
-            catalog.values().flat_map(|bundle| bundle.endpoint_sources()).filter_map(|source| source.cloud_map.as_ref().map(Query::of)).collect();
+            bundles.flat_map(|bundle| bundle.endpoint_sources()).filter_map(|source| source.cloud_map.as_ref().map(Query::of)).collect();
         let gone: Vec<Query> = state.queries.keys().filter(|query| !wanted.contains(*query)).cloned().collect();
         for query in gone {
             state.queries.remove(&query);
@@ -348,8 +387,6 @@ impl Discovery {
             let from_store = found.is_some();
             state.queries.insert(query, Polled { found, fetched: None, from_store, status: PollStatus::default(), poller: Some(poller) });
         }
-        state.catalog = catalog;
-        self.publish(&mut state, None);
     }
 
     /// Publishes every node type's bundle with its sources' endpoints,
@@ -360,21 +397,20 @@ impl Discovery {
         let previous = self.0.feed.borrow().clone();
         let mut served = ServedCatalog::new();
         for (node_type, bundle) in state.catalog.iter() {
-            let kept = previous.get(node_type).filter(|kept| {
-                let uses = |query: &Query| bundle.endpoint_sources().any(|source| source.cloud_map.as_ref().is_some_and(|c| Query::of(c) == *query));
-                Arc::ptr_eq(&kept.bundle, bundle) && changed.is_some_and(|query| !uses(query))
-            });
-            let entry = match kept {
-                Some(kept) => kept.clone(),
-                None => {
-                    let made = discover(bundle, &state.queries).map(|made| match previous.get(node_type).and_then(|p| p.discovered.as_ref()) {
-                        Some(previous) if **previous == made => previous.clone(),
-                        _ => Arc::new(made),
-                    });
-                    Served { bundle: bundle.clone(), discovered: made }
+            let previous = previous.get(node_type);
+            let candidate = state.candidates.get(node_type).map(|candidate| {
+                let before = previous.and_then(|p| p.candidate.as_ref()).filter(|p| Arc::ptr_eq(&p.bundle, candidate));
+                match before {
+                    Some(before) if changed.is_some_and(|query| !uses(candidate, query)) => before.clone(),
+                    _ => Arc::new(Served { discovered: discovered(candidate, &state.queries, before.map(|b| &**b)), ..Served::stored(candidate.clone()) }),
                 }
+            });
+            let kept = previous.filter(|kept| Arc::ptr_eq(&kept.bundle, bundle) && changed.is_some_and(|query| !uses(bundle, query)));
+            let discovered = match kept {
+                Some(kept) => kept.discovered.clone(),
+                None => discovered(bundle, &state.queries, previous),
             };
-            served.insert(node_type.clone(), entry);
+            served.insert(node_type.clone(), Served { bundle: bundle.clone(), discovered, candidate });
         }
         self.0.feed.send_replace(Arc::new(served));
         self.count_failing(state);
@@ -508,6 +544,21 @@ fn jitter(wait: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
     wait.mul_f64(0.8 + 0.2 * (random as f64 / u64::MAX as f64))
+}
+
+/// Whether one of `bundle`'s sources asks `query`.
+fn uses(bundle: &StoredBundle, query: &Query) -> bool {
+    bundle.endpoint_sources().any(|source| source.cloud_map.as_ref().is_some_and(|c| Query::of(c) == *query))
+}
+
+/// [`discover`], keeping `previous`'s endpoints when they are the same (the
+/// cache then sees nothing changed).
+fn discovered(bundle: &StoredBundle, queries: &BTreeMap<Query, Polled>, previous: Option<&Served>) -> Option<Arc<Discovered>> {
+    let made = discover(bundle, queries)?;
+    match previous.and_then(|p| p.discovered.as_ref()) {
+        Some(previous) if **previous == made => Some(previous.clone()),
+        _ => Some(Arc::new(made)),
+    }
 }
 
 /// The endpoints of `bundle`'s sources, from what their queries found;

@@ -110,7 +110,12 @@ async fn served_when(discovery: &Discovery, what: &str, check: impl Fn(&ServedCa
 
 /// The endpoint addresses served for `cluster` of `node_type`, if any.
 fn addresses(served: &ServedCatalog, node_type: &NodeType, cluster: &str) -> Option<Vec<String>> {
-    let discovered = served.get(node_type)?.discovered.as_ref()?;
+    addresses_of(served.get(node_type)?, cluster)
+}
+
+/// The endpoint addresses `served` has for `cluster`, if any.
+fn addresses_of(served: &Served, cluster: &str) -> Option<Vec<String>> {
+    let discovered = served.discovered.as_ref()?;
     let assignment = discovered.assignments.iter().find(|a| a.name == cluster)?;
     let cla = ClusterLoadAssignment::decode(&assignment.value[..]).unwrap();
     let lb_endpoints = cla.endpoints.iter().flat_map(|l| &l.lb_endpoints);
@@ -281,4 +286,51 @@ fn failed_polls_back_off_doubling_harder_when_throttled_up_to_five_minutes() {
     assert_eq!(backoff(interval, 100, true), MAX_BACKOFF);
     let jittered = jitter(interval);
     assert!(jittered >= interval.mul_f64(0.8) && jittered <= interval, "{jittered:?}");
+}
+
+#[tokio::test]
+async fn a_rollout_candidate_has_its_new_sources_polled_until_it_is_given_up_or_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let fake = Arc::new(Fake::default());
+    fake.set("backend", Ok(found(1, &["10.0.0.1"])));
+    fake.set("fresh", Ok(found(5, &["10.0.5.1"])));
+    store.put(node_type("sidecar"), bundle("v1", &["backend"]), IfMatch::Any).await.unwrap();
+    let discovery = start(&store, &fake).await;
+    let sidecar = node_type("sidecar");
+    served_when(&discovery, "the stored bundle's source answered", |s| addresses(s, &sidecar, "backend").is_some()).await;
+    let polled = |service: &str| discovery.lock().queries.keys().any(|q| q.service == service);
+    assert!(!polled("fresh"), "no bundle names it yet");
+
+    // The candidate adds a source: it is polled, and its endpoints ride with the candidate only.
+    let candidate = Arc::new(bundle("v2", &["backend", "fresh"]));
+    discovery.set_candidate(&sidecar, Some(candidate.clone()));
+    let candidate_has = |cluster: &'static str, count: usize| {
+        let sidecar = sidecar.clone();
+        move |s: &ServedCatalog| s[&sidecar].candidate.as_deref().and_then(|c| addresses_of(c, cluster)).is_some_and(|a| a.len() == count)
+    };
+    let served = served_when(&discovery, "the candidate's new source answered", candidate_has("fresh", 1)).await;
+    let tried = served[&sidecar].candidate.clone().unwrap();
+    assert!(Arc::ptr_eq(&tried.bundle, &candidate));
+    assert_eq!(addresses_of(&tried, "backend").unwrap(), ["10.0.0.1"], "the source it shares with the stored bundle");
+    assert!(tried.discovered.as_ref().unwrap().eds_version.starts_with("v2+cloudmap.6."), "{:?}", tried.discovered);
+    assert_eq!(addresses(&served, &sidecar, "fresh"), None, "the stored bundle is served as before");
+    assert!(served[&sidecar].discovered.as_ref().unwrap().eds_version.starts_with("v1+cloudmap.1."));
+
+    // It follows Cloud Map like any source.
+    fake.set("fresh", Ok(found(6, &["10.0.5.1", "10.0.5.2"])));
+    served_when(&discovery, "the candidate's source moved", candidate_has("fresh", 2)).await;
+
+    // Given up (halted, abandoned): no candidate, not polled.
+    discovery.set_candidate(&sidecar, None);
+    served_when(&discovery, "no candidate", |s| s[&sidecar].candidate.is_none()).await;
+    assert!(!polled("fresh"));
+
+    // Stored (promoted): the bundle has the source, and the candidate is done.
+    discovery.set_candidate(&sidecar, Some(candidate.clone()));
+    served_when(&discovery, "the candidate's source answered again", candidate_has("fresh", 2)).await;
+    store.put(sidecar.clone(), (*candidate).clone(), IfMatch::Any).await.unwrap();
+    let served = served_when(&discovery, "the stored candidate served to all", |s| s[&sidecar].candidate.is_none() && addresses(s, &sidecar, "fresh").is_some()).await;
+    assert_eq!(addresses(&served, &sidecar, "fresh").unwrap().len(), 2);
+    assert!(discovery.lock().candidates.is_empty());
 }
