@@ -277,7 +277,7 @@ async fn nodes_shows_connected_envoys_and_their_nacks() {
     assert!(lines[0].starts_with("NODE ID") && lines[0].contains("SERVICE"), "{table}");
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(row, ["sidecar-app1", "sidecar", "ads", "-", "1/-!", "-", "-"], "{table}");
-    assert!(table.contains("NACK sidecar-app1 clusters (nonce ") && table.contains("): cluster backend: refused by the fake Envoy\n"), "{table}");
+    assert!(table.contains("NACK sidecar-app1 clusters version 1 (nonce ") && table.contains("): cluster backend: refused by the fake Envoy\n"), "{table}");
     assert!(!table.contains('\x1b'), "color only on a terminal: {table:?}");
 
     let other = client(&daemon, &["nodes", "--node-type", "gateway"]).await.ok();

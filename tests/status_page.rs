@@ -99,7 +99,7 @@ async fn the_page_shows_versions_and_a_highlighted_nack_and_follows_a_new_versio
     assert_eq!(nack_shown[0]["text"], NACK_ERROR);
     assert!(nack_shown[0]["classes"].as_array().is_some_and(|c| c.contains(&json!("nack"))), "highlighted: {nack_shown}");
     assert_eq!(nack_shown[0]["stands_out"], true, "the style sheet colours it: {nack_shown}");
-    assert!(nack_shown[0]["item"].as_str().is_some_and(|t| t.contains("sidecar-app1") && t.contains("clusters")), "{nack_shown}");
+    assert!(nack_shown[0]["item"].as_str().is_some_and(|t| t.contains("sidecar-app1") && t.contains("clusters") && t.contains("NACK of v2")), "{nack_shown}");
     let cell = tab
         .eval("(() => { const row = [...document.querySelectorAll('#streams tbody tr')].find(r => r.cells[0].textContent === 'sidecar-app1'); return row && {state: row.cells[4].className, clusters: row.cells[5].className, title: row.cells[5].title}; })()")
         .await;

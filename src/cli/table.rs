@@ -67,7 +67,8 @@ pub fn nodes(nodes: &Value, color: bool) -> String {
                 let error = rejected.get("error").map(text).unwrap_or_default();
                 // Envoy's errors often carry a multi-line proto dump: indent it under the NACK.
                 let error = error.trim_end().replace('\n', "\n    ");
-                nacks.push(format!("NACK {} {ty} (nonce {}): {error}", text(&stream["node_id"]), rejected.get("nonce").map(text).unwrap_or_default()));
+                let (node_id, version, nonce) = (text(&stream["node_id"]), rejected.get("version").map(text).unwrap_or_default(), rejected.get("nonce").map(text).unwrap_or_default());
+                nacks.push(format!("NACK {node_id} {ty} version {version} (nonce {nonce}): {error}"));
             }
             row.push(cell);
         }
@@ -254,14 +255,14 @@ mod tests {
             "node_id": "sidecar-a", "node_type": "sidecar", "service": "ads",
             "types": {
                 "clusters": {"sent_version": "2", "acked_version": "2", "rejected": null},
-                "listeners": {"sent_version": "2", "acked_version": "1", "rejected": {"nonce": "6", "error": "bad listener\nline two\n", "at_unix_ms": 1}}
+                "listeners": {"sent_version": "2", "acked_version": "1", "rejected": {"version": "2", "nonce": "6", "error": "bad listener\nline two\n", "at_unix_ms": 1}}
             }
         }]});
         let plain = nodes(&listing, false);
         let lines: Vec<&str> = plain.lines().collect();
         assert_eq!(lines[0], "NODE ID    NODE TYPE  SERVICE  LISTENERS  CLUSTERS  ROUTES  ENDPOINTS");
         assert_eq!(lines[1], "sidecar-a  sidecar    ads      2/1!       2         -       -");
-        assert!(plain.contains("NACK sidecar-a listeners (nonce 6): bad listener\n    line two\n") && !plain.contains('\x1b'), "{plain}");
+        assert!(plain.contains("NACK sidecar-a listeners version 2 (nonce 6): bad listener\n    line two\n") && !plain.contains('\x1b'), "{plain}");
         assert!(nodes(&listing, true).contains("\x1b[1;31mNACK sidecar-a listeners"));
     }
 

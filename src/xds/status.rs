@@ -34,6 +34,9 @@ pub struct TypeStatus {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Rejection {
+    /// The version rejected: the one sent last when the NACK came (a NACK
+    /// names the latest nonce, R10). Later sends do not change it.
+    pub version: Option<Arc<str>>,
     pub nonce: String,
     pub error: String,
     pub at_unix_ms: u128,
@@ -207,10 +210,10 @@ impl StreamHandle {
 
     pub fn rejected(&self, ty: ResourceType, nonce: &str, error: &str) {
         self.metrics.rejected(ty);
-        let rejection = Rejection { nonce: nonce.to_owned(), error: error.to_owned(), at_unix_ms: now_ms() };
+        let (nonce, error, at_unix_ms) = (nonce.to_owned(), error.to_owned(), now_ms());
         self.update(ty, |s| {
             s.sent_at = None;
-            s.rejected = Some(Box::new(rejection));
+            s.rejected = Some(Box::new(Rejection { version: s.sent_version.clone(), nonce, error, at_unix_ms }));
         });
     }
 }
@@ -233,14 +236,20 @@ mod tests {
         let second = registry.open("sidecar-b", &node_type, "ads", "sotw");
         first.sent(ResourceType::Cluster, &Arc::from("v1"));
         first.acked(ResourceType::Cluster, Some("v1"));
+        second.sent(ResourceType::Listener, &Arc::from("v2"));
         second.rejected(ResourceType::Listener, "n1", "bad listener");
+        // A later version goes out before the client answers it: the rejection still names v2.
+        second.sent(ResourceType::Listener, &Arc::from("v3"));
 
         let list = registry.list();
         assert_eq!(list.iter().map(|s| s.node_id.as_str()).collect::<Vec<_>>(), ["sidecar-a", "sidecar-b"]);
         let clusters = list[0].types[ResourceType::Cluster].as_ref().unwrap();
         assert_eq!(clusters.acked_version.as_deref(), Some("v1"));
         assert!(list[1].types[ResourceType::Cluster].is_none());
-        assert_eq!(list[1].types[ResourceType::Listener].as_ref().unwrap().rejected.as_ref().unwrap().error, "bad listener");
+        let listeners = list[1].types[ResourceType::Listener].as_ref().unwrap();
+        let rejected = listeners.rejected.as_ref().unwrap();
+        assert_eq!((rejected.error.as_str(), rejected.version.as_deref()), ("bad listener", Some("v2")));
+        assert_eq!(listeners.sent_version.as_deref(), Some("v3"));
 
         drop(first);
         assert_eq!(registry.list().len(), 1);

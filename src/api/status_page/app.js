@@ -77,7 +77,7 @@ function renderNacks(nacking) {
   $('nacks-count').textContent = count(nacking.total);
   const items = nacking.items.flatMap((stream) => rejections(stream).map(([ty, status]) => {
     const what = el('div', null,
-      el('strong', 'id', stream.node_id), ` · ${ty} · NACK at ${clock(status.rejected.at_unix_ms)}`,
+      el('strong', 'id', stream.node_id), ` · ${ty} · NACK of ${status.rejected.version ?? 'nothing'} at ${clock(status.rejected.at_unix_ms)}`,
       ` · last sent ${status.sent_version ?? 'nothing'} · holds ${status.acked_version ?? 'nothing'}`);
     return el('li', null, what, el('pre', 'nack', status.rejected.error));
   }));
@@ -91,7 +91,7 @@ function typeCell(status) {
   if (!status) return el('td', 'muted', '–');
   const sent = status.sent_version ?? '–';
   if (status.rejected) {
-    const cell = el('td', 'nack', `✗ ${sent}`, el('span', 'muted', ` holds ${status.acked_version ?? 'nothing'}`));
+    const cell = el('td', 'nack', `✗ ${status.rejected.version ?? sent}`, el('span', 'muted', ` holds ${status.acked_version ?? 'nothing'}`));
     cell.title = status.rejected.error;
     return cell;
   }

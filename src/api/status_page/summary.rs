@@ -192,7 +192,7 @@ mod tests {
         Some(TypeStatus {
             sent_version: sent.map(Arc::from),
             acked_version: acked.map(Arc::from),
-            rejected: nack.map(|error| Box::new(Rejection { nonce: "7".into(), error: error.into(), at_unix_ms: 1 })),
+            rejected: nack.map(|error| Box::new(Rejection { version: Some("2".into()), nonce: "7".into(), error: error.into(), at_unix_ms: 1 })),
             ..TypeStatus::default()
         })
     }
