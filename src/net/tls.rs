@@ -34,7 +34,10 @@ use rustls::{
     sign::CertifiedKey,
     RootCertStore, ServerConfig,
 };
-use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{
+    pem::{self, PemObject},
+    CertificateDer, PrivateKeyDer,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tokio_util::{either::Either, sync::CancellationToken};
@@ -293,13 +296,25 @@ fn client_roots(path: &Path) -> Result<RootCertStore, TlsError> {
 fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let file_error = |reason: String| TlsError::File { what, path: path.to_owned(), reason };
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(e.to_string()))?
+        .map_err(|e| file_error(pem_error(&e)))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(e.to_string()))?;
+        .map_err(|e| file_error(pem_error(&e)))?;
     if certs.is_empty() {
         return Err(file_error("no PEM certificate in it".into()));
     }
     Ok(certs)
+}
+
+/// What is wrong with a PEM file, in words: the library's own message
+/// prints the marker lines as lists of bytes.
+fn pem_error(error: &pem::Error) -> String {
+    match error {
+        pem::Error::MissingSectionEnd { end_marker } => {
+            format!("the file ends inside a PEM block, before its \"-----END {}-----\" line (half written?)", String::from_utf8_lossy(end_marker))
+        }
+        pem::Error::IllegalSectionStart { line } => format!("a malformed PEM header line: {:?}", String::from_utf8_lossy(line)),
+        other => other.to_string(),
+    }
 }
 
 /// The server certificate, read again when its files change.
@@ -350,7 +365,7 @@ fn file_stamp(path: &Path) -> FileStamp {
 fn read_pair(cert_path: &Path, key_path: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
     let chain = read_certs(cert_path, "--tls-cert")?;
     let key = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|e| TlsError::File { what: "--tls-key", path: key_path.to_owned(), reason: e.to_string() })?;
+        .map_err(|e| TlsError::File { what: "--tls-key", path: key_path.to_owned(), reason: pem_error(&e) })?;
     Ok(CertifiedKey::from_der(chain, key, provider)?)
 }
 
@@ -377,6 +392,20 @@ impl ResolvesServerCert for ReloadingCert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_pem_file_is_described_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        for (content, says) in [
+            ("-----BEGIN CERTIFICATE-----\nMIIB\n", "the file ends inside a PEM block, before its \"-----END CERTIFICATE-----\" line (half written?)"),
+            ("", "no PEM certificate in it"),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            let error = read_certs(&path, "client CA").unwrap_err().to_string();
+            assert_eq!(error, format!("client CA {}: {says}", path.display()));
+        }
+    }
 
     #[test]
     fn a_plain_connection_does_not_carry_a_tls_connection_inline() {
