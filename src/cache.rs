@@ -624,7 +624,8 @@ impl Cache {
         let same = |a: &Served, b: &Served| {
             Arc::ptr_eq(&a.bundle, &b.bundle) && a.discovered.as_ref().map(Arc::as_ptr) == b.discovered.as_ref().map(Arc::as_ptr)
         };
-        let mut changed: Vec<NodeType> = fresh.iter().filter(|(node_type, new)| !candidates.get(*node_type).is_some_and(|old| same(old, new))).map(|(n, _)| n.clone()).collect();
+        let moved = fresh.iter().filter(|(node_type, new)| !candidates.get(*node_type).is_some_and(|old| same(old, new)));
+        let mut changed: Vec<NodeType> = moved.map(|(node_type, _)| node_type.clone()).collect();
         changed.extend(candidates.keys().filter(|node_type| !fresh.contains_key(*node_type)).cloned());
         *candidates = fresh;
         changed
@@ -853,7 +854,8 @@ mod tests {
             name: name.to_owned(),
             value: ClusterLoadAssignment { cluster_name: name.into(), ..Default::default() }.encode_to_vec().into(),
         };
-        Arc::new(Discovered { eds_version: eds_version.into(), assignments: clusters.iter().map(|c| assignment(c)).collect(), rendered: std::collections::BTreeMap::new() })
+        let assignments = clusters.iter().map(|c| assignment(c)).collect();
+        Arc::new(Discovered { eds_version: eds_version.into(), assignments, rendered: std::collections::BTreeMap::new() })
     }
 
     #[test]
