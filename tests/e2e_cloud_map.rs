@@ -3,7 +3,8 @@
 //! with real HTTP traffic to backends in this process that answer their own
 //! names. Instances come and go, turn unhealthy, Cloud Map goes down and
 //! comes back, sxds restarts with Cloud Map down, bad sources are refused,
-//! and zone-aware routing keeps traffic in Envoy's own zone.
+//! zone-aware routing keeps traffic in Envoy's own zone, and a canary
+//! rollout that adds a Cloud Map service moves a canary's traffic onto it.
 //!
 //! Needs `envoy` and `moto_server` on PATH (scripts/test.sh installs both);
 //! without moto a test prints SKIPPED and passes, unless `CI=true`.
@@ -344,4 +345,43 @@ node:
 ",
     );
     yaml
+}
+
+/// A canary rollout whose bundle routes to a cluster of a Cloud Map service the stored bundle
+/// does not use: the canary Envoy is sent that service's endpoints with the cluster, so its
+/// traffic moves from A to F with no failed request and no EDS fetch timing out (R21, R24), and
+/// the rollout promotes once it ACKed. Before, the canary's new cluster had no endpoints until
+/// the bundle was stored: it warmed for `initial_fetch_timeout`, then answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_rollout_adding_a_cloud_map_service_moves_traffic_without_a_failed_request() {
+    let Some((emulator, admin, service)) = emulator().await else { return };
+    let (a, f) = (Backend::start("A").await, Backend::start("F").await);
+    let fresh = admin.create_service(NAMESPACE, "fresh").await;
+    register(&service, "A", a.port, None).await;
+    register(&fresh, "F", f.port, None).await;
+    let sxds = cloud_map_daemon(&emulator.endpoint_url()).await;
+    let port = free_port();
+    sxds.put_ok(NODE_TYPE, &cloud_map_bundle("1", port)).await;
+    let envoy = Envoy::start(Transport::Ads, sxds.xds_port, "sidecar-canary-1");
+    wait_for_body(port, "/", "A", CONVERGE).await;
+
+    let mut v2 = cloud_map_bundle("2", port);
+    let eds = json!({"ads": {}, "resource_api_version": "V3"});
+    let cluster = json!({"name": "fresh", "type": "EDS", "connect_timeout": "1s", "eds_cluster_config": {"eds_config": eds}});
+    v2["clusters"].as_array_mut().expect("clusters").push(cluster);
+    let source = json!({"cluster_name": "fresh", "cloud_map": {"namespace": NAMESPACE, "service": "fresh", "port_attribute": PORT, "health": "HEALTHY"}});
+    v2["endpoint_sources"].as_array_mut().expect("endpoint_sources").push(source);
+    v2["routes"][0]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = "fresh".into();
+
+    let traffic = Recorder::start(port);
+    let url = sxds.url(&format!("/resources/{NODE_TYPE}?canary=sidecar-canary-*&wait=60s"));
+    let put = reqwest::Client::new().put(url).json(&v2).send().await.expect("PUT");
+    assert_eq!(put.status(), 202, "{:?}", put.text().await);
+    wait_for_body(port, "/", "F", CONVERGE).await;
+    wait_for("the rollout to be promoted", CONVERGE, || async { sxds.get_json(&format!("/resources/{NODE_TYPE}/rollout")).await["state"] == "promoted" }).await;
+    let samples = traffic.stop_all_ok("while the canary rollout moved traffic to the new service").await;
+    assert!(samples.iter().any(|s| s.answer.as_deref() == Ok("F")), "traffic reached F");
+    let stats = envoy.stats().await;
+    let timeouts: Vec<_> = stats.iter().filter(|(name, value)| name.ends_with("init_fetch_timeout") && **value > 0).collect();
+    assert!(timeouts.is_empty(), "no EDS fetch timed out: {timeouts:?}");
 }
