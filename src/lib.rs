@@ -112,8 +112,9 @@ async fn preflight_envoy(envoy: &std::path::Path, timeout: std::time::Duration) 
 /// Serves xDS on `xds` and the REST API on `rest` until `shutdown` is
 /// cancelled, then drains both within `config.shutdown_grace`.
 pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+    let registry = Registry::default();
     // Bad TLS files stop the start before anything is opened.
-    let tls = net::Tls::from_config(config)?;
+    let tls = net::Tls::from_config(config, registry.metrics())?;
     if let Some(ca) = &config.xds_client_ca {
         tracing::info!(client_ca = %ca.display(), "TLS on both ports; xDS clients need a certificate naming their node type");
     } else if tls.is_some() {
@@ -145,7 +146,6 @@ pub async fn run(config: &Config, xds: TcpListener, rest: TcpListener, shutdown:
 
     // Every stored bundle, with the endpoints its sources found last, is in
     // the cache before the first stream is accepted.
-    let registry = Registry::default();
     let cache = Cache::default();
     let endpoint = config.cloud_map_endpoint.clone();
     let cloud_map: discovery::DirectoryFactory = Box::new(move || {

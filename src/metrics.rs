@@ -12,6 +12,8 @@
 //! | `sxds_snapshot_build_seconds` | | encoding a new bundle for the streams |
 //! | `sxds_cloud_map_requests_total` | operation, outcome | Cloud Map API calls (`ok`, `throttled`, `error`) |
 //! | `sxds_endpoint_sources_failing` | | Cloud Map queries whose last poll failed (their last endpoints are served) |
+//! | `sxds_tls_not_after_seconds` | file | when the certificate served (`certificate`), or the first of the client CAs (`client_ca`), expires |
+//! | `sxds_tls_reload_failing` | file | 1 while a changed TLS file does not load (the last good one is used) |
 //!
 //! Node ids come from clients, so node type labels are capped: past
 //! [`MAX_NODE_TYPES`] distinct node types, the rest count under `(other)`,
@@ -75,6 +77,11 @@ struct CloudMapLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsLabels {
+    file: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WriteLabels {
     action: &'static str,
     code: u16,
@@ -83,6 +90,12 @@ struct WriteLabels {
 /// Every metric sxds keeps. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics(Arc<Inner>);
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
 
 struct Inner {
     registry: Registry,
@@ -97,6 +110,8 @@ struct Inner {
     snapshot_build: Histogram,
     cloud_map_requests: Family<CloudMapLabels, Counter>,
     sources_failing: Gauge,
+    tls_not_after: Family<TlsLabels, Gauge>,
+    tls_reload_failing: Family<TlsLabels, Gauge>,
     // Taken when a stream opens; a std Mutex, never held across an await.
     node_types: Mutex<HashMap<NodeType, Arc<NodeTypeMetrics>>>,
     /// Shared by the node types past the cap.
@@ -133,10 +148,16 @@ impl Default for Metrics {
         registry.register("cloud_map_requests", "AWS Cloud Map API calls, by operation and outcome", cloud_map_requests.clone());
         let sources_failing = Gauge::default();
         registry.register("endpoint_sources_failing", "Cloud Map queries whose last poll failed; their last endpoints stay served", sources_failing.clone());
+        let tls_not_after = Family::default();
+        registry.register("tls_not_after_seconds", "Unix time the TLS certificate served, or the first of the client CAs, expires", tls_not_after.clone());
+        let tls_reload_failing = Family::default();
+        registry.register("tls_reload_failing", "1 while a changed TLS file does not load; the last good one is used", tls_reload_failing.clone());
         Self(Arc::new(Inner {
             registry,
             cloud_map_requests,
             sources_failing,
+            tls_not_after,
+            tls_reload_failing,
             streams,
             responses,
             acks,
@@ -209,6 +230,20 @@ impl Metrics {
     /// How many Cloud Map queries are failing now.
     pub fn sources_failing(&self, failing: usize) {
         self.0.sources_failing.set(i64::try_from(failing).unwrap_or(i64::MAX));
+    }
+
+    /// A TLS `file` (`certificate`, `client_ca`) loaded: in use now, and
+    /// valid until `not_after` (Unix seconds; `None` when it does not parse).
+    pub fn tls_loaded(&self, file: &'static str, not_after: Option<i64>) {
+        if let Some(not_after) = not_after {
+            self.0.tls_not_after.get_or_create(&TlsLabels { file }).set(not_after);
+        }
+        self.0.tls_reload_failing.get_or_create(&TlsLabels { file }).set(0);
+    }
+
+    /// A changed TLS `file` did not load; the last good one stays in use.
+    pub fn tls_reload_failed(&self, file: &'static str) {
+        self.0.tls_reload_failing.get_or_create(&TlsLabels { file }).set(1);
     }
 
     /// The text exposition format (OpenMetrics).

@@ -14,7 +14,7 @@ use serde_json::Value;
 use support::{
     envoy::{example_bundle, free_port, mtls_bootstrap_yaml, wait_for_body, Backend, Envoy, CONVERGE},
     sidecar_bundle,
-    tls::{client_config, connect, grpc_channel, https_client, peer_serial, Ca, Issued},
+    tls::{client_config, connect, expiry, grpc_channel, https_client, peer_serial, Ca, Issued},
     wait_for,
     xds_client::{names, request, XdsClient, LDS},
     TestDaemon,
@@ -226,6 +226,13 @@ async fn rest_serves_tls_with_h2_and_http1_and_plaintext_to_a_tls_port_fails() {
     assert!(status.is_some(), "plaintext gRPC served on the TLS xDS port");
 }
 
+/// The value of the TLS metric `name` for `file` in the daemon's `/metrics`.
+async fn tls_metric(pki: &Pki, daemon: &TestDaemon, name: &str, file: &str) -> Option<i64> {
+    let text = https_client(&pki.ca.pem).get(daemon.https_url("/metrics")).send().await.expect("GET /metrics").text().await.expect("text");
+    let series = format!("sxds_{name}{{file=\"{file}\"}} ");
+    text.lines().find_map(|line| line.strip_prefix(&series)).map(|value| value.parse().expect("an integer gauge"))
+}
+
 /// Writes `issued` over the daemon's certificate and key.
 fn rotate(dir: &Path, issued: &Issued) {
     issued.write(dir, "server");
@@ -237,6 +244,9 @@ async fn a_rotated_certificate_is_served_without_restart_and_a_broken_one_keeps_
     let daemon = pki.daemon(false).await;
     let serial = || async { peer_serial(&connect(daemon.xds_addr, pki.client(None)).await.expect("TLS handshake")) };
     assert_eq!(serial().await, 1);
+    let expires = || tls_metric(&pki, &daemon, "tls_not_after_seconds", "certificate");
+    let failing = || tls_metric(&pki, &daemon, "tls_reload_failing", "certificate");
+    assert_eq!((expires().await, failing().await), (Some(expiry(1)), Some(0)), "the metrics show the certificate in use");
 
     rotate(pki.dir.path(), &pki.ca.server(2));
     wait_for("a new handshake to present serial 2", BOUND, || async { serial().await == 2 }).await;
@@ -249,8 +259,10 @@ async fn a_rotated_certificate_is_served_without_restart_and_a_broken_one_keeps_
     for _ in 0..3 {
         assert_eq!(serial().await, 2);
     }
+    assert_eq!((expires().await, failing().await), (Some(expiry(2)), Some(1)), "the metrics show the broken file and the certificate still served");
     rotate(pki.dir.path(), &pki.ca.server(3));
     wait_for("a new handshake to present serial 3", BOUND, || async { serial().await == 3 }).await;
+    assert_eq!((expires().await, failing().await), (Some(expiry(3)), Some(0)));
 }
 
 /// Writes the daemon's client CA file: the concatenated PEMs of `cas`.
@@ -283,16 +295,21 @@ async fn a_rotated_client_ca_verifies_without_restart_and_a_broken_one_keeps_the
     wait_for("a certificate from the removed CA to be refused", BOUND, || async { !accepted(&old_client).await }).await;
     assert!(accepted(&new_client).await);
 
-    // A file that does not load: the last good CA keeps verifying.
+    // A file that does not load: the last good CA keeps verifying, and the metric says so.
+    let failing = || tls_metric(&pki, &daemon, "tls_reload_failing", "client_ca");
+    assert_eq!(failing().await, Some(0));
     std::fs::write(pki.path("ca.pem"), "-----BEGIN CERTIFICATE-----\nnot base64\n").expect("write");
     for _ in 0..3 {
         assert!(accepted(&new_client).await, "the last good CA still verifies");
         assert!(!accepted(&old_client).await, "a broken file does not bring back the removed CA");
     }
+    assert_eq!(failing().await, Some(1));
     // And the next good file is taken.
     write_client_ca(&pki, &[&pki.ca]);
     wait_for("the CA listed again to verify", BOUND, || accepted(&old_client)).await;
     assert!(!accepted(&new_client).await);
+    assert_eq!(failing().await, Some(0));
+    assert!(tls_metric(&pki, &daemon, "tls_not_after_seconds", "client_ca").await.is_some_and(|t| t > 0), "the CA's expiry shows");
 }
 
 #[tokio::test]

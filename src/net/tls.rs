@@ -43,7 +43,7 @@ use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tokio_util::{either::Either, sync::CancellationToken};
 use x509_parser::extensions::GeneralName;
 
-use crate::{node_type::NodeType, Config};
+use crate::{metrics::Metrics, node_type::NodeType, Config};
 
 /// How long a client has to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,8 +77,9 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// Loads what the flags name; `Ok(None)` without `--tls-cert`.
-    pub fn from_config(config: &Config) -> Result<Option<Self>, TlsError> {
+    /// Loads what the flags name; `Ok(None)` without `--tls-cert`. What is
+    /// in use, and until when it is valid, shows in `metrics`.
+    pub fn from_config(config: &Config, metrics: &Metrics) -> Result<Option<Self>, TlsError> {
         let (cert, key) = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => (cert, key),
             (Some(_), None) => return Err(TlsError::Incomplete("--tls-key")),
@@ -88,8 +89,14 @@ impl Tls {
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         // One resolver: both ports serve (and reload) the same certificate.
-        let resolver = Arc::new(ReloadingCert::load(cert, key, provider.clone())?);
-        let settings = |alpn: &'static [&'static [u8]], client_ca| Settings { provider: provider.clone(), resolver: resolver.clone(), alpn, client_ca };
+        let resolver = Arc::new(ReloadingCert::load(cert, key, provider.clone(), metrics.clone())?);
+        let settings = |alpn: &'static [&'static [u8]], client_ca| Settings {
+            provider: provider.clone(),
+            resolver: resolver.clone(),
+            alpn,
+            client_ca,
+            metrics: metrics.clone(),
+        };
         Ok(Some(Self {
             xds: Acceptor::new(settings(&[b"h2"], config.xds_client_ca.clone()))?,
             rest: Acceptor::new(settings(&[b"h2", b"http/1.1"], None))?,
@@ -116,6 +123,7 @@ struct Settings {
     alpn: &'static [&'static [u8]],
     /// Clients must present a certificate this file's CAs signed.
     client_ca: Option<PathBuf>,
+    metrics: Metrics,
 }
 
 struct Built {
@@ -145,7 +153,10 @@ impl Acceptor {
                         tracing::info!(client_ca = %ca.display(), "client CA reloaded");
                         built.config = Arc::new(config);
                     }
-                    Err(error) => tracing::error!(%error, "cannot reload the client CA; verifying with the previous one"),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot reload the client CA; verifying with the previous one");
+                        settings.metrics.tls_reload_failed("client_ca");
+                    }
                 }
             }
         }
@@ -160,9 +171,11 @@ impl Settings {
         let builder = ServerConfig::builder_with_provider(self.provider.clone()).with_safe_default_protocol_versions()?;
         let mut config = match &self.client_ca {
             Some(ca) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots(ca)?), self.provider.clone())
+                let cas = read_certs(ca, "client CA")?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca, &cas)?), self.provider.clone())
                     .build()
                     .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+                self.metrics.tls_loaded("client_ca", cas.iter().filter_map(|ca| not_after(ca)).min());
                 builder.with_client_cert_verifier(verifier).with_cert_resolver(self.resolver.clone())
             }
             None => builder.with_no_client_auth().with_cert_resolver(self.resolver.clone()),
@@ -284,12 +297,19 @@ fn last_path_segment(uri: &str) -> Option<&str> {
     path.split('/').rfind(|segment| !segment.is_empty())
 }
 
-fn client_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+/// The client CAs read from `path`, as rustls trusts them.
+fn roots(path: &Path, cas: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for cert in read_certs(path, "client CA")? {
-        roots.add(cert).map_err(|e| TlsError::ClientCa(format!("{}: {e}", path.display())))?;
+    for ca in cas {
+        roots.add(ca.clone()).map_err(|e| TlsError::ClientCa(format!("{}: {e}", path.display())))?;
     }
     Ok(roots)
+}
+
+/// When a DER certificate expires (Unix seconds); `None` if it does not parse.
+fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Every certificate of a PEM file; at least one.
@@ -323,6 +343,7 @@ struct ReloadingCert {
     cert_path: PathBuf,
     key_path: PathBuf,
     provider: Arc<CryptoProvider>,
+    metrics: Metrics,
     // A std Mutex: held for a stat (and on a change, two small reads) per
     // handshake, never across an await.
     current: Mutex<Current>,
@@ -344,11 +365,12 @@ type FileStamp = Option<(SystemTime, u64, u64)>;
 type Stamp = [FileStamp; 2];
 
 impl ReloadingCert {
-    fn load(cert_path: &Path, key_path: &Path, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
+    fn load(cert_path: &Path, key_path: &Path, provider: Arc<CryptoProvider>, metrics: Metrics) -> Result<Self, TlsError> {
         let (cert_path, key_path) = (cert_path.to_owned(), key_path.to_owned());
         let tried = stamp(&cert_path, &key_path);
         let key = Arc::new(read_pair(&cert_path, &key_path, &provider)?);
-        Ok(Self { cert_path, key_path, provider, current: Mutex::new(Current { key, tried }) })
+        metrics.tls_loaded("certificate", key.end_entity_cert().ok().and_then(|cert| not_after(cert)));
+        Ok(Self { cert_path, key_path, provider, metrics, current: Mutex::new(Current { key, tried }) })
     }
 }
 
@@ -378,10 +400,12 @@ impl ResolvesServerCert for ReloadingCert {
             match read_pair(&self.cert_path, &self.key_path, &self.provider) {
                 Ok(key) => {
                     tracing::info!(cert = %self.cert_path.display(), "TLS certificate reloaded");
+                    self.metrics.tls_loaded("certificate", key.end_entity_cert().ok().and_then(|cert| not_after(cert)));
                     current.key = Arc::new(key);
                 }
                 Err(error) => {
                     tracing::error!(%error, "cannot reload the TLS certificate; serving the previous one");
+                    self.metrics.tls_reload_failed("certificate");
                 }
             }
         }
@@ -416,11 +440,11 @@ mod tests {
     #[test]
     fn tls_settings_come_in_pairs_and_the_client_ca_needs_them() {
         let config = |args: &[&str]| <Config as clap::Parser>::try_parse_from(std::iter::once("sxds").chain(args.iter().copied())).unwrap();
-        assert!(matches!(Tls::from_config(&config(&[])), Ok(None)));
-        assert!(matches!(Tls::from_config(&config(&["--tls-cert", "c.pem"])), Err(TlsError::Incomplete("--tls-key"))));
-        assert!(matches!(Tls::from_config(&config(&["--tls-key", "k.pem"])), Err(TlsError::Incomplete("--tls-cert"))));
-        assert!(matches!(Tls::from_config(&config(&["--xds-client-ca", "ca.pem"])), Err(TlsError::ClientCaWithoutCert)));
-        let missing = Tls::from_config(&config(&["--tls-cert", "/nonexistent/c.pem", "--tls-key", "k.pem"])).err().unwrap();
+        assert!(matches!(Tls::from_config(&config(&[]), &Metrics::default()), Ok(None)));
+        assert!(matches!(Tls::from_config(&config(&["--tls-cert", "c.pem"]), &Metrics::default()), Err(TlsError::Incomplete("--tls-key"))));
+        assert!(matches!(Tls::from_config(&config(&["--tls-key", "k.pem"]), &Metrics::default()), Err(TlsError::Incomplete("--tls-cert"))));
+        assert!(matches!(Tls::from_config(&config(&["--xds-client-ca", "ca.pem"]), &Metrics::default()), Err(TlsError::ClientCaWithoutCert)));
+        let missing = Tls::from_config(&config(&["--tls-cert", "/nonexistent/c.pem", "--tls-key", "k.pem"]), &Metrics::default()).err().unwrap();
         assert!(missing.to_string().starts_with("--tls-cert /nonexistent/c.pem: "), "{missing}");
     }
 

@@ -44,11 +44,13 @@ impl Ca {
     }
 
     /// A certificate with `sans`: `scheme://…` is a URI SAN, an IP address
-    /// an IP SAN, anything else a DNS SAN.
+    /// an IP SAN, anything else a DNS SAN. It expires at the start of year
+    /// 2100 + `serial` ([`expiry`]), so certificates tell apart by it too.
     pub fn issue(&self, sans: &[&str], serial: u64, usage: ExtendedKeyUsagePurpose) -> Issued {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, format!("test {serial}"));
         params.serial_number = Some(serial.into());
+        params.not_after = rcgen::date_time_ymd(2100 + i32::try_from(serial).expect("a small serial"), 1, 1);
         params.extended_key_usages = vec![usage];
         params.subject_alt_names = sans
             .iter()
@@ -137,6 +139,11 @@ pub fn https_client(ca_pem: &str) -> reqwest::Client {
         .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA PEM"))
         .build()
         .expect("HTTPS client")
+}
+
+/// When the certificate of `serial` expires (Unix seconds): see [`Ca::issue`].
+pub fn expiry(serial: u64) -> i64 {
+    rcgen::date_time_ymd(2100 + i32::try_from(serial).expect("a small serial"), 1, 1).unix_timestamp()
 }
 
 /// The serial number of the certificate a TLS server presented.
