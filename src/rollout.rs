@@ -4,7 +4,9 @@
 //! id matches the glob (the cache serves them a canary snapshot beside the
 //! node type's own). Once every canary has ACKed every changed type, the
 //! bundle is stored like any PUT and so served to all. A NACK from any
-//! canary, or a canary that neither ACKs nor NACKs within `wait`, halts the
+//! canary, a canary that neither ACKs nor NACKs within `wait`, or an
+//! endpoint source of the bundle that has not answered by then (its
+//! clusters' endpoints are unknown, so no canary tried them), halts the
 //! rollout instead: the canaries get the previous config back, under a new
 //! version (`<previous>-halted-<id>`), and nobody else ever sees the new
 //! one. A halted rollout is retried or abandoned; until then writes to the
@@ -304,7 +306,21 @@ impl Rollouts {
                         rollout.acked = acked;
                     }
                 }
-                Verdict::Acked => return self.promote(&node_type, &current, running.bundle.as_ref().clone()).await,
+                Verdict::Acked => {
+                    // What the canaries ACKed must include every new cluster's endpoints.
+                    let unanswered = self.0.discovery.as_ref().map_or_else(Vec::new, |d| d.candidate_unanswered(&node_type));
+                    if unanswered.is_empty() {
+                        return self.promote(&node_type, &current, running.bundle.as_ref().clone()).await;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        let error = format!("endpoint sources of version {:?} never answered within {wait:?}: {}", current.version, unanswered.join("; "));
+                        return self.halt(&node_type, &current, Some(error)).await;
+                    }
+                    let mut rollout = lock(&running.rollout);
+                    if rollout.id == id {
+                        rollout.acked = canaries.clone();
+                    }
+                }
             }
         }
     }

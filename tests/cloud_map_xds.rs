@@ -177,6 +177,53 @@ async fn a_canary_gets_the_endpoints_of_a_source_its_rollout_adds_before_the_bun
     }
 }
 
+#[tokio::test]
+async fn a_rollout_whose_new_source_never_answers_halts_naming_it_and_nobody_else_gets_it() {
+    aws_environment();
+    let Some(emulator) = Emulator::start().await else { return };
+    let admin = Admin::new(&emulator).await;
+    register(&admin.create_service("prod.local", "backend").await, "task-1", "8081").await;
+    // No Cloud Map service "fresh": the new cluster's endpoints can never be known.
+    let daemon = daemon(&emulator, None).await;
+    assert_eq!(daemon.put("sidecar", bundle("v1").to_string()).await.0, 200);
+    let (mut canary, _) = subscribed(&daemon, "sidecar-canary-1", 1).await;
+    let (mut other, _) = subscribed(&daemon, "sidecar-other", 1).await;
+
+    let url = daemon.url("/resources/sidecar?canary=sidecar-canary-*&wait=3s");
+    let put = reqwest::Client::new().put(url).body(bundle_adding_fresh("v2").to_string()).send().await.expect("PUT");
+    assert_eq!(put.status(), 202, "{:?}", put.text().await);
+    // The canary ACKs everything it is sent, as an Envoy does once its cluster gives up warming.
+    let clusters = canary.recv_acked(&[]).await;
+    assert_eq!((clusters.type_url.as_str(), clusters.resources.len()), (CDS, 2));
+    let mut last_clusters = clusters;
+    let rollout = loop {
+        let rollout: Value = reqwest::get(daemon.url("/resources/sidecar/rollout")).await.expect("GET rollout").json().await.expect("JSON");
+        if rollout["state"] != "running" {
+            break rollout;
+        }
+        if let Ok(response) = tokio::time::timeout(Duration::from_millis(100), canary.recv()).await {
+            canary.ack(&response, if response.type_url == EDS { &["backend", "fresh"] } else { &[] }).await;
+            if response.type_url == CDS {
+                last_clusters = response;
+            }
+        }
+    };
+    assert_eq!(rollout["state"], "halted", "{rollout}");
+    let error = rollout["error"].as_str().unwrap_or_default();
+    assert!(error.contains("cluster fresh (Cloud Map prod.local/fresh)") && error.contains("never answered"), "{error}");
+    // The canary is put back on version 1's clusters; the other Envoy never saw version 2.
+    while last_clusters.resources.len() != 1 {
+        let response = canary.recv_acked(&["backend"]).await;
+        if response.type_url == CDS {
+            last_clusters = response;
+        }
+    }
+    assert!(last_clusters.version_info.starts_with("v1-halted-"), "{}", last_clusters.version_info);
+    other.expect_silence(Duration::from_millis(300)).await;
+    let stored: Value = reqwest::get(daemon.url("/resources/sidecar")).await.expect("GET").json().await.expect("JSON");
+    assert_eq!(stored["version"], "v1");
+}
+
 #[cfg(feature = "etcd")]
 #[tokio::test]
 async fn replicas_on_etcd_serve_the_same_endpoints_as_the_same_bytes_under_the_same_version() {

@@ -358,6 +358,24 @@ impl Discovery {
         self.publish(&mut state, None);
     }
 
+    /// The sources of `node_type`'s candidate that have never answered
+    /// (nothing found, nothing stored), each with why: its canaries cannot
+    /// have tried those clusters' endpoints.
+    pub fn candidate_unanswered(&self, node_type: &NodeType) -> Vec<String> {
+        let state = self.lock();
+        let Some(candidate) = state.candidates.get(node_type) else { return Vec::new() };
+        let unanswered = candidate.endpoint_sources().filter_map(|source| {
+            let query = Query::of(source.cloud_map.as_ref()?);
+            let polled = state.queries.get(&query);
+            if polled.is_some_and(|polled| polled.found.is_some()) {
+                return None;
+            }
+            let why = polled.and_then(|polled| polled.status.error.clone()).unwrap_or_else(|| "no answer yet".into());
+            Some(format!("cluster {} (Cloud Map {}/{}): {why}", source.cluster_name, query.namespace, query.service))
+        });
+        unanswered.collect()
+    }
+
     /// Starts a poller for each query a bundle or candidate has that none
     /// polls yet (seeded from `kept`), and stops those nothing names any more.
     fn poll_wanted(&self, state: &mut State, kept: &BTreeMap<String, DiscoveredInstances>) {

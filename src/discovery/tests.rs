@@ -334,3 +334,23 @@ async fn a_rollout_candidate_has_its_new_sources_polled_until_it_is_given_up_or_
     assert_eq!(addresses(&served, &sidecar, "fresh").unwrap().len(), 2);
     assert!(discovery.lock().candidates.is_empty());
 }
+
+#[tokio::test]
+async fn a_candidate_source_that_never_answered_is_named_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let fake = Arc::new(Fake::default());
+    fake.set("backend", Ok(found(1, &["10.0.0.1"])));
+    store.put(node_type("sidecar"), bundle("v1", &["backend"]), IfMatch::Any).await.unwrap();
+    let discovery = start(&store, &fake).await;
+    let sidecar = node_type("sidecar");
+    assert!(discovery.candidate_unanswered(&sidecar).is_empty(), "no candidate");
+
+    discovery.set_candidate(&sidecar, Some(Arc::new(bundle("v2", &["backend", "typo"]))));
+    until("the missing service's poll failed", || discovery.candidate_unanswered(&sidecar).iter().any(|s| s.contains("ServiceNotFound"))).await;
+    assert_eq!(discovery.candidate_unanswered(&sidecar), ["cluster typo (Cloud Map prod.local/typo): ServiceNotFound: typo"], "the shared source answered");
+
+    // Once it answers (even with no instances), it is no longer in the way.
+    fake.set("typo", Ok(found(1, &[])));
+    until("the service answered", || discovery.candidate_unanswered(&sidecar).is_empty()).await;
+}
